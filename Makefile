@@ -1,0 +1,48 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv in the repository, install the project with its training
+# and test dependencies, and build the Cython kernels.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install mosquitto lint bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "appliance needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python setup.py pyproject.toml $(wildcard kernels/*.pyx)
+	$(BIN)/pip install --quiet "Cython>=3.0,<4" "numpy>=2.0" "setuptools>=68"
+	$(BIN)/pip install --quiet --no-build-isolation -e ".[train,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The tests talk to a real broker: install Debian's mosquitto when it is missing.
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients; \
+	  else \
+	    echo "mosquitto is missing: install the Debian package 'mosquitto' (apt-get install mosquitto)"; exit 1; \
+	  fi; }
+
+demo: install mosquitto
+	$(BIN)/appliance demo
+
+test: install mosquitto
+	$(BIN)/ruff check appliance kernels tests bench
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/appliance bench kernels
+	$(BIN)/appliance bench ingest
+
+lint: install
+	$(BIN)/ruff check appliance kernels tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info kernels/*.c kernels/*.so

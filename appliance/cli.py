@@ -1,0 +1,176 @@
+"""The ``appliance`` command: argparse sub-commands, each a thin call into a module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from appliance import __version__
+from appliance import config as config_mod
+
+DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
+
+
+def _load_config(path: str | None) -> config_mod.Config:
+    if path is None:
+        if Path(DEFAULT_CONFIG).exists():
+            path = DEFAULT_CONFIG
+        else:
+            return config_mod.Config()
+    return config_mod.load(path)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    if args.check_config:
+        return _check(cfg)
+    from appliance import runner
+
+    return runner.run(cfg)
+
+
+def _check(cfg: config_mod.Config) -> int:
+    """Validate the config and the model it names, without starting anything."""
+    from appliance.model import ModelError, load_model
+    from appliance.pipeline.spec import PipelineSpec
+
+    spec = PipelineSpec.from_config(cfg.pipeline)
+    try:
+        model = load_model(cfg.resolve(cfg.model.path), spec.hash)
+    except ModelError as exc:
+        print(f"{cfg.source}: [model] path: {exc}", file=sys.stderr)
+        return 2
+    print(f"{cfg.source}: OK (broker {cfg.mqtt.host}:{cfg.mqtt.port}, database "
+          f"{cfg.resolve(cfg.storage.path)}, model {model.name}, spec {spec.hash})")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from appliance import simulator
+
+    if args.to_files:
+        simulator.to_files(args.to_files, days=args.days, assets=args.assets, hz=args.hz,
+                           seed=args.seed)
+        print(f"wrote {args.to_files}/readings.csv and faults.csv")
+        return 0
+    simulator.publish(args.host, args.port, assets=args.assets, hz=args.hz,
+                      speedup=args.speedup, seed=args.seed, duration_s=args.duration)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from appliance import demo
+
+    return demo.run(data_dir=Path(args.data_dir), assets=args.assets, speedup=args.speedup,
+                    seed=args.seed, duration_s=args.duration, host=args.host, port=args.port)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from appliance.runner import status_file
+
+    cfg = _load_config(args.config)
+    path = status_file(cfg)
+    try:
+        snap = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"no status at {path}: is the service running with this config?",
+              file=sys.stderr)
+        return 1
+    age = time.time() - snap["ts"]
+    if args.json:
+        print(json.dumps(snap, indent=2))
+        return 0
+    print(f"state {snap['state']} (as of {age:.0f} s ago), version {snap['version']}, "
+          f"model {snap['model']}, MQTT {'connected' if snap['mqtt_connected'] else 'DOWN'}")
+    if snap.get("damaged_wal"):
+        print(f"!! damaged write-ahead log set aside at {snap['damaged_wal']}")
+    print("queues: " + ", ".join(f"{k} {v}" for k, v in snap["queues"].items()))
+    print(f"{'stage':10} {'state':10} {'processed':>10} {'rate/s':>8} {'restarts':>8}  last error")
+    for name, s in snap["stages"].items():
+        print(f"{name:10} {s['state']:10} {s['processed']:>10} {s.get('rate_per_s', 0):>8} "
+              f"{s['restarts']:>8}  {s['last_error']}")
+    return 0 if snap["state"] == "running" and age < 60 else 1
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from appliance import sql
+
+    cfg = _load_config(args.config)
+    return sql.main(cfg, args.query)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "kernels":
+        from appliance.benchmarks import kernels
+
+        return kernels.run(json_output=args.json)
+    from appliance.benchmarks import ingest
+
+    return ingest.run(json_output=args.json, messages=args.messages)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the service")
+    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the config and its model, then exit")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="broker + simulator + service with a live view")
+    p.add_argument("--data-dir", default="data", help="where the DuckDB file goes")
+    p.add_argument("--assets", type=int, default=8)
+    p.add_argument("--speedup", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    p.add_argument("--host", help="use this broker instead of a private one")
+    p.add_argument("--port", type=int, default=1883)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("simulate", help="publish a simulated line, or write history files")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--assets", type=int, default=10)
+    p.add_argument("--hz", type=float, default=1.0)
+    p.add_argument("--speedup", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--duration", type=float, default=None, help="stop after N wall seconds")
+    p.add_argument("--to-files", metavar="DIR", help="write readings.csv and faults.csv")
+    p.add_argument("--days", type=float, default=1.0, help="history length for --to-files")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("status", help="stage health, queue depths, rates, last error")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("sql", help="read-only SQL on the database")
+    p.add_argument("--config")
+    p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
+    p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    p.add_argument("what", choices=["kernels", "ingest"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--messages", type=int, default=200_000, help="ingest: messages to send")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except config_mod.ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2

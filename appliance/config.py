@@ -1,0 +1,236 @@
+"""Configuration: ``appliance.toml`` read once into typed, frozen dataclasses.
+
+Every setting is declared here, once, with its default and its allowed range.
+Loading refuses unknown sections and keys, wrong types and values out of range,
+with a message naming the file, the key and what was expected.  The rest of the
+code receives these objects, never dicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names file and key."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=1883, metadata=_range(1, 65535))
+    client_id: str = "appliance"
+    qos: int = field(default=1, metadata=_range(0, 2))
+    topic_prefix: str = "plant"
+    username: str = ""
+    password: str = ""
+    keepalive_s: int = field(default=30, metadata=_range(5, 3600))
+    #: How long the broker keeps our session (and queues readings) while we are away.
+    session_expiry_s: int = field(default=7 * 24 * 3600, metadata=_range(0))
+    #: MQTT v5 Receive Maximum: how many unacknowledged messages the broker may send us.
+    receive_maximum: int = field(default=50_000, metadata=_range(1, 65535))
+    reconnect_min_s: int = field(default=1, metadata=_range(1, 3600))
+    reconnect_max_s: int = field(default=30, metadata=_range(1, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    path: str = "/var/lib/appliance/appliance.duckdb"
+    #: A batch is committed when it holds this many messages ...
+    batch_messages: int = field(default=10_000, metadata=_range(1, 60_000))
+    #: ... or when its oldest message has waited this long.
+    batch_ms: int = field(default=100, metadata=_range(1, 60_000))
+    memory_limit: str = "128MB"
+    retry_min_s: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
+    retry_max_s: float = field(default=10.0, metadata=_range(0.0, lo_open=True))
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    #: Event-time seconds between two predictions of one asset (the grid step).
+    cadence_s: float = field(default=10.0, metadata=_range(0.1, 86400.0))
+    horizon_s: float = field(default=3600.0, metadata=_range(1.0))
+    #: A sensor's last value is carried forward at most this long, then it is missing.
+    max_gap_s: float = field(default=300.0, metadata=_range(0.0))
+    #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
+    windows_s: tuple[float, ...] = ()
+
+    def effective_windows(self) -> tuple[float, ...]:
+        if self.windows_s:
+            return self.windows_s
+        return (self.horizon_s / 6.0, self.horizon_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    path: str = "models/starter.onnx"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    topic_prefix: str = "appliance"
+    #: Raise at this probability; 0 means "use the threshold stored in the model".
+    threshold: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    #: Clear when the probability falls below threshold × clear_ratio (hysteresis).
+    clear_ratio: float = field(default=0.8, metadata=_range(0.0, 1.0))
+    top_factors: int = field(default=3, metadata=_range(0, 50))
+
+
+@dataclass(frozen=True, slots=True)
+class QueuesConfig:
+    #: Bound of every inter-stage queue, in messages (each may carry a batch).
+    size: int = field(default=64, metadata=_range(1, 100_000))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_payload_bytes: int = field(default=64 * 1024, metadata=_range(16))
+    max_series: int = field(default=100_000, metadata=_range(1))
+    max_future_s: float = field(default=300.0, metadata=_range(0.0))
+    max_past_s: float = field(default=10 * 365 * 86400.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    topic: str = "appliance/status"
+    interval_s: float = field(default=5.0, metadata=_range(0.1))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mqtt: MqttConfig = MqttConfig()
+    storage: StorageConfig = StorageConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    model: ModelConfig = ModelConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    queues: QueuesConfig = QueuesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    status: StatusConfig = StatusConfig()
+    #: The file this was read from ("<defaults>" when built in code).
+    source: str = "<defaults>"
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        p = Path(path).expanduser()
+        if p.is_absolute() or self.source.startswith("<"):
+            return p
+        return Path(self.source).resolve().parent / p
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError naming file and key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(raw, source=str(path))
+
+
+def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    sections = {n: t for n, t in typing.get_type_hints(Config).items() if n != "source"}
+    values: dict[str, Any] = {}
+    for name, table in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}]; "
+                              f"expected one of: {', '.join(sorted(sections))}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        values[name] = _build(sections[name], table, source, name)
+    cfg = Config(**values, source=source)
+    _check_cross_field(cfg)
+    return cfg
+
+
+def _build(cls: type, table: dict[str, Any], source: str, section: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in table.items():
+        where = f"{source}: [{section}] {key}"
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{key}' in [{section}]; "
+                              f"expected one of: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(value, hints[key], where)
+        _check_range(kwargs[key], fields[key].metadata, where)
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_tp)}, "
+                              f"got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config field type {tp} is not supported")  # a bug in this module
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
+    if not meta:
+        return
+    lo, hi = meta.get("lo"), meta.get("hi")
+    items = value if isinstance(value, tuple) else (value,)
+    for v in items:
+        if lo is not None and (v <= lo if meta.get("lo_open") else v < lo):
+            op = ">" if meta.get("lo_open") else ">="
+            raise ConfigError(f"{where}: expected a value {op} {lo}, got {v!r}")
+        if hi is not None and v > hi:
+            raise ConfigError(f"{where}: expected a value <= {hi}, got {v!r}")
+
+
+def _check_cross_field(cfg: Config) -> None:
+    src = cfg.source
+    if cfg.mqtt.reconnect_min_s > cfg.mqtt.reconnect_max_s:
+        raise ConfigError(f"{src}: [mqtt] reconnect_min_s must not exceed reconnect_max_s")
+    if cfg.storage.batch_messages >= cfg.mqtt.receive_maximum and cfg.mqtt.qos > 0:
+        raise ConfigError(
+            f"{src}: [storage] batch_messages ({cfg.storage.batch_messages}) must be below "
+            f"[mqtt] receive_maximum ({cfg.mqtt.receive_maximum}), or batches never fill")
+    for w in cfg.pipeline.windows_s:
+        if w < cfg.pipeline.cadence_s:
+            raise ConfigError(f"{src}: [pipeline] windows_s: window {w} is shorter than "
+                              f"cadence_s ({cfg.pipeline.cadence_s})")

@@ -1,0 +1,1 @@
+"""The pipeline stages: one class per file, all with the interface of ``base.Stage``."""

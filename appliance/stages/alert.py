@@ -1,0 +1,129 @@
+"""Alert: predictions in; alerts raised and cleared with hysteresis, published.
+
+An asset's alert is raised when its probability reaches the threshold and
+cleared when it falls below threshold × clear_ratio, so a probability hovering
+at the threshold does not flap.  Alerts go out on MQTT (QoS 1, retained, so a
+subscriber that connects later sees each asset's current state) and, with every
+prediction, on to the record stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+
+import paho.mqtt.client as mqtt
+
+from appliance.config import Config
+from appliance.messages import AlertEvent, Alerts, EndOfStream, Prediction
+from appliance.mqtt import connect, make_client
+from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: Messages paho may hold while the broker is away; alerts are in DuckDB too.
+MAX_QUEUED_PUBLISHES = 10_000
+
+
+class AlertState:
+    """Hysteresis of one asset: ``update`` returns the new state on a change."""
+
+    __slots__ = ("clear_ratio", "raised")
+
+    def __init__(self, clear_ratio: float) -> None:
+        self.clear_ratio = clear_ratio
+        self.raised = False
+
+    def update(self, probability: float, threshold: float) -> str | None:
+        if not self.raised and probability >= threshold:
+            self.raised = True
+            return "raised"
+        if self.raised and probability < threshold * self.clear_ratio:
+            self.raised = False
+            return "cleared"
+        return None
+
+
+def alert_payload(alert: AlertEvent) -> bytes:
+    """The JSON of the external contract (DESIGN.md, "Alerts")."""
+    return json.dumps({
+        "asset": alert.asset,
+        "line": alert.line,
+        "ts": alert.ts,
+        "state": alert.state,
+        "probability": round(alert.probability, 6),
+        "threshold": alert.threshold,
+        "horizon_s": alert.horizon_s,
+        "model": alert.model,
+        "top_factors": [{"feature": f.feature, "value": f.value,
+                         "contribution": round(f.contribution, 6)} for f in alert.top_factors],
+    }).encode()
+
+
+class AlertStage(Stage):
+    name = "alert"
+    essential = False  # the readings keep being stored without it
+
+    def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.topics = Topics.from_config(cfg)
+        self.inbox = inbox
+        self.out = out
+        self._states: dict[tuple[str, str], AlertState] = {}
+        self._client: mqtt.Client | None = None
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        client, props = make_client(self.cfg.mqtt, "alert")
+        client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
+        client.on_connect = lambda *a: self.connected.set()
+        client.on_disconnect = lambda *a: self.connected.clear()
+        self._client = client
+        connect(client, self.cfg.mqtt, props)
+
+    def run(self, signals: StopSignals) -> None:
+        while True:
+            item = take(self.inbox, signals.abort)
+            if item is None:
+                return
+            if isinstance(item, EndOfStream):
+                put(self.out, item, signals.abort)
+                return
+            alerts = [a for p in item.items if (a := self._update(p)) is not None]
+            for a in alerts:
+                self._publish(a)
+            self.counters.processed += len(item.items)
+            put(self.out, item, signals.abort)
+            if alerts:
+                put(self.out, Alerts(tuple(alerts)), signals.abort)
+
+    def _update(self, p: Prediction) -> AlertEvent | None:
+        key = (p.line, p.asset)
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = AlertState(self.cfg.alerts.clear_ratio)
+        change = state.update(p.probability, p.threshold)
+        if change is None:
+            return None
+        self.counters.bump(f"alerts_{change}")
+        return AlertEvent(p.line, p.asset, p.ts, change, p.probability, p.threshold,
+                          self.cfg.pipeline.horizon_s, p.model, p.top_factors)
+
+    def _publish(self, alert: AlertEvent) -> None:
+        client = self._client
+        if client is None:
+            return
+        info = client.publish(self.topics.alert(alert.line, alert.asset), alert_payload(alert),
+                              qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            log.warning("alert publish for %s failed: %s", alert.asset, mqtt.error_string(info.rc))
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()

@@ -1,0 +1,43 @@
+"""Record: writes predictions and alerts to DuckDB (their only writer)."""
+
+from __future__ import annotations
+
+import queue
+
+import duckdb
+
+from appliance.messages import Alerts, EndOfStream, Predictions
+from appliance.stages.base import Stage, StopSignals, take
+from appliance.storage import tables
+
+
+class RecordStage(Stage):
+    name = "record"
+    essential = False  # losing the history of predictions does not stop alerting
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, inbox: queue.Queue) -> None:
+        super().__init__()
+        self.db = db
+        self.inbox = inbox
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def start(self) -> None:
+        self._con = self.db.cursor()
+
+    def run(self, signals: StopSignals) -> None:
+        con = self._con
+        assert con is not None
+        while True:
+            item = take(self.inbox, signals.abort)
+            if item is None or isinstance(item, EndOfStream):
+                return
+            if isinstance(item, Predictions):
+                tables.insert_predictions(con, list(item.items))
+                self.counters.processed += len(item.items)
+            elif isinstance(item, Alerts):
+                tables.insert_alerts(con, list(item.items))
+
+    def close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            con.close()

@@ -1,0 +1,173 @@
+"""Store: commits what ingest parsed to DuckDB, then releases the acks.
+
+The only writer of ``readings``, ``series``, ``faults`` and ``dead_letters``.
+It writes through its own cursor of the database the runner opened.  One
+transaction per drained run of batches.  A failed commit (disk full, I/O
+error) is rolled back and retried with back-off, holding the batch and its acks
+across restarts: nothing is acknowledged that is not stored.  Readings from a
+batch that had redelivered (DUP) messages are checked against what is stored,
+so a redelivery never becomes a second row.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import duckdb
+import numpy as np
+
+from appliance.clock import Clock, WallClock
+from appliance.config import Config
+from appliance.messages import (
+    Committed,
+    EndOfStream,
+    Inbound,
+    Reading,
+    StoredReadings,
+)
+from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.storage import tables
+from appliance.storage.database import to_timestamp_us
+
+log = logging.getLogger(__name__)
+
+#: Batches merged into one transaction at most (bounds the work held uncommitted).
+MAX_MERGE = 16
+
+
+class StoreStage(Stage):
+    name = "store"
+
+    def __init__(self, cfg: Config, db: duckdb.DuckDBPyConnection, inbox: queue.Queue,
+                 out: queue.Queue, acks: queue.SimpleQueue, clock: Clock | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.db = db
+        self.inbox = inbox
+        self.out = out
+        self.acks = acks
+        self.clock = clock or WallClock()
+        self.backlog_failing = threading.Event()  # set while commits keep failing
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._registry: tables.SeriesRegistry | None = None
+        self._pending: list[Inbound] = []  # taken from the queue, not yet committed
+
+    def start(self) -> None:
+        self._con = self.db.cursor()
+        self._registry = tables.SeriesRegistry(self._con)
+
+    def run(self, signals: StopSignals) -> None:
+        while not signals.abort.is_set():
+            if not self._pending:
+                item = take(self.inbox, signals.abort)
+                if item is None:
+                    return
+                if isinstance(item, EndOfStream):
+                    put(self.out, item, signals.abort)
+                    return
+                self._pending.append(item)
+                end = self._drain_more()
+            else:
+                end = None  # retrying a batch that failed to commit
+            stored = self._commit_with_retry(signals)
+            if stored is None:
+                return
+            if stored.readings:
+                put(self.out, stored, signals.abort)
+            if end is not None:
+                put(self.out, end, signals.abort)
+                return
+
+    def _drain_more(self) -> EndOfStream | None:
+        while len(self._pending) < MAX_MERGE:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if isinstance(item, EndOfStream):
+                return item
+            self._pending.append(item)
+        return None
+
+    def _commit_with_retry(self, signals: StopSignals) -> StoredReadings | None:
+        delay = self.cfg.storage.retry_min_s
+        while not signals.abort.is_set():
+            try:
+                stored = self._commit(self._pending)
+            except duckdb.Error as exc:
+                self.counters.errors += 1
+                self.backlog_failing.set()
+                log.error("store: commit of %d batches failed (%s); retrying in %.1f s, "
+                          "nothing acknowledged", len(self._pending), exc, delay)
+                self.clock.sleep(delay, signals.abort)
+                delay = min(delay * 2, self.cfg.storage.retry_max_s)
+                continue
+            self.backlog_failing.clear()
+            acks = tuple(a for b in self._pending for a in b.acks)
+            self._pending = []
+            if acks:
+                self.acks.put(Committed(acks))
+            return stored
+        return None
+
+    def _commit(self, batches: list[Inbound]) -> StoredReadings:
+        con, registry = self._con, self._registry
+        assert con is not None and registry is not None
+        readings = [r for b in batches for r in b.readings]
+        known = registry.snapshot()
+        con.execute("BEGIN")
+        try:
+            sids = registry.ids(con, [r.key for r in readings])
+            ts_us = to_timestamp_us(np.fromiter((r.ts for r in readings), np.float64,
+                                                len(readings)))
+            values = np.fromiter((r.value for r in readings), np.float64, len(readings))
+            if any(b.redelivered for b in batches):
+                keep = _first_occurrence(sids, ts_us) & ~tables.stored_already(con, sids, ts_us)
+                dropped = int((~keep).sum())
+                if dropped:
+                    self.counters.bump("duplicates_dropped", dropped)
+                    sids, ts_us, values = sids[keep], ts_us[keep], values[keep]
+                    readings = [r for r, k in zip(readings, keep, strict=True) if k]
+            tables.insert_readings(con, sids, ts_us, values)
+            tables.insert_faults(con, [f for b in batches for f in b.faults], "mqtt")
+            tables.insert_dead_letters(con, [d for b in batches for d in b.dead_letters])
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)
+            registry.forget(registry.snapshot() - known)
+            raise
+        self.counters.processed += len(readings)
+        return StoredReadings(_sorted_by_time(readings))
+
+    def close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            con.close()
+
+
+def _first_occurrence(sids: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
+    """Mask keeping the first of each (series, ts) pair, in arrival order."""
+    order = np.lexsort((ts_us, sids))  # stable: equal pairs keep arrival order
+    s, t = sids[order], ts_us[order]
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (s[1:] == s[:-1]) & (t[1:] == t[:-1])
+    mask = np.ones(len(order), dtype=bool)
+    mask[order[repeat]] = False
+    return mask
+
+
+def _sorted_by_time(readings: list[Reading]) -> tuple[Reading, ...]:
+    return tuple(sorted(readings, key=_ts))
+
+
+def _ts(r: Reading) -> float:
+    return r.ts
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        log.exception("store: rollback failed")

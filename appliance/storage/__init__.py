@@ -1,0 +1,1 @@
+"""The DuckDB file: opening, migrations, and the typed writes the stages make."""

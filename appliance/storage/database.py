@@ -1,0 +1,95 @@
+"""Opening the DuckDB file, running numbered migrations, recovering a damaged log.
+
+Writes are columnar (a dict of numpy arrays scanned by DuckDB), never row by row.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_MIGRATIONS = "migrations"
+
+
+def _migrations() -> list[tuple[int, str]]:
+    files = resources.files("appliance.storage").joinpath(_MIGRATIONS)
+    found = []
+    for entry in files.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+@dataclass
+class OpenReport:
+    """What happened while opening: shown in status so an operator sees it."""
+
+    damaged_wal: str = ""
+    migrated_to: int = 0
+    backups: list[str] = field(default_factory=list)
+
+
+def connect(path: str | Path, memory_limit: str = "128MB") -> tuple[duckdb.DuckDBPyConnection,
+                                                                    OpenReport]:
+    """Open (creating if needed) and migrate the database at ``path``.
+
+    A write-ahead log that DuckDB cannot replay (torn by a power cut) is moved
+    aside as ``<file>.wal.damaged-<unix time>`` with an error log line, and the
+    file opened without it: the service runs on instead of crash-looping.
+    What the damaged log held past the last checkpoint is not in the database;
+    the broker redelivers whatever was not yet acknowledged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = OpenReport()
+    config = {"memory_limit": memory_limit, "threads": "2"}
+    try:
+        con = duckdb.connect(str(path), config=config)
+    except duckdb.Error as exc:
+        wal = path.with_name(path.name + ".wal")
+        if not wal.exists():
+            raise
+        aside = wal.with_name(f"{wal.name}.damaged-{int(time.time())}")
+        wal.rename(aside)
+        log.error("database %s could not replay its write-ahead log (%s); moved it to %s "
+                  "and opened without it", path, exc, aside)
+        report.damaged_wal = str(aside)
+        con = duckdb.connect(str(path), config=config)
+    report.migrated_to = migrate(con, path, report)
+    return con, report
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path, report: OpenReport) -> int:
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER NOT NULL, applied_at TIMESTAMP NOT NULL)")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+    pending = [(v, sql) for v, sql in _migrations() if v > current]
+    if pending and current > 0:
+        # Copy the file before changing a schema that holds data.
+        con.execute("CHECKPOINT")
+        backup = path.with_name(f"{path.name}.before-{pending[0][0]:03d}")
+        shutil.copy2(path, backup)
+        report.backups.append(str(backup))
+        log.warning("copied %s to %s before migrating", path, backup)
+    for version, sql in pending:
+        con.execute("BEGIN")
+        con.execute(sql)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
+        con.execute("COMMIT")
+        log.info("database %s migrated to version %d", path, version)
+        current = version
+    return current
+
+
+def to_timestamp_us(ts: np.ndarray) -> np.ndarray:
+    """Event times (float seconds) as int64 microseconds, the unit stored."""
+    return np.round(np.asarray(ts, dtype=np.float64) * 1e6).astype(np.int64)

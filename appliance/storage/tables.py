@@ -1,0 +1,122 @@
+"""Typed, columnar writes to the tables of ``migrations/``.
+
+Each function takes an open connection inside the caller's transaction.  Rows
+go in as a dict of numpy arrays that DuckDB scans in one statement.
+"""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+
+from appliance.messages import AlertEvent, DeadLetter, FaultEvent, Prediction, SeriesKey
+from appliance.storage.database import to_timestamp_us
+
+
+class SeriesRegistry:
+    """Maps (line, asset, sensor) to the integer id stored in ``readings_raw``."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._ids: dict[SeriesKey, int] = {
+            SeriesKey(line, asset, sensor): sid
+            for sid, line, asset, sensor in con.execute(
+                "SELECT id, line, asset, sensor FROM series").fetchall()
+        }
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def ids(self, con: duckdb.DuckDBPyConnection, keys: list[SeriesKey]) -> np.ndarray:
+        """Ids for ``keys``, inserting new series (inside the caller's transaction)."""
+        ids = self._ids
+        new = {k for k in set(keys) if k not in ids}
+        if new:
+            added = {k: len(ids) + i for i, k in enumerate(sorted(new, key=_key_order))}
+            con.executemany("INSERT INTO series VALUES (?, ?, ?, ?)",
+                            [(sid, k.line, k.asset, k.sensor) for k, sid in added.items()])
+            ids.update(added)
+        return np.fromiter((ids[k] for k in keys), dtype=np.int32, count=len(keys))
+
+    def forget(self, keys: set[SeriesKey]) -> None:
+        """Drop ids whose insert was rolled back."""
+        for k in keys:
+            self._ids.pop(k, None)
+
+    def snapshot(self) -> set[SeriesKey]:
+        return set(self._ids)
+
+
+def _key_order(k: SeriesKey) -> tuple[str, str, str]:
+    return (k.line, k.asset, k.sensor)
+
+
+def insert_readings(con: duckdb.DuckDBPyConnection, series_id: np.ndarray, ts_us: np.ndarray,
+                    value: np.ndarray) -> None:
+    batch = {"series_id": series_id, "ts_us": ts_us, "value": value}  # noqa: F841 - scanned
+    con.execute("INSERT INTO readings_raw SELECT make_timestamp(ts_us), series_id, value "
+                "FROM batch")
+
+
+def stored_already(con: duckdb.DuckDBPyConnection, series_id: np.ndarray,
+                   ts_us: np.ndarray) -> np.ndarray:
+    """Mask of candidates whose (series, ts) is already in ``readings_raw``."""
+    if len(ts_us) == 0:
+        return np.zeros(0, dtype=bool)
+    cand = {"i": np.arange(len(ts_us), dtype=np.int64),  # noqa: F841 - scanned by DuckDB
+            "series_id": series_id, "ts_us": ts_us}
+    lo, hi = int(ts_us.min()), int(ts_us.max())
+    hits = con.execute(
+        "SELECT DISTINCT c.i FROM cand c JOIN readings_raw r "
+        "ON r.series_id = c.series_id AND r.ts = make_timestamp(c.ts_us) "
+        "WHERE r.ts BETWEEN make_timestamp(?) AND make_timestamp(?)", [lo, hi]).fetchnumpy()
+    mask = np.zeros(len(ts_us), dtype=bool)
+    mask[hits["i"].astype(np.int64)] = True
+    return mask
+
+
+def insert_faults(con: duckdb.DuckDBPyConnection, faults: list[FaultEvent],
+                  source: str) -> None:
+    if not faults:
+        return
+    con.executemany(
+        "INSERT INTO faults VALUES (make_timestamp(?), ?, ?, ?, ?, ?)",
+        [(round(f.ts * 1e6), f.line, f.asset, f.state, f.code, source) for f in faults])
+
+
+def insert_dead_letters(con: duckdb.DuckDBPyConnection, dead: list[DeadLetter]) -> None:
+    if not dead:
+        return
+    con.executemany(
+        "INSERT INTO dead_letters VALUES (make_timestamp(?), ?, ?, ?)",
+        [(round(d.received_at * 1e6), d.topic, d.payload, d.reason) for d in dead])
+
+
+def insert_predictions(con: duckdb.DuckDBPyConnection, items: list[Prediction]) -> None:
+    if not items:
+        return
+    batch = {  # noqa: F841 - scanned by DuckDB
+        "ts_us": to_timestamp_us(np.array([p.ts for p in items])),
+        "line": np.array([p.line for p in items], dtype=object),
+        "asset": np.array([p.asset for p in items], dtype=object),
+        "probability": np.array([p.probability for p in items], dtype=np.float64),
+        "threshold": np.array([p.threshold for p in items], dtype=np.float64),
+        "model": np.array([p.model for p in items], dtype=object),
+    }
+    con.execute("INSERT INTO predictions SELECT make_timestamp(ts_us), line, asset, "
+                "probability, threshold, model FROM batch")
+
+
+def insert_alerts(con: duckdb.DuckDBPyConnection, alerts: list[AlertEvent]) -> None:
+    if not alerts:
+        return
+    con.executemany(
+        "INSERT INTO alerts VALUES (make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(round(a.ts * 1e6), a.line, a.asset, a.state, a.probability, a.threshold,
+          a.horizon_s, a.model, factors_json(a)) for a in alerts])
+
+
+def factors_json(alert: AlertEvent) -> str:
+    return json.dumps([{"feature": f.feature, "value": f.value, "contribution": f.contribution}
+                       for f in alert.top_factors])

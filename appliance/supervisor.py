@@ -1,0 +1,117 @@
+"""Runs each stage in its own thread and restarts one that raises.
+
+Restarts back off exponentially (0.5 s doubling to 30 s) and are budgeted: a
+stage that fails more than ``max_restarts`` times within ``window_s`` is marked
+failed and left down while the others run on.  Health is read by the status
+publisher and the systemd watchdog.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from dataclasses import dataclass, field
+
+from appliance.clock import Clock, WallClock
+from appliance.stages.base import Stage, StopSignals
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageHealth:
+    state: str = "starting"  # starting | running | restarting | failed | stopped
+    restarts: int = 0
+    last_error: str = ""
+    restart_times: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, stages: list[Stage], clock: Clock | None = None, *,
+                 backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
+                 max_restarts: int = 5, window_s: float = 300.0) -> None:
+        self.stages = stages
+        self.clock = clock or WallClock()
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.health = {s.name: StageHealth() for s in stages}
+        self.signals = StopSignals()
+        self._threads: dict[str, threading.Thread] = {}
+
+    def start(self) -> None:
+        """Start every stage thread, in the order given (sinks first)."""
+        for stage in self.stages:
+            t = threading.Thread(target=self._supervise, args=(stage,), name=stage.name,
+                                 daemon=True)
+            self._threads[stage.name] = t
+            t.start()
+
+    def _supervise(self, stage: Stage) -> None:
+        health = self.health[stage.name]
+        backoff = self.backoff_min_s
+        while True:
+            try:
+                stage.start()
+                health.state = "running"
+                stage.run(self.signals)
+                health.state = "stopped"
+                return
+            except Exception as exc:  # a stage failure must never take the others down
+                stage.counters.errors += 1
+                health.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.error("stage %s raised %s\n%s", stage.name, health.last_error,
+                          traceback.format_exc())
+            finally:
+                _close(stage)
+            now = self.clock.monotonic()
+            health.restart_times = [t for t in health.restart_times if now - t < self.window_s]
+            if not health.restart_times:
+                backoff = self.backoff_min_s  # a quiet window forgives earlier failures
+            if len(health.restart_times) >= self.max_restarts:
+                health.state = "failed"
+                log.error("stage %s failed %d times within %.0f s; leaving it down",
+                          stage.name, len(health.restart_times) + 1, self.window_s)
+                return
+            if self.signals.drain.is_set():
+                health.state = "stopped"
+                return
+            health.state = "restarting"
+            log.warning("restarting stage %s in %.1f s", stage.name, backoff)
+            self.clock.sleep(backoff, self.signals.drain)
+            backoff = min(backoff * 2, self.backoff_max_s)
+            health.restart_times.append(self.clock.monotonic())
+            health.restarts += 1
+
+    def essential_alive(self) -> bool:
+        """True while every essential stage is running (what feeds the watchdog)."""
+        return all(self.health[s.name].state in ("starting", "running", "restarting")
+                   for s in self.stages if s.essential)
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for every stage thread; True if all ended within ``timeout_s``."""
+        deadline = self.clock.monotonic() + timeout_s
+        for t in self._threads.values():
+            t.join(max(0.0, deadline - self.clock.monotonic()))
+        return not any(t.is_alive() for t in self._threads.values())
+
+    def stop(self, timeout_s: float = 4.5) -> bool:
+        """Drain: sources stop, everything queued flows to the sinks; abort after
+        ``timeout_s``.  True when every stage ended cleanly in time."""
+        self.signals.drain.set()
+        clean = self.join(timeout_s)
+        if not clean:
+            alive = [n for n, t in self._threads.items() if t.is_alive()]
+            log.error("stages %s did not drain within %.1f s; aborting them", alive, timeout_s)
+        self.signals.abort.set()
+        self.join(0.5)
+        return clean
+
+
+def _close(stage: Stage) -> None:
+    try:
+        stage.close()
+    except Exception:
+        log.exception("stage %s raised while closing", stage.name)

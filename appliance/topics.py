@@ -1,0 +1,89 @@
+"""Every MQTT topic the appliance subscribes to or publishes, declared once.
+
+Subscribing and dispatching both read ``Topics``, so the two cannot drift apart.
+Readings:  <prefix>/<line>/<asset>/<sensor>     (one value)
+Batch:     <prefix>/<line>/<asset>              (several sensors at one ts)
+Faults:    <prefix>/<line>/<asset>/fault
+Alerts:    <alerts_prefix>/<line>/<asset>/alert (published, QoS 1, retained)
+Status:    <status topic>                       (published, retained, last will "offline")
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from appliance.config import Config
+
+FAULT_SENSOR = "fault"
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def is_name(text: str) -> bool:
+    """True for a valid line, asset or sensor name."""
+    return _NAME.fullmatch(text) is not None
+
+
+class Route(Enum):
+    READING = "reading"
+    BATCH = "batch"
+    FAULT = "fault"
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    route: Route
+    line: str
+    asset: str
+    sensor: str = ""
+
+
+class UnroutableTopic(ValueError):
+    """A topic that matches none of the subscriptions' shapes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+    alerts_prefix: str
+    status: str
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Topics:
+        return cls(cfg.mqtt.topic_prefix.rstrip("/"), cfg.alerts.topic_prefix.rstrip("/"),
+                   cfg.status.topic)
+
+    def subscriptions(self) -> tuple[str, ...]:
+        """Topic filters to subscribe to (the fault topic is matched by the first)."""
+        return (f"{self.prefix}/+/+/+", f"{self.prefix}/+/+")
+
+    def route(self, topic: str) -> Routed:
+        """Classify an incoming topic; raise UnroutableTopic with the reason."""
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            raise UnroutableTopic(f"topic outside prefix {self.prefix!r}")
+        parts = topic[len(head):].split("/")
+        for part in parts:
+            if not is_name(part):
+                raise UnroutableTopic(
+                    f"topic level {part[:80]!r} is not a name of 1-64 characters "
+                    "from A-Z a-z 0-9 _ . -")
+        if len(parts) == 3:
+            line, asset, sensor = parts
+            if sensor == FAULT_SENSOR:
+                return Routed(Route.FAULT, line, asset)
+            return Routed(Route.READING, line, asset, sensor)
+        if len(parts) == 2:
+            return Routed(Route.BATCH, parts[0], parts[1])
+        raise UnroutableTopic(f"expected {self.prefix}/<line>/<asset>[/<sensor>], "
+                              f"got {len(parts)} levels after the prefix")
+
+    def reading(self, line: str, asset: str, sensor: str) -> str:
+        return f"{self.prefix}/{line}/{asset}/{sensor}"
+
+    def fault(self, line: str, asset: str) -> str:
+        return f"{self.prefix}/{line}/{asset}/{FAULT_SENSOR}"
+
+    def alert(self, line: str, asset: str) -> str:
+        return f"{self.alerts_prefix}/{line}/{asset}/alert"

@@ -100,7 +100,8 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     from appliance import sql
 
     cfg = _load_config(args.config)
-    return sql.main(cfg, args.query)
+    path = Path(args.db) if args.db else cfg.resolve(cfg.storage.path)
+    return sql.main(path, args.query)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sql", help="read-only SQL on the database")
     p.add_argument("--config")
+    p.add_argument("--db", help="database file (default: [storage] path of the config)")
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
 

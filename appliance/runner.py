@@ -135,34 +135,55 @@ class StatusPublisher:
         self.client.loop_stop()
 
 
+class Service:
+    """The running appliance: ``start``, then ``beat`` every few seconds, then ``stop``."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pipeline = build(cfg)
+        self.publisher: StatusPublisher | None = None
+        self._next_status = 0.0
+
+    def start(self) -> None:
+        p = self.pipeline
+        if p.open_report.damaged_wal:
+            log.error("STARTED WITH A DAMAGED DATABASE LOG, set aside at %s",
+                      p.open_report.damaged_wal)
+        p.supervisor.start()
+        self.publisher = StatusPublisher(p)
+        notify("READY=1")
+        log.info("appliance %s running; database %s", __version__,
+                 self.cfg.resolve(self.cfg.storage.path))
+
+    def beat(self) -> None:
+        """Feed the watchdog while every essential stage lives; publish status when due."""
+        if self.pipeline.supervisor.essential_alive():
+            notify("WATCHDOG=1")  # a hung or failed essential stage starves the watchdog
+        if time.monotonic() >= self._next_status and self.publisher is not None:
+            self.publisher.publish()
+            self._next_status = time.monotonic() + self.cfg.status.interval_s
+
+    def stop(self) -> bool:
+        notify("STOPPING=1")
+        log.info("stopping: draining the pipeline")
+        clean = self.pipeline.supervisor.stop(DRAIN_TIMEOUT_S)
+        if self.publisher is not None:
+            self.publisher.publish(final="offline")
+            self.publisher.close()
+        self.pipeline.db.close()
+        log.info("stopped %s", "cleanly" if clean else "after aborting stages that did not drain")
+        return clean
+
+
 def run(cfg: Config, stop: threading.Event | None = None) -> int:
     """Run the service until SIGTERM/SIGINT (or ``stop``); the exit code."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    p = build(cfg)
-    if p.open_report.damaged_wal:
-        log.error("STARTED WITH A DAMAGED DATABASE LOG, set aside at %s",
-                  p.open_report.damaged_wal)
-    p.supervisor.start()
-    publisher = StatusPublisher(p)
-    notify("READY=1")
-    log.info("appliance %s running; database %s", __version__, cfg.resolve(cfg.storage.path))
-    watchdog_s = watchdog_interval_s()
-    tick_s = min(cfg.status.interval_s, watchdog_s or cfg.status.interval_s)
-    next_status = 0.0
-    while not stop.wait(tick_s if next_status else 0.5):
-        if p.supervisor.essential_alive():
-            notify("WATCHDOG=1")  # a hung or failed essential stage starves the watchdog
-        if time.monotonic() >= next_status:
-            publisher.publish()
-            next_status = time.monotonic() + cfg.status.interval_s
-    notify("STOPPING=1")
-    log.info("stopping: draining the pipeline")
-    clean = p.supervisor.stop(DRAIN_TIMEOUT_S)
-    publisher.publish(final="offline")
-    publisher.close()
-    p.db.close()
-    log.info("stopped %s", "cleanly" if clean else "after aborting stages that did not drain")
-    return 0 if clean else 1
+    service = Service(cfg)
+    service.start()
+    beat_s = min(0.5, watchdog_interval_s() or 0.5)
+    while not stop.wait(beat_s):
+        service.beat()
+    return 0 if service.stop() else 1

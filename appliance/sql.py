@@ -9,14 +9,12 @@ a copy, or stop the service first.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import duckdb
 
-from appliance.config import Config
 
-
-def main(cfg: Config, query: str) -> int:
-    path = cfg.resolve(cfg.storage.path)
+def main(path: Path, query: str) -> int:
     if not path.exists():
         print(f"no database at {path}", file=sys.stderr)
         return 1

@@ -167,8 +167,7 @@ class IngestStage(Stage):
     # -- stage interface -----------------------------------------------------------------
     def start(self) -> None:
         self._closing = False
-        status_will = (self.cfg.status.topic, b"offline")
-        client, props = make_client(self.cfg.mqtt, "ingest", persistent=True, will=status_will)
+        client, props = make_client(self.cfg.mqtt, "ingest", persistent=True)
         client.manual_ack_set(True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - build environment problem
     sys.exit(f"appliance: building the kernels needs Cython and numpy ({exc}); "
              "run `make install` or `pip install -e .` which installs them first")
 
-KERNELS = ["rolling"]
+KERNELS = ["rolling", "filters"]
 
 CYTHON_DIRECTIVES = {
     "language_level": "3",
@@ -64,6 +64,8 @@ setup(
         "appliance.stages",
         "appliance.storage",
         "appliance.pipeline",
+        "appliance.training",
+        "appliance.benchmarks",
         "appliance.kernels",
     ],
     package_dir={"appliance.kernels": "kernels"},

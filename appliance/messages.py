@@ -22,18 +22,6 @@ class SeriesKey:
 
 
 @dataclass(frozen=True, slots=True)
-class AckToken:
-    """What the broker needs to acknowledge one QoS 1 message.
-
-    ``connection`` is the ingest connection generation that received it; an
-    ack for an older generation must never be sent (the broker will redeliver).
-    """
-
-    connection: int
-    mid: int
-
-
-@dataclass(frozen=True, slots=True)
 class Reading:
     key: SeriesKey
     ts: float
@@ -59,16 +47,23 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """Everything ingest parsed from a run of MQTT messages, in arrival order.
+    """What ingest parsed from a run of MQTT messages of one connection.
 
-    ``redelivered`` is True when any message had the MQTT DUP flag: only then
-    can a reading already be stored, so only then does the store check.
+    Readings are columnar (``keys[i]``, ``ts[i]``, ``values[i]``): one Python
+    object per reading would cost more than MQTT itself.  ``mids`` are the
+    QoS 1 message ids to acknowledge once this is committed; they mean
+    something only on ``connection`` (the ingest connection generation).
+    ``redelivered`` is True when a message had the MQTT DUP flag: only then can
+    a reading already be stored, so only then does the store check.
     """
 
-    readings: tuple[Reading, ...]
+    keys: tuple[SeriesKey, ...]
+    ts: np.ndarray = field(compare=False)  # float64 event time
+    values: np.ndarray = field(compare=False)  # float64, finite
     faults: tuple[FaultEvent, ...]
     dead_letters: tuple[DeadLetter, ...]
-    acks: tuple[AckToken, ...]
+    connection: int
+    mids: tuple[int, ...]
     redelivered: bool = False
 
 
@@ -76,14 +71,17 @@ class Inbound:
 class Committed:
     """Store → ingest: these messages are durable and may be acknowledged."""
 
-    acks: tuple[AckToken, ...]
+    connection: int
+    mids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class StoredReadings:
-    """Store → features: readings that were committed, sorted by event time."""
+    """Store → features: committed readings, columnar, sorted by event time."""
 
-    readings: tuple[Reading, ...]
+    keys: tuple[SeriesKey, ...]
+    ts: np.ndarray = field(compare=False)
+    values: np.ndarray = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,91 +1,106 @@
 """Parsing MQTT payloads into readings and fault events, or a reason to refuse.
 
-Pure functions: no I/O, no clock (the caller passes the arrival time).
+Pure functions: no I/O, no clock (the caller passes the arrival time).  This
+runs once per message on the hot path, so it works on plain floats and tuples
+and decodes JSON with the C scanner directly.
 """
 
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from appliance.config import LimitsConfig
-from appliance.messages import FaultEvent, Reading, SeriesKey
-from appliance.topics import FAULT_SENSOR, Route, Routed, is_name
+from appliance.messages import FaultEvent
+from appliance.topics import FAULT_SENSOR, Routed, is_name
 
 DEAD_LETTER_PAYLOAD_BYTES = 1024
 FAULT_STATES = ("start", "end")
+
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())
 
 
 class BadPayload(ValueError):
     """A payload that cannot become a reading or fault; the message is the reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    readings: tuple[Reading, ...] = ()
-    fault: FaultEvent | None = None
-    #: Set when part of a batch payload was refused (the rest is kept).
-    partial_reason: str = ""
-
-
-def parse(routed: Routed, payload: bytes, received_at: float, limits: LimitsConfig) -> Parsed:
-    """Turn one message into readings or a fault event; raise BadPayload otherwise."""
+def decode(payload: bytes, limits: LimitsConfig) -> object:
+    """The JSON value of a payload (a bare number is JSON too)."""
     if len(payload) > limits.max_payload_bytes:
         raise BadPayload(f"payload of {len(payload)} bytes exceeds max_payload_bytes "
                          f"({limits.max_payload_bytes})")
-    doc = _decode(payload)
-    if routed.route is Route.READING:
-        if not isinstance(doc, dict):
-            ts = received_at
-            value = _number(doc, "payload")
-        else:
-            ts = _timestamp(doc, received_at, limits)
-            value = _number(doc.get("value"), "value")
-        key = SeriesKey(routed.line, routed.asset, routed.sensor)
-        return Parsed(readings=(Reading(key, ts, value),))
-    if not isinstance(doc, dict):
-        raise BadPayload(f"{routed.route.value} payload must be a JSON object")
-    ts = _timestamp(doc, received_at, limits)
-    if routed.route is Route.FAULT:
-        state = doc.get("state")
-        if state not in FAULT_STATES:
-            raise BadPayload(f"fault state must be one of {FAULT_STATES}, got {state!r:.80}")
-        code = doc.get("code", "")
-        if not isinstance(code, str) or len(code) > 256:
-            raise BadPayload("fault code must be a string of at most 256 characters")
-        return Parsed(fault=FaultEvent(routed.line, routed.asset, ts, state, code))
-    values = doc.get("values")
-    if not isinstance(values, dict) or not values:
-        raise BadPayload("batch payload needs a non-empty object 'values'")
-    readings, refused = [], []
-    for sensor, raw in values.items():
-        try:
-            if not is_name(sensor) or sensor == FAULT_SENSOR:
-                raise BadPayload("not a valid sensor name")
-            readings.append(Reading(SeriesKey(routed.line, routed.asset, sensor), ts,
-                                    _number(raw, f"values.{sensor}")))
-        except BadPayload as exc:
-            refused.append(f"{str(sensor)[:64]!r}: {exc}")
-    if not readings:
-        raise BadPayload("no usable value in batch: " + "; ".join(refused)[:500])
-    return Parsed(readings=tuple(readings), partial_reason="; ".join(refused)[:500])
-
-
-def _decode(payload: bytes) -> object:
     try:
-        return json.loads(payload.decode("utf-8"))
-    except RecursionError:
-        raise BadPayload("JSON nested too deeply") from None
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise BadPayload("payload is not UTF-8 text") from None
+    try:
+        doc, end = _scan_once(text, 0)
+        if end == len(text) or not text[end:].strip():
+            return doc
+    except StopIteration:
+        pass  # leading whitespace or not JSON: let json.loads say which
+    except RecursionError:
+        raise BadPayload("JSON nested too deeply") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise BadPayload("JSON nested too deeply") from None
     except ValueError as exc:
         raise BadPayload(f"not a number or JSON: {exc}") from None
 
 
-def _number(raw: object, what: str) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
+def reading(doc: object, received_at: float, limits: LimitsConfig) -> tuple[float, float]:
+    """(ts, value) of a single-reading payload: a bare number or {"ts", "value"}."""
+    if type(doc) is dict:
+        return timestamp(doc, received_at, limits), number(doc.get("value"), "value")
+    return received_at, number(doc, "payload")
+
+
+def batch(doc: object, received_at: float, limits: LimitsConfig
+          ) -> tuple[float, list[tuple[str, float]], str]:
+    """(ts, [(sensor, value)], refused) of {"ts", "values": {sensor: number}}.
+
+    Bad entries are left out and described in ``refused``; a batch with no good
+    entry raises.
+    """
+    if type(doc) is not dict:
+        raise BadPayload("batch payload must be a JSON object")
+    ts = timestamp(doc, received_at, limits)
+    values = doc.get("values")
+    if type(values) is not dict or not values:
+        raise BadPayload("batch payload needs a non-empty object 'values'")
+    good, refused = [], []
+    for sensor, raw in values.items():
+        try:
+            if not is_name(sensor) or sensor == FAULT_SENSOR:
+                raise BadPayload("not a valid sensor name")
+            good.append((sensor, number(raw, f"values.{sensor}")))
+        except BadPayload as exc:
+            refused.append(f"{sensor[:64]!r}: {exc}")
+    reason = "; ".join(refused)[:500]
+    if not good:
+        raise BadPayload("no usable value in batch: " + reason)
+    return ts, good, reason
+
+
+def fault(routed: Routed, doc: object, received_at: float, limits: LimitsConfig) -> FaultEvent:
+    if type(doc) is not dict:
+        raise BadPayload("fault payload must be a JSON object")
+    ts = timestamp(doc, received_at, limits)
+    state = doc.get("state")
+    if state not in FAULT_STATES:
+        raise BadPayload(f"fault state must be one of {FAULT_STATES}, got {_short(state)}")
+    code = doc.get("code", "")
+    if not isinstance(code, str) or len(code) > 256:
+        raise BadPayload("fault code must be a string of at most 256 characters")
+    return FaultEvent(routed.line, routed.asset, ts, state, code)
+
+
+def number(raw: object, what: str) -> float:
+    kind = type(raw)
+    if kind is not float and kind is not int:  # bool is not a number here
         raise BadPayload(f"{what} is not a number: {_short(raw)}")
     value = float(raw)
     if not math.isfinite(value):
@@ -93,7 +108,8 @@ def _number(raw: object, what: str) -> float:
     return value
 
 
-def _timestamp(doc: dict, received_at: float, limits: LimitsConfig) -> float:
+def timestamp(doc: dict, received_at: float, limits: LimitsConfig) -> float:
+    """The event time of a payload: unix seconds or RFC 3339; arrival time if absent."""
     raw = doc.get("ts")
     if raw is None:
         return received_at
@@ -106,7 +122,7 @@ def _timestamp(doc: dict, received_at: float, limits: LimitsConfig) -> float:
             parsed = parsed.replace(tzinfo=UTC)
         ts = parsed.timestamp()
     else:
-        ts = _number(raw, "ts")
+        ts = number(raw, "ts")
     if ts > received_at + limits.max_future_s:
         hint = " (milliseconds? ts must be in seconds)" if ts > 1e11 else ""
         raise BadPayload(f"ts {ts:.3f} is {ts - received_at:.0f} s in the future{hint}")

@@ -61,7 +61,9 @@ def build(cfg: Config) -> Pipeline:
     size = cfg.queues.size
     q = {name: queue.Queue(maxsize=size) for name in
          ("inbound", "stored", "features", "predictions", "records")}
-    acks: queue.SimpleQueue = queue.SimpleQueue()  # bounded by receive_maximum
+    # Unbounded but bounded in practice by receive_maximum; a Queue (not a
+    # SimpleQueue) because two threads take from it (see stages/ingest.py).
+    acks: queue.Queue = queue.Queue()
     stages: dict[str, Stage] = {
         "record": RecordStage(db, q["records"]),
         "alert": AlertStage(cfg, q["predictions"], q["records"]),

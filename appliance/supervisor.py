@@ -97,14 +97,24 @@ class Supervisor:
             t.join(max(0.0, deadline - self.clock.monotonic()))
         return not any(t.is_alive() for t in self._threads.values())
 
-    def stop(self, timeout_s: float = 4.5) -> bool:
-        """Drain: sources stop, everything queued flows to the sinks; abort after
-        ``timeout_s``.  True when every stage ended cleanly in time."""
+    def stop(self, timeout_s: float = 4.5, grace_s: float = 1.0) -> bool:
+        """Drain, then abort.  True when every essential stage drained in time.
+
+        Sources stop taking input and everything queued flows down to the
+        sinks.  The essential stages (what stores readings) get ``timeout_s``;
+        the others get ``grace_s`` more, since a stage that is down cannot pass
+        the end-of-stream marker on to those below it.
+        """
         self.signals.drain.set()
-        clean = self.join(timeout_s)
-        if not clean:
-            alive = [n for n, t in self._threads.items() if t.is_alive()]
-            log.error("stages %s did not drain within %.1f s; aborting them", alive, timeout_s)
+        deadline = self.clock.monotonic() + timeout_s
+        essential = [self._threads[s.name] for s in self.stages if s.essential]
+        for t in essential:
+            t.join(max(0.0, deadline - self.clock.monotonic()))
+        clean = not any(t.is_alive() for t in essential)
+        self.join(min(grace_s, max(0.0, deadline - self.clock.monotonic())))
+        alive = [n for n, t in self._threads.items() if t.is_alive()]
+        if alive:
+            log.warning("stages %s did not drain in time; aborting them", alive)
         self.signals.abort.set()
         self.join(0.5)
         return clean

@@ -55,8 +55,10 @@ class Topics:
                    cfg.status.topic)
 
     def subscriptions(self) -> tuple[str, ...]:
-        """Topic filters to subscribe to (the fault topic is matched by the first)."""
-        return (f"{self.prefix}/+/+/+", f"{self.prefix}/+/+")
+        """Topic filters to subscribe to: everything under the prefix, so that a
+        message on a topic of the wrong shape reaches ``route`` and is refused
+        with a reason instead of never arriving."""
+        return (f"{self.prefix}/#",)
 
     def route(self, topic: str) -> Routed:
         """Classify an incoming topic; raise UnroutableTopic with the reason."""

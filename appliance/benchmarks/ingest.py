@@ -37,7 +37,7 @@ def _backlog(broker: PrivateBroker, client_id: str, messages: int) -> None:
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                       protocol=mqtt.MQTTv5)
     sub.connect(broker.host, broker.port, clean_start=True, properties=props)
-    sub.subscribe([("plant/+/+/+", 1), ("plant/+/+", 1)])
+    sub.subscribe("plant/#", qos=1)
     sub.loop(1.0)
     sub.disconnect()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -105,7 +105,7 @@ def durable_rate(broker: PrivateBroker, messages: int, data_dir: Path) -> tuple[
         time.sleep(0.001)
     t0 = time.perf_counter()
     while store.counters.processed < messages:
-        time.sleep(0.005)
+        time.sleep(0.02)
     end = time.perf_counter()
     rss_mb = _rss_mb()
     service.stop()

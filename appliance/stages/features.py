@@ -44,14 +44,15 @@ class FeaturesStage(Stage):
     def _rows(self, batch: StoredReadings) -> list[FeatureRows]:
         by_tick: dict[tuple[float, tuple[str, ...]], list] = defaultdict(list)
         assets = self._assets
-        for r in batch.readings:
-            key = (r.key.line, r.key.asset)
+        for k, ts, value in zip(batch.keys, batch.ts.tolist(), batch.values.tolist(),
+                                strict=True):
+            key = (k.line, k.asset)
             state = assets.get(key)
             if state is None:
                 state = assets[key] = AssetFeatures(self.spec)
-            for tick, names, row in state.push(r.key.sensor, r.ts, r.value):
+            for tick, names, row in state.push(k.sensor, ts, value):
                 by_tick[(tick, names)].append((key, row))
-        self.counters.processed += len(batch.readings)
+        self.counters.processed += len(batch.keys)
         self.counters.extra["late_readings"] = sum(a.late for a in assets.values())
         out = []
         for (tick, names), rows in sorted(by_tick.items(), key=lambda kv: kv[0][0]):

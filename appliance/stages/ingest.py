@@ -6,7 +6,7 @@ blocking while the queue below is full: paho then stops reading the socket and
 the broker keeps the messages (back-pressure).  The stage loop hands on partial
 batches every ``batch_ms`` and sends the acks the store returns — only those of
 the current connection, since a message id from a dropped connection means
-nothing (or something else) on the new one.
+nothing (or another message) on the new one.
 """
 
 from __future__ import annotations
@@ -16,42 +16,50 @@ import queue
 import threading
 import time
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from appliance import payloads
 from appliance.clock import Clock, WallClock
 from appliance.config import Config
-from appliance.messages import AckToken, Committed, DeadLetter, EndOfStream, Inbound
+from appliance.messages import Committed, DeadLetter, EndOfStream, Inbound, SeriesKey
 from appliance.mqtt import connect, make_client, reason_failed
 from appliance.stages.base import POLL_S, Stage, StopSignals, put
-from appliance.topics import Routed, Topics, UnroutableTopic
+from appliance.topics import Route, Routed, Topics, UnroutableTopic
 
 log = logging.getLogger(__name__)
 
 
 class _OpenBatch:
-    __slots__ = ("acks", "dead", "faults", "opened", "readings", "redelivered")
+    """The batch being filled, columnar; sealed into an ``Inbound``."""
 
-    def __init__(self, opened: float) -> None:
-        self.readings: list = []
+    __slots__ = ("connection", "dead", "faults", "keys", "mids", "opened", "redelivered",
+                 "ts", "values")
+
+    def __init__(self, connection: int) -> None:
+        self.connection = connection
+        self.keys: list[SeriesKey] = []
+        self.ts: list[float] = []
+        self.values: list[float] = []
         self.faults: list = []
-        self.dead: list = []
-        self.acks: list = []
+        self.dead: list[DeadLetter] = []
+        self.mids: list[int] = []
         self.redelivered = False
-        self.opened = opened
+        self.opened = time.monotonic()
 
-    def __len__(self) -> int:
-        return len(self.acks) or len(self.readings) + len(self.faults) + len(self.dead)
+    def size(self) -> int:
+        return max(len(self.mids), len(self.keys) + len(self.faults) + len(self.dead))
 
     def seal(self) -> Inbound:
-        return Inbound(tuple(self.readings), tuple(self.faults), tuple(self.dead),
-                       tuple(self.acks), self.redelivered)
+        return Inbound(tuple(self.keys), np.array(self.ts, dtype=np.float64),
+                       np.array(self.values, dtype=np.float64), tuple(self.faults),
+                       tuple(self.dead), self.connection, tuple(self.mids), self.redelivered)
 
 
 class IngestStage(Stage):
     name = "ingest"
 
-    def __init__(self, cfg: Config, out: queue.Queue, acks: queue.SimpleQueue,
+    def __init__(self, cfg: Config, out: queue.Queue, acks: queue.Queue,
                  clock: Clock | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -60,11 +68,16 @@ class IngestStage(Stage):
         self.acks = acks
         self.clock = clock or WallClock()
         self.connected = threading.Event()
+        self._lock = threading.Lock()  # guards the batches
+        #: Guards the generation and sending acks, so no ack of an old connection
+        #: can be sent on a new one.  Never held while taking ``_lock``.
+        self._ack_lock = threading.Lock()
         self._generation = 0
-        self._lock = threading.Lock()  # guards the open batch and the generation
-        self._batch = _OpenBatch(time.monotonic())
-        self._routes: dict[str, Routed] = {}
-        self._series: set = set()
+        self._batch = _OpenBatch(0)
+        self._sealed: list[Inbound] = []  # sealed by a connection change, not yet handed on
+        #: raw topic → (route, the reading's series key or None); bounded by max_series
+        self._routes: dict[bytes, tuple[Routed, SeriesKey | None]] = {}
+        self._keys: dict[tuple[str, str, str], SeriesKey] = {}
         self._client: mqtt.Client | None = None
         self._abort = threading.Event()
         self._closing = False
@@ -76,22 +89,26 @@ class IngestStage(Stage):
             log.error("MQTT connect to %s:%d refused: %s", self.cfg.mqtt.host,
                       self.cfg.mqtt.port, reason_code)
             return
-        with self._lock:
-            self._generation += 1
-        qos = self.cfg.mqtt.qos
-        client.subscribe([(t, qos) for t in self.topics.subscriptions()])
+        self._new_generation()
+        client.subscribe([(t, self.cfg.mqtt.qos) for t in self.topics.subscriptions()])
         self.connected.set()
         log.info("MQTT connected to %s:%d (session present: %s)", self.cfg.mqtt.host,
                  self.cfg.mqtt.port, getattr(flags, "session_present", "?"))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason_code: object, properties: object) -> None:
-        with self._lock:
-            self._generation += 1  # acks still pending belong to a dead connection
+        self._new_generation()  # acks still pending belong to a dead connection
         self.connected.clear()
         if not self._closing:
             log.warning("MQTT disconnected (%s); reconnecting", reason_code)
             self.counters.bump("disconnects")
+
+    def _new_generation(self) -> None:
+        with self._ack_lock, self._lock:
+            self._generation += 1
+            if self._batch.size():
+                self._sealed.append(self._batch.seal())
+            self._batch = _OpenBatch(self._generation)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -100,69 +117,92 @@ class IngestStage(Stage):
             log.exception("ingest: unexpected error on a message")
             self.counters.errors += 1
 
-    # -- parsing -------------------------------------------------------------------------
+    # -- parsing (hot path) ------------------------------------------------------------
     def _accept(self, msg: mqtt.MQTTMessage) -> None:
         now = self.clock.time()
         full = None
         with self._lock:
             batch = self._batch
-            if msg.qos > 0:
-                batch.acks.append(AckToken(self._generation, msg.mid))
+            if msg.qos:
+                batch.mids.append(msg.mid)
             if msg.dup:
                 batch.redelivered = True
             self._parse_into(batch, msg, now)
             self.counters.processed += 1
-            if len(batch) >= self.cfg.storage.batch_messages:
-                full = self._swap()
+            if batch.size() >= self.cfg.storage.batch_messages:
+                full = batch.seal()
+                self._batch = _OpenBatch(self._generation)
         if full is not None:
             put(self.out, full, self._abort)
+        if self.acks.qsize():
+            # Acks sent from paho's own thread cost less than from another (no wake-up).
+            self._send_acks(timeout=0.0)
 
     def _parse_into(self, batch: _OpenBatch, msg: mqtt.MQTTMessage, now: float) -> None:
+        raw_topic = msg._topic  # bytes; the public .topic decodes on every access
+        limits = self.cfg.limits
         try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            topic = repr(msg._topic)[:200]
-            self._dead(batch, now, topic, msg.payload, "topic is not UTF-8")
-            return
-        try:
-            routed = self._routes.get(topic)
-            if routed is None:
-                routed = self.topics.route(topic)
-                if len(self._routes) < self.cfg.limits.max_series:
-                    self._routes[topic] = routed
-            parsed = payloads.parse(routed, msg.payload, now, self.cfg.limits)
+            entry = self._routes.get(raw_topic)
+            if entry is None:
+                entry = self._route(raw_topic)
+            routed, key = entry
+            doc = payloads.decode(msg.payload, limits)
+            if key is not None:
+                ts, value = payloads.reading(doc, now, limits)
+                batch.keys.append(key)
+                batch.ts.append(ts)
+                batch.values.append(value)
+            elif routed.route is Route.FAULT:
+                batch.faults.append(payloads.fault(routed, doc, now, limits))
+            else:
+                self._parse_batch(batch, routed, msg, doc, now)
         except (UnroutableTopic, payloads.BadPayload) as exc:
-            self._dead(batch, now, topic, msg.payload, str(exc))
-            return
-        if parsed.fault is not None:
-            batch.faults.append(parsed.fault)
-        for reading in parsed.readings:
-            if reading.key not in self._series:
-                if len(self._series) >= self.cfg.limits.max_series:
-                    self._dead(batch, now, topic, msg.payload,
-                               f"more than max_series ({self.cfg.limits.max_series}) "
-                               "distinct series")
-                    continue
-                self._series.add(reading.key)
-            batch.readings.append(reading)
-        if parsed.partial_reason:
-            self._dead(batch, now, topic, msg.payload, "part of batch refused: "
-                       + parsed.partial_reason)
+            self._dead(batch, now, raw_topic, msg.payload, str(exc))
 
-    def _dead(self, batch: _OpenBatch, now: float, topic: str, payload: bytes,
+    def _route(self, raw_topic: bytes) -> tuple[Routed, SeriesKey | None]:
+        try:
+            topic = raw_topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnroutableTopic("topic is not UTF-8") from None
+        routed = self.topics.route(topic)
+        key = None
+        if routed.route is Route.READING:
+            key = self._admit(routed.line, routed.asset, routed.sensor)
+        if len(self._routes) < self.cfg.limits.max_series + 1000:
+            self._routes[raw_topic] = (routed, key)
+        return routed, key
+
+    def _admit(self, line: str, asset: str, sensor: str) -> SeriesKey:
+        """The series key, if the series count stays within ``max_series``."""
+        key = self._keys.get((line, asset, sensor))
+        if key is None:
+            if len(self._keys) >= self.cfg.limits.max_series:
+                raise payloads.BadPayload(
+                    f"more than max_series ({self.cfg.limits.max_series}) distinct series")
+            key = self._keys[(line, asset, sensor)] = SeriesKey(line, asset, sensor)
+        return key
+
+    def _parse_batch(self, batch: _OpenBatch, routed: Routed, msg: mqtt.MQTTMessage,
+                     doc: object, now: float) -> None:
+        ts, values, refused = payloads.batch(doc, now, self.cfg.limits)
+        for sensor, value in values:
+            try:
+                key = self._admit(routed.line, routed.asset, sensor)
+            except payloads.BadPayload as exc:
+                refused = f"{refused}; {sensor!r}: {exc}".lstrip("; ")
+                continue
+            batch.keys.append(key)
+            batch.ts.append(ts)
+            batch.values.append(value)
+        if refused:
+            self._dead(batch, now, msg._topic, msg.payload, "part of batch refused: " + refused)
+
+    def _dead(self, batch: _OpenBatch, now: float, raw_topic: bytes, payload: bytes,
               reason: str) -> None:
-        batch.dead.append(DeadLetter(now, topic[:1024], bytes(payload[:payloads.
+        topic = raw_topic[:1024].decode("utf-8", errors="backslashreplace")
+        batch.dead.append(DeadLetter(now, topic, bytes(payload[:payloads.
                                      DEAD_LETTER_PAYLOAD_BYTES]), reason))
         self.counters.bump("dead_letters")
-
-    def _swap(self) -> Inbound | None:
-        """Seal the open batch (caller holds the lock); None when it is empty."""
-        if not len(self._batch):
-            self._batch.opened = time.monotonic()
-            return None
-        sealed = self._batch.seal()
-        self._batch = _OpenBatch(time.monotonic())
-        return sealed
 
     # -- stage interface -----------------------------------------------------------------
     def start(self) -> None:
@@ -180,44 +220,48 @@ class IngestStage(Stage):
         batch_s = self.cfg.storage.batch_ms / 1000.0
         while not signals.drain.is_set() and not signals.abort.is_set():
             self._send_acks(timeout=min(POLL_S, batch_s / 2))
-            with self._lock:
-                due = time.monotonic() - self._batch.opened >= batch_s
-                sealed = self._swap() if due else None
-            if sealed is not None:
-                put(self.out, sealed, signals.abort)
+            self._hand_on(due_only=True)
         # Drain: stop receiving, hand on what we hold, then the end marker.
         self._disconnect()
-        with self._lock:
-            sealed = self._swap()
-        if sealed is not None:
-            put(self.out, sealed, signals.abort)
+        self._hand_on(due_only=False)
         put(self.out, EndOfStream(), signals.abort)
+
+    def _hand_on(self, due_only: bool) -> None:
+        with self._lock:
+            sealed, self._sealed = self._sealed, []
+            batch = self._batch
+            due = time.monotonic() - batch.opened >= self.cfg.storage.batch_ms / 1000.0
+            if batch.size() and (due or not due_only):
+                sealed.append(batch.seal())
+                self._batch = _OpenBatch(self._generation)
+            elif not batch.size():
+                batch.opened = time.monotonic()
+        for item in sealed:
+            put(self.out, item, self._abort)
 
     def _send_acks(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                item = self.acks.get(timeout=max(0.0, deadline - time.monotonic()))
+                remaining = deadline - time.monotonic()
+                item = self.acks.get(timeout=remaining) if remaining > 0 else \
+                    self.acks.get_nowait()
             except queue.Empty:
                 return
             if isinstance(item, Committed):
-                self._ack(item.acks)
+                self._ack(item)
 
-    def _ack(self, tokens: tuple[AckToken, ...]) -> None:
+    def _ack(self, committed: Committed) -> None:
         client = self._client
-        if client is None:
+        if client is None or not committed.mids:
             return
-        sent = stale = 0
-        with self._lock:
-            for token in tokens:
-                if token.connection == self._generation:
-                    client.ack(token.mid, 1)
-                    sent += 1
-                else:
-                    stale += 1
-        if stale:
-            self.counters.bump("stale_acks_dropped", stale)
-        self.counters.bump("acked", sent)
+        with self._ack_lock:
+            if committed.connection != self._generation:
+                self.counters.bump("stale_acks_dropped", len(committed.mids))
+                return
+            for mid in committed.mids:
+                client.ack(mid, 1)
+        self.counters.bump("acked", len(committed.mids))
 
     def _disconnect(self) -> None:
         client, self._client = self._client, None

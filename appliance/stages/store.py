@@ -20,13 +20,7 @@ import numpy as np
 
 from appliance.clock import Clock, WallClock
 from appliance.config import Config
-from appliance.messages import (
-    Committed,
-    EndOfStream,
-    Inbound,
-    Reading,
-    StoredReadings,
-)
+from appliance.messages import Committed, EndOfStream, Inbound, StoredReadings
 from appliance.stages.base import Stage, StopSignals, put, take
 from appliance.storage import tables
 from appliance.storage.database import to_timestamp_us
@@ -41,7 +35,7 @@ class StoreStage(Stage):
     name = "store"
 
     def __init__(self, cfg: Config, db: duckdb.DuckDBPyConnection, inbox: queue.Queue,
-                 out: queue.Queue, acks: queue.SimpleQueue, clock: Clock | None = None) -> None:
+                 out: queue.Queue, acks: queue.Queue, clock: Clock | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.db = db
@@ -74,7 +68,7 @@ class StoreStage(Stage):
             stored = self._commit_with_retry(signals)
             if stored is None:
                 return
-            if stored.readings:
+            if stored.keys:
                 put(self.out, stored, signals.abort)
             if end is not None:
                 put(self.out, end, signals.abort)
@@ -105,31 +99,33 @@ class StoreStage(Stage):
                 delay = min(delay * 2, self.cfg.storage.retry_max_s)
                 continue
             self.backlog_failing.clear()
-            acks = tuple(a for b in self._pending for a in b.acks)
+            for connection in dict.fromkeys(b.connection for b in self._pending):
+                mids = tuple(m for b in self._pending if b.connection == connection
+                             for m in b.mids)
+                if mids:
+                    self.acks.put(Committed(connection, mids))
             self._pending = []
-            if acks:
-                self.acks.put(Committed(acks))
             return stored
         return None
 
     def _commit(self, batches: list[Inbound]) -> StoredReadings:
         con, registry = self._con, self._registry
         assert con is not None and registry is not None
-        readings = [r for b in batches for r in b.readings]
+        keys = [k for b in batches for k in b.keys]
+        ts = np.concatenate([b.ts for b in batches])
+        values = np.concatenate([b.values for b in batches])
         known = registry.snapshot()
         con.execute("BEGIN")
         try:
-            sids = registry.ids(con, [r.key for r in readings])
-            ts_us = to_timestamp_us(np.fromiter((r.ts for r in readings), np.float64,
-                                                len(readings)))
-            values = np.fromiter((r.value for r in readings), np.float64, len(readings))
+            sids = registry.ids(con, keys)
+            ts_us = to_timestamp_us(ts)
             if any(b.redelivered for b in batches):
                 keep = _first_occurrence(sids, ts_us) & ~tables.stored_already(con, sids, ts_us)
                 dropped = int((~keep).sum())
                 if dropped:
                     self.counters.bump("duplicates_dropped", dropped)
-                    sids, ts_us, values = sids[keep], ts_us[keep], values[keep]
-                    readings = [r for r, k in zip(readings, keep, strict=True) if k]
+                    sids, ts_us, ts, values = sids[keep], ts_us[keep], ts[keep], values[keep]
+                    keys = [k for k, kept in zip(keys, keep.tolist(), strict=True) if kept]
             tables.insert_readings(con, sids, ts_us, values)
             tables.insert_faults(con, [f for b in batches for f in b.faults], "mqtt")
             tables.insert_dead_letters(con, [d for b in batches for d in b.dead_letters])
@@ -138,8 +134,9 @@ class StoreStage(Stage):
             _rollback(con)
             registry.forget(registry.snapshot() - known)
             raise
-        self.counters.processed += len(readings)
-        return StoredReadings(_sorted_by_time(readings))
+        self.counters.processed += len(keys)
+        order = np.argsort(ts, kind="stable")
+        return StoredReadings(tuple(keys[i] for i in order.tolist()), ts[order], values[order])
 
     def close(self) -> None:
         con, self._con = self._con, None
@@ -156,14 +153,6 @@ def _first_occurrence(sids: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
     mask = np.ones(len(order), dtype=bool)
     mask[order[repeat]] = False
     return mask
-
-
-def _sorted_by_time(readings: list[Reading]) -> tuple[Reading, ...]:
-    return tuple(sorted(readings, key=_ts))
-
-
-def _ts(r: Reading) -> float:
-    return r.ts
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

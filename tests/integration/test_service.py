@@ -89,7 +89,6 @@ def test_sigterm_under_load_stops_within_5s_and_keeps_everything_acknowledged(
     cfg = write_config(tmp_path, broker)
     svc = service_factory(cfg).start()
     pub = publisher(broker)
-    pub.max_queued_messages_set(0)
     msgs = readings(60_000, assets=20, sensors=5)
     done = threading.Event()
 

@@ -1,0 +1,1 @@
+"""Benchmarks (not timed tests): ``appliance bench kernels`` runs ``kernels.run``."""

@@ -1,0 +1,82 @@
+"""RollingBank: many series at once, equal to the single-series objects and to batch."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from appliance.kernels import rolling
+from kernel_cases import assert_matches
+
+BATCH = {
+    "mean": rolling.move_mean, "std": rolling.move_std, "min": rolling.move_min,
+    "max": rolling.move_max, "median": rolling.move_median, "slope": rolling.move_slope,
+}
+
+
+def _ticks(rng: np.random.Generator, n_series: int, n_ticks: int):
+    """Per tick: some series (an index may repeat) with their next timestamps and values."""
+    clock = np.full(n_series, 100.0)
+    for _ in range(n_ticks):
+        idx = rng.integers(0, n_series, size=rng.integers(1, 2 * n_series))
+        ts = np.empty(idx.shape[0])
+        for j, s in enumerate(idx):
+            clock[s] += rng.choice([0.0, 0.5, 1.0, 1.0, 3.0])
+            ts[j] = clock[s]
+        x = rng.normal(10.0, 4.0, size=idx.shape[0])
+        x[rng.random(idx.shape[0]) < 0.1] = np.nan
+        x[rng.random(idx.shape[0]) < 0.02] = np.inf
+        x[rng.random(idx.shape[0]) < 0.02] = -np.inf
+        yield idx, ts, x
+
+
+@pytest.mark.parametrize("min_count", [1, 3])
+def test_bank_equals_single_series_objects_and_batch(min_count: int) -> None:
+    rng = np.random.default_rng(71)
+    n_series, window, halflife = 6, 8.0, 4.0
+    bank = rolling.RollingBank(n_series, window, halflife, min_count=min_count)
+    singles = [[rolling.MoveMean(window, min_count), rolling.MoveStd(window, min_count),
+                rolling.MoveMin(window, min_count), rolling.MoveMax(window, min_count),
+                rolling.MoveMedian(window, min_count), rolling.MoveSlope(window, min_count),
+                rolling.Ewma(halflife)] for _ in range(n_series)]
+    history: list[list[tuple[float, float, np.ndarray]]] = [[] for _ in range(n_series)]
+    for tick, (idx, ts, x) in enumerate(_ticks(rng, n_series, 150)):
+        if tick == 75:
+            bank = pickle.loads(pickle.dumps(bank))
+        assert bank.update(idx, ts, x) is bank
+        got = bank.values(idx)
+        for j, s in enumerate(idx):
+            want = [o.update(ts[j], x[j]).value for o in singles[s]]
+            # later entries of a repeated index overwrite: compare the final state
+            history[s].append((ts[j], x[j], np.array(want)))
+        for j, s in enumerate(idx):
+            final = history[s][-1][2]
+            assert_matches(got[j], final, 0.0, 0.0, f"tick {tick} series {s}")
+    cols = list(rolling.BANK_COLUMNS)
+    for s in range(n_series):
+        ts = np.array([h[0] for h in history[s]])
+        x = np.array([h[1] for h in history[s]])
+        rows = np.array([h[2] for h in history[s]])
+        for c, name in enumerate(cols[:-1]):
+            assert_matches(rows[:, c], BATCH[name](ts, x, window, min_count), 0.0, 0.0,
+                           f"series {s} {name} vs batch")
+        assert_matches(rows[:, -1], rolling.ewma(ts, x, halflife), 0.0, 0.0, f"series {s} ewma")
+    np.testing.assert_array_equal(bank.values().shape, (n_series, len(cols)))
+
+
+def test_bank_checks_the_whole_tick_before_applying_it() -> None:
+    bank = rolling.RollingBank(3, 10.0, 5.0)
+    bank.update([0, 1], [5.0, 5.0], [1.0, 2.0])
+    before = bank.values()
+    with pytest.raises(ValueError, match=r"idx\[1\]=3 is outside \[0, 3\)"):
+        bank.update([0, 3], [6.0, 6.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"ts\[2\]=4.0 for series 1 after 5.0"):
+        bank.update([0, 2, 1], [6.0, 6.0, 4.0], [9.0, 9.0, 9.0])
+    with pytest.raises(ValueError, match=r"ts\[1\]=5.5 for series 0 after 6.0"):
+        bank.update([0, 0], [6.0, 5.5], [9.0, 9.0])       # repeats are ordered too
+    assert_matches(bank.values(), before, 0.0, 0.0, "untouched after refused ticks")
+    with pytest.raises(ValueError, match=r"n_series must be >= 1, got 0"):
+        rolling.RollingBank(0, 1.0, 1.0)
+    assert bank.reset().values().shape == (3, 7)
+    assert np.isnan(bank.values()).all()

@@ -1,0 +1,247 @@
+"""Cleaning kernels against their NumPy references, streaming against batch."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import pickle
+
+import numpy as np
+import pytest
+from appliance.kernels import filters, rolling
+from appliance.kernels import reference as ref
+from kernel_cases import PATTERNS, assert_matches, make_ts, make_x
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def test_docstring_examples() -> None:
+    for mod in (filters, rolling):
+        result = doctest.testmod(mod)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__
+
+
+# --- validity -----------------------------------------------------------------
+
+VALIDITY_BOUNDS = [(-math.inf, math.inf, math.inf), (0.0, 10.0, math.inf),
+                   (-math.inf, math.inf, 2.0), (1.0, 9.0, 0.5)]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_validity_matches_reference_and_stream(pattern: str) -> None:
+    rng = np.random.default_rng(21)
+    for ts_kind in ("regular", "irregular"):
+        ts = make_ts(rng, 300, ts_kind)
+        x64 = make_x(rng, 300, pattern)
+        for dtype in (np.float64, np.float32):
+            x = x64.astype(dtype)
+            for lo, hi, rate in VALIDITY_BOUNDS:
+                what = (f"validity {pattern} ts={ts_kind} {np.dtype(dtype).name} "
+                        f"lo={lo} hi={hi} rate={rate}")
+                want = ref.ref_validity(ts, x.astype(np.float64), lo, hi, rate)
+                got = filters.validity(_readonly(ts), _readonly(x), lo, hi, rate)
+                assert got.dtype == np.uint8, what
+                np.testing.assert_array_equal(got, want, err_msg=what)
+                v = filters.Validity(lo, hi, rate)
+                stream = [v.update(t, xi).value for t, xi in zip(ts, x, strict=True)]
+                np.testing.assert_array_equal(np.array(stream, dtype=np.uint8), want, err_msg=what)
+                assert v.n_invalid == int((want == 0).sum()), what
+
+
+def test_validity_by_hand_and_out_valid() -> None:
+    ts = np.array([0.0, 1.0, 2.0, 2.0, 3.0, 10.0, 11.0])
+    x = np.array([5.0, 6.0, 20.0, 6.0, 7.5, 8.0, np.nan])
+    # rate 1.5/s against the last valid sample; 20 is out of [0, 10];
+    # same time and equal value is fine; 7.5 after 6.0 at dt=2 is 0.75/s
+    want = np.array([1, 1, 0, 1, 1, 1, 0], dtype=np.uint8)
+    np.testing.assert_array_equal(filters.validity(ts, x, 0.0, 10.0, 1.5), want)
+    out = np.zeros(7, dtype=np.bool_)
+    assert filters.validity(ts, x, 0.0, 10.0, 1.5, out_valid=out) is out
+    np.testing.assert_array_equal(out, want.astype(bool))
+    with pytest.raises(ValueError, match=r"lo must be <= hi, got lo=3 > hi=1"):
+        filters.validity(ts, x, 3, 1, 1.0)
+    with pytest.raises(ValueError, match=r"max_rate must be > 0 \(may be inf\), got 0"):
+        filters.Validity(0, 1, 0)
+    with pytest.raises(ValueError, match=r"out_valid must have shape \(7,\), got \(3,\)"):
+        filters.validity(ts, x, 0, 1, 1.0, out_valid=np.zeros(3, dtype=np.uint8))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        filters.validity(ts[::-1], x, 0, 10, 1.0)
+    v = filters.Validity(0.0, 10.0, 1.5)
+    for t, xi in zip(ts[:4], x[:4], strict=True):
+        v.update(t, xi)
+    w = pickle.loads(pickle.dumps(v))
+    rest = [w.update(t, xi).value for t, xi in zip(ts[4:], x[4:], strict=True)]
+    assert rest == [True, True, False]
+    assert w.n_invalid == 2
+    assert v.reset().n_invalid == 0 and v.value is False
+
+
+# --- Hampel -------------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_hampel_matches_reference_and_stream(pattern: str) -> None:
+    rng = np.random.default_rng(31)
+    for ts_kind in ("regular", "irregular"):
+        ts = make_ts(rng, 200, ts_kind)
+        x = make_x(rng, 200, pattern)
+        x[rng.integers(0, 200, size=6)] += 40.0           # some outliers to find
+        for dtype in (np.float64, np.float32):
+            xi = x.astype(dtype)
+            for window_s, k, mc in ((5.0, 3.0, 3), (12.0, 2.0, 1), (40.0, 3.0, 5), (1.0, 0.0, 1)):
+                what = (f"hampel {pattern} ts={ts_kind} {np.dtype(dtype).name} "
+                        f"w={window_s} k={k} mc={mc}")
+                want_c, want_f = ref.ref_hampel(ts, xi.astype(np.float64), window_s, k, mc)
+                got_c, got_f = filters.hampel(_readonly(ts), _readonly(xi), window_s, k, mc)
+                np.testing.assert_array_equal(got_f, want_f, err_msg=what)
+                assert_matches(got_c, want_c, 0.0, 0.0, what)
+                h = filters.Hampel(window_s, k, mc)
+                sc, sf = [], []
+                for t, v in zip(ts, xi, strict=True):
+                    h.update(t, v)
+                    sc.append(h.value)
+                    sf.append(h.is_outlier)
+                assert_matches(np.array(sc), got_c, 0.0, 0.0, what + " stream")
+                np.testing.assert_array_equal(np.array(sf, dtype=np.uint8), got_f, err_msg=what)
+
+
+def test_hampel_by_hand() -> None:
+    ts = np.arange(7.0)
+    x = np.array([1.0, 2.0, 1.0, 2.0, 50.0, 1.0, 2.0])
+    cleaned, flags = filters.hampel(ts, x, 5.0, k=3.0, min_count=3)
+    # at i=4 the window is [1, 2, 1, 2, 50]: median 2, |dev| = [1, 0, 1, 0, 48], MAD 1
+    # 48 > 3 * 1.4826 → replaced by 2
+    np.testing.assert_array_equal(flags, [0, 0, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(cleaned, [1.0, 2.0, 1.0, 2.0, 2.0, 1.0, 2.0])
+    h = filters.Hampel(5.0)
+    for t, v in zip(ts[:4], x[:4], strict=True):
+        h.update(t, v)
+    g = pickle.loads(pickle.dumps(h))
+    assert g.update(4.0, 50.0).value == 2.0 and g.is_outlier
+    assert (g.window_s, g.k, g.min_count) == (5.0, 3.0, 3)
+    with pytest.raises(ValueError, match=r"k must be >= 0, got -1"):
+        filters.hampel(ts, x, 5.0, k=-1)
+
+
+# --- stuck --------------------------------------------------------------------
+
+def _stuck_data(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = np.round(rng.normal(0.0, 1.0, size=n), 0)      # few distinct values: long runs
+    for start in rng.integers(0, n, size=5):
+        x[start:start + rng.integers(5, 40)] = 3.0
+    x[rng.random(n) < 0.1] = np.nan
+    x[rng.integers(0, n, size=3)] = np.inf
+    return x
+
+
+def test_stuck_matches_reference_and_stream() -> None:
+    rng = np.random.default_rng(41)
+    for ts_kind in ("regular", "irregular"):
+        ts = make_ts(rng, 300, ts_kind)
+        x = _stuck_data(rng, 300)
+        for window_s in (0.5, 3.0, 10.0, 40.0):
+            for mc in (1, 2, 4):
+                what = f"stuck ts={ts_kind} w={window_s} mc={mc}"
+                want = ref.ref_stuck(ts, x, window_s, mc)
+                got = filters.stuck(_readonly(ts), _readonly(x.astype(np.float32)), window_s, mc)
+                np.testing.assert_array_equal(got, want, err_msg=what)
+                s = filters.Stuck(window_s, mc)
+                stream = np.array([s.update(t, v).value for t, v in zip(ts, x, strict=True)],
+                                  dtype=np.uint8)
+                np.testing.assert_array_equal(stream, want, err_msg=what)
+
+
+def test_stuck_by_hand() -> None:
+    ts = np.arange(8.0)
+    x = np.array([1.0, 4.0, 4.0, np.nan, 4.0, 4.0, 5.0, 5.0])
+    # window 3: the run of 4.0 starts at t=1; at t=4 the cutoff is 1 → stuck
+    np.testing.assert_array_equal(filters.stuck(ts, x, 3.0), [0, 0, 0, 0, 1, 1, 0, 0])
+    s = filters.Stuck(3.0)
+    for t, v in zip(ts[:4], x[:4], strict=True):
+        s.update(t, v)
+    u = pickle.loads(pickle.dumps(s))
+    rest = [u.update(t, v).value for t, v in zip(ts[4:], x[4:], strict=True)]
+    assert rest == [True, True, False, False]
+    assert s.reset().value is False
+
+
+# --- grid ---------------------------------------------------------------------
+
+def _grid_data(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    ts = 100.0 + np.cumsum(rng.choice([0.0, 0.3, 0.5, 1.0, 2.5, 9.0], size=n))
+    x = rng.normal(5.0, 2.0, size=n)
+    x[rng.random(n) < 0.1] = np.nan
+    x[rng.integers(0, n, size=2)] = np.inf
+    x[rng.integers(0, n, size=2)] = -np.inf
+    return ts, x
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_to_grid_matches_reference(shuffle: bool) -> None:
+    rng = np.random.default_rng(51)
+    ts, x = _grid_data(rng, 400)
+    if shuffle:                       # batch accepts any order
+        p = rng.permutation(400)
+        ts, x = ts[p], x[p]
+    for t0, step, n, gap in ((100.0, 1.0, 500, 3.0), (95.5, 2.5, 260, 0.0),
+                             (150.0, 10.0, 40, 25.0), (90.0, 0.7, 900, math.inf)):
+        what = f"to_grid shuffle={shuffle} t0={t0} step={step} n={n} gap={gap}"
+        wg, wm = ref.ref_to_grid(ts, x, t0, step, n, gap)
+        gg, gm = filters.to_grid(_readonly(ts), _readonly(x), t0, step, n, gap)
+        np.testing.assert_array_equal(gm, wm, err_msg=what)
+        assert_matches(gg, wg, 1e-12, 1e-12 * 10.0, what)
+
+
+def test_grid_accumulator_equals_batch_when_closed_behind_the_data() -> None:
+    rng = np.random.default_rng(61)
+    ts, x = _grid_data(rng, 400)
+    t0, step, gap = 100.0, 1.0, 3.0
+    n = int(np.ceil((ts[-1] - t0) / step)) + 1      # up to the last sample's cell
+    g = filters.GridAccumulator(t0, step, gap)
+    values, missing = [], []
+    for t, v in zip(ts, x, strict=True):
+        vals, miss = g.close_until(t)       # everything strictly before t is complete
+        values.extend(vals)
+        missing.extend(miss)
+        g.add(t, v)
+    vals, miss = g.close_until(t0 + (n - 1) * step + step / 2)
+    values.extend(vals)
+    missing.extend(miss)
+    bg, bm = filters.to_grid(ts, x, t0, step, n, gap)
+    assert g.next_index == n and g.n_late == 0
+    np.testing.assert_array_equal(np.array(missing, dtype=np.uint8), bm)
+    assert_matches(np.array(values), bg, 0.0, 0.0, "GridAccumulator vs to_grid")
+
+
+def test_grid_late_duplicate_and_out_of_order_samples() -> None:
+    g = filters.GridAccumulator(t0=0.0, step_s=1.0, max_gap_s=1.5)
+    g.add(0.7, 2.0).add(0.2, 4.0).add(1.0, 6.0).add(1.0, 8.0)   # out of order, duplicate t
+    vals, miss = g.close_until(1.5)                           # closes cells 0 and 1
+    np.testing.assert_array_equal(vals, [np.nan, (2.0 + 4.0 + 6.0 + 8.0) / 4])
+    np.testing.assert_array_equal(miss, [1, 0])
+    g.add(0.9, 100.0)                                         # cell 1 is closed: dropped
+    g.add(-5.0, 1.0)                                          # also late
+    assert g.n_late == 2
+    g.add(2.5, 1.0)                                           # cell 3 (2, 3]
+    vals, miss = g.close_until(4.0)                           # cells 2, 3 (t_k < 4)
+    np.testing.assert_array_equal(vals, [5.0, 1.0])           # cell 2 carried (2 - 1.0 <= 1.5)
+    np.testing.assert_array_equal(miss, [0, 0])
+    assert g.close_until(4.0)[0].shape == (0,)                # idempotent
+    h = pickle.loads(pickle.dumps(g))
+    assert (h.next_index, h.n_late, h.n_outside) == (4, 2, 0)
+    np.testing.assert_array_equal(h.close_until(6.5)[0], [1.0, np.nan, np.nan])
+    # far-future samples are refused, not allocated
+    f = filters.GridAccumulator(0.0, 1.0, 1.0, max_open_cells=10)
+    f.add(1e12, 1.0)
+    assert f.n_outside == 1
+    with pytest.raises(ValueError, match="close in smaller steps"):
+        f.close_until(1e12)
+    with pytest.raises(ValueError, match=r"ts must be finite, got nan"):
+        f.add(math.nan, 1.0)
+    with pytest.raises(ValueError, match=r"step_s must be finite and > 0, got 0"):
+        filters.to_grid([0.0], [1.0], 0.0, 0, 3, 1.0)
+    with pytest.raises(ValueError, match=r"ts must be finite, got ts\[1\]=inf"):
+        filters.to_grid([0.0, math.inf], [1.0, 2.0], 0.0, 1.0, 3, 1.0)

@@ -104,6 +104,57 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     return sql.main(path, args.query)
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from appliance.model import ModelError, load_model
+    from appliance.pipeline.spec import PipelineSpec
+    from appliance.registry import Registry
+
+    cfg = _load_config(args.config)
+    spec_hash = PipelineSpec.from_config(cfg.pipeline).hash
+    registry = Registry(cfg.models_dir())
+    if args.action in ("show", "add", "promote") and not args.name:
+        print(f"appliance models {args.action} needs a model name", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "list":
+            entries = registry.entries(spec_hash)
+            if not entries:
+                print(f"no models in {registry.directory}")
+            for e in entries:
+                mark = "*" if e.active else " "
+                if e.model is None:
+                    print(f"{mark} {e.name:32} REFUSED: {e.error}")
+                else:
+                    m = e.model
+                    print(f"{mark} {e.name:32} {m.family:14} threshold {m.threshold:.3f}  "
+                          f"trained {m.trained_from[:10]}..{m.trained_to[:10]}")
+            return 0
+        if args.action == "show":
+            model = load_model(registry.path_of(args.name), spec_hash)
+            print(json.dumps({"name": model.name, "path": str(model.path),
+                              "sha256": model.sha256, "family": model.family,
+                              "spec_hash": model.spec_hash, "horizon_s": model.horizon_s,
+                              "threshold": model.threshold, "features": model.feature_names,
+                              "trained_from": model.trained_from,
+                              "trained_to": model.trained_to,
+                              "metrics": dict(model.metrics)}, indent=2))
+            return 0
+        if args.action == "add":
+            model = registry.add(Path(args.name), spec_hash)
+            print(f"added {model.name}; activate it with: appliance models promote {model.name}")
+            return 0
+        if args.action == "promote":
+            model = registry.promote(args.name, spec_hash)
+        else:
+            model = registry.rollback(spec_hash)
+        print(f"active model: {model.name} (a running service switches within "
+              f"{cfg.model.poll_s:g} s)")
+        return 0
+    except ModelError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "kernels":
         from appliance.benchmarks import kernels
@@ -158,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="database file (default: [storage] path of the config)")
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback")
+    p.add_argument("action", choices=["list", "show", "add", "promote", "rollback"])
+    p.add_argument("name", nargs="?", help="model name (show, promote) or file (add)")
+    p.add_argument("--config")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("bench", help="benchmarks")
     p.add_argument("what", choices=["kernels", "ingest"])

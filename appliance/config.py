@@ -74,7 +74,12 @@ class PipelineConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
+    #: The model served while the registry has no active model.
     path: str = "models/starter.onnx"
+    #: The registry folder (``appliance models``); empty = "models" beside the database.
+    dir: str = ""
+    #: How often the service looks for a newly promoted or dropped-in model.
+    poll_s: float = field(default=2.0, metadata=_range(0.1, 3600.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,11 @@ class Config:
     status: StatusConfig = StatusConfig()
     #: The file this was read from ("<defaults>" when built in code).
     source: str = "<defaults>"
+
+    def models_dir(self) -> Path:
+        if self.model.dir:
+            return self.resolve(self.model.dir)
+        return self.resolve(self.storage.path).parent / "models"
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""

@@ -141,5 +141,18 @@ class Alerts:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelEvent:
+    """Predict → record: a model file was activated, found or refused."""
+
+    ts: float
+    name: str
+    path: str
+    sha256: str
+    spec_hash: str
+    status: str  # "active" | "candidate" | "refused"
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class EndOfStream:
     """Passed down the chain on shutdown so each stage flushes before exiting."""

@@ -17,7 +17,7 @@ import threading
 import paho.mqtt.client as mqtt
 
 from appliance.config import Config
-from appliance.messages import AlertEvent, Alerts, EndOfStream, Prediction
+from appliance.messages import AlertEvent, Alerts, EndOfStream, Prediction, Predictions
 from appliance.mqtt import connect, make_client
 from appliance.stages.base import Stage, StopSignals, put, take
 from appliance.topics import Topics
@@ -93,6 +93,9 @@ class AlertStage(Stage):
             if isinstance(item, EndOfStream):
                 put(self.out, item, signals.abort)
                 return
+            if not isinstance(item, Predictions):
+                put(self.out, item, signals.abort)  # e.g. a ModelEvent, for the record
+                continue
             alerts = [a for p in item.items if (a := self._update(p)) is not None]
             for a in alerts:
                 self._publish(a)

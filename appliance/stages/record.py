@@ -1,4 +1,4 @@
-"""Record: writes predictions and alerts to DuckDB (their only writer)."""
+"""Record: writes predictions, alerts and model events to DuckDB (their only writer)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import queue
 
 import duckdb
 
-from appliance.messages import Alerts, EndOfStream, Predictions
+from appliance.messages import Alerts, EndOfStream, ModelEvent, Predictions
 from appliance.stages.base import Stage, StopSignals, take
 from appliance.storage import tables
 
@@ -36,6 +36,8 @@ class RecordStage(Stage):
                 self.counters.processed += len(item.items)
             elif isinstance(item, Alerts):
                 tables.insert_alerts(con, list(item.items))
+            elif isinstance(item, ModelEvent):
+                tables.insert_model_event(con, item)
 
     def close(self) -> None:
         con, self._con = self._con, None

@@ -11,7 +11,14 @@ import json
 import duckdb
 import numpy as np
 
-from appliance.messages import AlertEvent, DeadLetter, FaultEvent, Prediction, SeriesKey
+from appliance.messages import (
+    AlertEvent,
+    DeadLetter,
+    FaultEvent,
+    ModelEvent,
+    Prediction,
+    SeriesKey,
+)
 from appliance.storage.database import to_timestamp_us
 
 
@@ -120,3 +127,14 @@ def insert_alerts(con: duckdb.DuckDBPyConnection, alerts: list[AlertEvent]) -> N
 def factors_json(alert: AlertEvent) -> str:
     return json.dumps([{"feature": f.feature, "value": f.value, "contribution": f.contribution}
                        for f in alert.top_factors])
+
+
+def insert_model_event(con: duckdb.DuckDBPyConnection, event: ModelEvent) -> None:
+    """One row per model the service activated, found or refused (``status``)."""
+    con.execute(
+        "INSERT INTO models (name, sha256, path, spec_hash, created_at, promoted_at, status, "
+        "metrics) VALUES (?, ?, ?, ?, make_timestamp(?), "
+        "CASE WHEN ? = 'active' THEN make_timestamp(?) END, ?, ?)",
+        [event.name, event.sha256, event.path, event.spec_hash, round(event.ts * 1e6),
+         event.status, round(event.ts * 1e6), event.status,
+         json.dumps({"detail": event.detail}) if event.detail else None])

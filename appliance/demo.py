@@ -7,6 +7,7 @@ drains the service (every reading received is committed) and stops the broker.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import threading
@@ -88,17 +89,29 @@ def render(service: Service, cfg: Config) -> str:
             FROM latest l LEFT JOIN last_alert a USING (asset) ORDER BY l.asset""").fetchall()
         readings = con.execute("SELECT count(*) FROM readings_raw").fetchone()[0]
         alerts = con.execute("SELECT count(*) FROM alerts WHERE state = 'raised'").fetchone()[0]
+        last = con.execute("SELECT asset, ts, probability, top_factors FROM alerts "
+                           "WHERE state = 'raised' ORDER BY ts DESC LIMIT 1").fetchone()
+        in_fault = {a for (a,) in con.execute(
+            "SELECT asset FROM faults GROUP BY asset HAVING arg_max(state, ts) = 'start'"
+        ).fetchall()}
     finally:
         con.close()
     lines = ["\033[2J\033[H" + f"appliance demo  —  readings stored {readings:,}   "
              f"alerts raised {alerts}   (Ctrl-C to stop)",
-             f"{'asset':10} {'event time':19} {'p(fault < 1 h)':16} {'':22} {'alert':8} raised"]
+             f"{'asset':10} {'event time':19} {'p(fault < 1 h)':16} {'':22} {'alert':8} "
+             f"{'raised':>6}  line state"]
     for asset, p, ts, _n, state, k in rows:
         bar = "#" * round(p * 20)
         flag = "RAISED" if state == "raised" else ""
-        lines.append(f"{asset:10} {ts:%Y-%m-%d %H:%M:%S} {p:16.3f} {bar:22} {flag:8} {k}")
+        fault = "FAULT" if asset in in_fault else "running"
+        lines.append(f"{asset:10} {ts:%Y-%m-%d %H:%M:%S} {p:16.3f} {bar:22} {flag:8} {k:>6}  "
+                     f"{fault}")
     if not rows:
         lines.append("(waiting for the first predictions: the windows are filling)")
+    if last is not None:
+        asset, ts, p, factors = last
+        why = ", ".join(f"{f['feature']} = {f['value']:.3g}" for f in json.loads(factors))
+        lines.append(f"\nlast alert: {asset} at {ts:%H:%M:%S} (p = {p:.3f}); why: {why}")
     lines.append(f"\ndatabase: {cfg.resolve(cfg.storage.path)}")
     lines.append(f"try, after Ctrl-C: .venv/bin/appliance sql --db {cfg.resolve(cfg.storage.path)} "
                  f"\"{SQL_HINT}\"")

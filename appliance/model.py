@@ -179,7 +179,7 @@ def load_model(path: str | Path, expected_spec_hash: str | None = None) -> Loade
     input_name = _check_input(path, session, len(features))
     output_name = _probability_output(path, session)
     model = LoadedModel(
-        path=path, sha256=sha256, name=f"{path.stem}-{sha256[:8]}",
+        path=path, sha256=sha256, name=model_name(path, sha256),
         feature_names=features, spec_hash=spec_hash, horizon_s=horizon_s,
         threshold=threshold, reference=MappingProxyType(reference), family=family,
         trained_from=meta[KEY_TRAINED_FROM], trained_to=meta[KEY_TRAINED_TO],
@@ -189,6 +189,12 @@ def load_model(path: str | Path, expected_spec_hash: str | None = None) -> Loade
     )
     _probe(model)
     return model
+
+
+def model_name(path: Path, sha256: str) -> str:
+    """``<file stem>-<first 8 hex of sha256>``; a registry file is already named so."""
+    suffix = f"-{sha256[:8]}"
+    return path.stem if path.stem.endswith(suffix) else path.stem + suffix
 
 
 # -- checks -------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""The command line as a user meets it: version, config checks, models, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance import __version__
+from appliance.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+STARTER = REPO / "models" / "starter.onnx"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"appliance {__version__}"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+def test_check_config_accepts_a_minimal_file(tmp_path, capsys):
+    cfg = write(tmp_path, f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\n'
+                          f'[storage]\npath = "{tmp_path / "a.duckdb"}"\n'
+                          f'[model]\npath = "{STARTER}"\n')
+    assert main(["run", "--config", str(cfg), "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "starter-" in out
+    assert not (tmp_path / "a.duckdb").exists()  # checking starts nothing
+
+
+def test_check_config_names_the_file_and_the_bad_key(tmp_path, capsys):
+    cfg = write(tmp_path, "[mqtt]\nhost = 1\n")
+    assert main(["run", "--config", str(cfg), "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "[mqtt] host" in err and "expected a string" in err
+
+
+def test_check_config_refuses_a_missing_model(tmp_path, capsys):
+    cfg = write(tmp_path, '[model]\npath = "nowhere.onnx"\n')
+    assert main(["run", "--config", str(cfg), "--check-config"]) == 2
+    assert "nowhere.onnx: model file not found" in capsys.readouterr().err
+
+
+def test_models_add_promote_rollback_list(tmp_path, capsys):
+    cfg = write(tmp_path, f'[model]\ndir = "{tmp_path / "models"}"\n')
+    assert main(["models", "add", str(STARTER), "--config", str(cfg)]) == 0
+    name = capsys.readouterr().out.split()[1].rstrip(";")
+    assert main(["models", "promote", name, "--config", str(cfg)]) == 0
+    assert f"active model: {name}" in capsys.readouterr().out
+    (tmp_path / "models" / "broken.onnx").write_bytes(b"not onnx")
+    assert main(["models", "list", "--config", str(cfg)]) == 0
+    listing = capsys.readouterr().out
+    assert f"* {name}" in listing and "broken" in listing and "REFUSED" in listing
+    assert main(["models", "promote", "broken", "--config", str(cfg)]) == 1
+    assert "refused" in capsys.readouterr().err
+    assert main(["models", "rollback", "--config", str(cfg)]) == 1  # nothing earlier
+    copy = tmp_path / "second.onnx"
+    shutil.copy(STARTER, copy)
+    assert main(["models", "show", name, "--config", str(cfg)]) == 0
+    assert '"threshold"' in capsys.readouterr().out
+
+
+def test_sql_is_read_only(tmp_path, capsys):
+    from appliance.storage.database import connect
+
+    db = tmp_path / "a.duckdb"
+    connect(db)[0].close()
+    assert main(["sql", "--db", str(db), "SELECT count(*) AS n FROM readings"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "-", "0"]
+    assert main(["sql", "--db", str(db), "DELETE FROM faults"]) == 1
+    assert "read-only" in capsys.readouterr().err
+    assert main(["sql", "--db", str(db),
+                 f"COPY faults TO '{tmp_path / 'x.csv'}'"]) == 1
+    assert not (tmp_path / "x.csv").exists()

@@ -3,11 +3,13 @@
 """Rolling statistics over event-time windows: batch functions and streaming objects.
 
 Design:
-    Window.  At sample i the window holds the samples j with
+    Window.  At sample i the window holds the samples j <= i with
     ``ts[i] - window_s < ts[j] <= ts[i]`` (event time; irregular spacing and
-    duplicate timestamps allowed; ts non-decreasing).  NaN values are missing:
-    they never enter a window and are not counted.  The output is NaN while
-    fewer than ``min_count`` non-NaN samples are in the window.
+    duplicate timestamps allowed; ts non-decreasing; a later sample with the
+    same timestamp is not yet in sample i's window, as in streaming).  NaN
+    values are missing: they never enter a window and are not counted.  The
+    output is NaN while fewer than ``min_count`` non-NaN samples are in the
+    window.
 
     One implementation, two drivers.  Each statistic is a small C state
     struct with inline ``add`` / ``remove`` / ``swap`` (remove-then-add fused)
@@ -17,7 +19,15 @@ Design:
     ``ts_j <= t - window_s`` in the same order, defer the last eviction so it
     can be fused with the incoming sample, and replay the window into a fresh
     state on the same schedule — so the sequence of floating-point operations
-    on the state, and therefore every output bit, is the same in both.
+    on the state, and therefore every output bit, is the same in both (the
+    tests compare bit for bit; ``-ffp-contract=off`` keeps the compiler from
+    fusing differently in the two).  Median / quantile run the very same
+    streaming step in both.
+
+    Batch fast path.  When every x is finite and the window is a fixed count
+    k of samples (regular sampling), mean / std / min / max run a loop with
+    no eviction search and no NaN branches, verifying that assumption (and the
+    ts order) on the way; on failure the general driver reruns from scratch.
 
     Costs per sample (w = samples in the window):
       mean    running sum of x - anchor (anchor = first value of the window),
@@ -31,17 +41,24 @@ Design:
       ewma    event-time exponential weights, O(1).
     Running sums drift and cannot recover from a huge value that has left the
     window, so mean / std / slope replay the window (O(w)) into a fresh state
-    after every 8·w + 64 evictions — O(1) amortised, and the error is bounded
-    by the values of the last few windows, not the whole history.
+    after every 8·w + 64 evictions — O(1) amortised — and std / slope also as
+    soon as their second moment has shrunk below 1/1024 of its peak since the
+    last replay (a cancellation), so the error stays relative to the values
+    in the window, not to the whole history.
 
     ±Inf: counted in the window like any value.  mean → +inf / -inf while only
     one sign of infinity is in the window, NaN when both are; std and slope →
     NaN while any infinity is in the window; min / max / median / quantile
-    order infinities naturally (a quantile interpolating between -inf and
-    +inf, or between an infinity and a finite value of the other side, follows
-    IEEE: -inf..+inf gives NaN, equal neighbours give that value); ewma follows
-    IEEE (an infinity is never forgotten by exponential weights; both signs
-    give NaN) until ``reset()``.
+    order infinities naturally (interpolating between an infinity and a finite
+    neighbour gives the infinity, between -inf and +inf NaN, equal neighbours
+    that value); ewma follows IEEE (an infinity is never forgotten by
+    exponential weights; both signs give NaN) until ``reset()``.
+    Finite values beyond ~1e150 in magnitude may overflow the squares of std
+    and slope; that range is not supported.
+
+    RollingBank runs the streaming steps of mean, std, min, max, median,
+    slope and EWMA for many series in one nogil loop sharing one ring per
+    series (same numbers as the single objects).
 """
 
 cimport cython
@@ -76,16 +93,6 @@ __all__ = [
 ]
 
 cdef double LN2 = 0.6931471805599453
-
-cdef extern from *:
-    """
-    #if defined(__GNUC__) || defined(__clang__)
-    #define appliance_prefetch(p) __builtin_prefetch((p))
-    #else
-    #define appliance_prefetch(p) ((void)0)
-    #endif
-    """
-    void prefetch "appliance_prefetch"(const void *p) noexcept nogil
 
 
 # ---------------------------------------------------------------------------
@@ -440,30 +447,65 @@ cdef inline Py_ssize_t count_at_end(const double *ts, Py_ssize_t n, double w) no
     return n - lo
 
 
+cdef struct FixedCheck:
+    # Verification of the fixed-window assumption, folded into running minima
+    # (cheaper than compares + flags in the hot loop).  For finite a, b the
+    # sign of fl(b - a) is the sign of b - a, so "gap >= 0" is "a <= b" exactly;
+    # NaN / Inf anywhere in ts or x make ``chk`` NaN.
+    double chk          # sum of (x - x) + (t - t): 0 iff all finite
+    double lo_gap       # min of cutoff_i - ts[i - k]: >= 0 (sample i - k has left)
+    double hi_gap       # min of ts[i - k + 1] - cutoff_i: > 0 (sample i - k + 1 is in)
+    double order        # min of ts[i] - ts[i - 1]: >= 0 (sorted)
+
+
+cdef inline void fc_init(FixedCheck *c) noexcept nogil:
+    c.chk = 0.0
+    c.lo_gap = INFINITY
+    c.hi_gap = INFINITY
+    c.order = INFINITY
+
+
+cdef inline bint fc_ok(FixedCheck *c) noexcept nogil:
+    return c.chk == 0.0 and c.lo_gap >= 0.0 and c.hi_gap > 0.0 and c.order >= 0.0
+
+
+cdef inline double dmin(double a, double b) noexcept nogil:
+    return a if a < b else b
+
+
 cdef int acc_batch_fixed(Acc *st, const double *ts, const double *x, Py_ssize_t n, double w,
                          Py_ssize_t min_count, double *out, Py_ssize_t k) noexcept nogil:
     """Speculative fast path of ``acc_batch`` for the common case.
 
     Assumes every x is finite and the window at i is exactly the last
     min(i + 1, k) samples (e.g. regular sampling), so sample i - k, and only
-    it, leaves as sample i enters: no eviction loop, no NaN / Inf branches.
-    The assumption, and that ts is sorted and finite, is verified on the way
-    with branch-free compares; returns 1 if it failed anywhere (``out`` is
-    then garbage and the caller runs ``acc_batch``), else 0.  The state sees
-    exactly the operations ``acc_batch`` and the streaming driver would apply
-    (one fused swap per step, replays on the same schedule), so the outputs are
-    identical to theirs.
+    it, leaves as sample i enters: no eviction loop, no NaN / Inf branches,
+    and in steady state the loop-invariant branches of the shared step are
+    dropped (the arithmetic is the same, statement for statement).  The
+    assumption, and that ts is sorted and finite, is verified on the way
+    (FixedCheck); returns 1 if it failed anywhere (``out`` is then garbage and
+    the caller runs ``acc_batch``), else 0.  The state sees exactly the
+    operations ``acc_batch`` and the streaming driver would apply (one fused
+    swap per step, replays on the same schedule), so the outputs are
+    identical to theirs — the tests compare them bit for bit.
+    Requires 2 <= k and min_count <= k.
     """
     cdef Acc loc
     cdef Acc *sp = &loc
-    cdef Py_ssize_t i, j, m = k if k < n else n
-    cdef double t, cutoff, v, tprev = ts[0], t0 = ts[0], chk = 0.0
-    cdef int bad = 0
+    cdef Py_ssize_t i, j, end, m = k if k < n else n
+    cdef Py_ssize_t lim = 8 * k + 64
+    cdef double t, cutoff, v, tprev = ts[0], t0 = ts[0]
+    cdef double s, anchor, inv, mean, m2, peak, yo, yn, d, mo
+    cdef int bad = 0        # the hot loops flag failures here (compares: fewer FP ops)
+    cdef FixedCheck c
+    fc_init(&c)
     acc_clear(sp)
     for i in range(m):
         t = ts[i]
         v = x[i]
-        bad |= (not (t0 > t - w)) | (not (t >= tprev)) | (not (v - v == 0.0))
+        c.chk += (v - v) + (t - t)
+        c.hi_gap = dmin(c.hi_gap, t0 - (t - w))
+        c.order = dmin(c.order, t - tprev)
         tprev = t
         acc_add(sp, t, v)
         if acc_replay_due(sp):
@@ -471,25 +513,94 @@ cdef int acc_batch_fixed(Acc *st, const double *ts, const double *x, Py_ssize_t 
             for j in range(i + 1):
                 acc_add(sp, ts[j], x[j])
         out[i] = acc_value(sp, min_count, t0, t)
-    if bad:
+    if not fc_ok(&c):
         return 1
-    for i in range(m, n):
-        t = ts[i]
-        v = x[i]
-        cutoff = t - w
-        # NaN / Inf in t or v make chk NaN; for finite values the compares are exact
-        chk += (v - v) + (t - t)
-        bad |= (ts[i - k] > cutoff) | (ts[i - k + 1] <= cutoff) | (t < tprev)
-        tprev = t
-        acc_swap_finite(sp, ts[i - k], x[i - k], t, v)
-        if acc_replay_due(sp):
+    i = m
+    while i < n:
+        if Acc is WelfordState:
+            # acc_swap_finite + welford_std with n_fin == k >= 2, no infinities
+            anchor = sp.anchor
+            inv = sp.inv_n
+            mean = sp.mean
+            m2 = sp.m2
+            peak = sp.peak
+            j = i
+            while j < n:
+                t = ts[j]
+                v = x[j]
+                cutoff = t - w
+                d = v - v
+                bad |= ((ts[j - k] > cutoff) | (not (ts[j - k + 1] > cutoff))
+                        | (not (t >= tprev)) | (d != d))
+                tprev = t
+                yo = x[j - k] - anchor
+                yn = v - anchor
+                d = yn - yo
+                mo = mean
+                mean = mo + d * inv
+                m2 += d * ((yn - mean) + (yo - mo))
+                if m2 > peak:
+                    peak = m2
+                sp.removed += 1
+                if sp.removed > lim or m2 * 1024.0 < peak:
+                    break                       # replay due: the general step below
+                out[j] = 0.0 if m2 <= 0.0 else sqrt(m2 * inv)
+                j += 1
+            sp.mean = mean
+            sp.m2 = m2
+            sp.peak = peak
+            if j == n:
+                break
+            # step j has been applied; replay and emit it
             acc_clear(sp)
-            for j in range(i - k + 1, i + 1):
-                acc_add(sp, ts[j], x[j])
-        out[i] = acc_value(sp, min_count, ts[i - k + 1], t)
-        if (i & 1023) == 0 and (bad or chk != 0.0):
-            return 1
-    if bad or chk != 0.0:
+            for i in range(j - k + 1, j + 1):
+                acc_add(sp, ts[i], x[i])
+            out[j] = acc_value(sp, min_count, 0.0, 0.0)
+            i = j + 1
+            continue
+        else:
+            if Acc is SumState:
+                # acc_swap_finite + sum_mean with n_fin == k >= 2, no infinities
+                end = i + (lim - sp.removed)       # steps before a replay falls due
+                if end > n:
+                    end = n
+                s = sp.s
+                anchor = sp.anchor
+                inv = sp.inv_n
+                for j in range(i, end):
+                    t = ts[j]
+                    v = x[j]
+                    cutoff = t - w
+                    d = v - v
+                    bad |= ((ts[j - k] > cutoff) | (not (ts[j - k + 1] > cutoff))
+                            | (not (t >= tprev)) | (d != d))
+                    tprev = t
+                    s += v - x[j - k]
+                    out[j] = anchor + s * inv
+                sp.s = s
+                sp.removed += end - i
+                i = end
+                if i == n:
+                    break
+            # one general step (SumState: the step that makes a replay due; slope: every step)
+            t = ts[i]
+            v = x[i]
+            cutoff = t - w
+            c.chk += (v - v) + (t - t)
+            c.lo_gap = dmin(c.lo_gap, cutoff - ts[i - k])
+            c.hi_gap = dmin(c.hi_gap, ts[i - k + 1] - cutoff)
+            c.order = dmin(c.order, t - tprev)
+            tprev = t
+            acc_swap_finite(sp, ts[i - k], x[i - k], t, v)
+            if acc_replay_due(sp):
+                acc_clear(sp)
+                for j in range(i - k + 1, i + 1):
+                    acc_add(sp, ts[j], x[j])
+            out[i] = acc_value(sp, min_count, ts[i - k + 1], t)
+            if (i & 1023) == 0 and (bad or not fc_ok(&c)):
+                return 1
+            i += 1
+    if bad or not fc_ok(&c):
         return 1
     st[0] = loc
     return 0
@@ -598,6 +709,59 @@ cdef int minq_batch(MinState *st, const double *ts, const double *x, Py_ssize_t 
         else:
             out[i] = sign * ring_front_x(&st.dq)
     return 0
+
+
+cdef int minq_batch_fixed(double sign, const double *ts, const double *x, Py_ssize_t n, double w,
+                          Py_ssize_t min_count, double *out, Py_ssize_t k) noexcept nogil:
+    """Speculative fast path of ``minq_batch`` when the window at i is exactly
+    the last min(i + 1, k) samples: a deque of indices into x (as bottleneck
+    keeps), expiring by index instead of by time.  min / max select values,
+    so any correct algorithm gives the same bits; the window assumption (and
+    sorted, finite ts) is verified on the way.  Returns 1 when it failed (out
+    is then garbage), -1 when out of memory, 0 when done.
+    """
+    cdef Py_ssize_t cap = 16, i, head = 0, size = 0, cnt = 0, mask, m = k if k < n else n
+    cdef double t, cutoff, v, sv, tprev = ts[0], t0 = ts[0]
+    cdef int bad = 0
+    while cap < k + 1:
+        cap <<= 1
+    mask = cap - 1
+    cdef Py_ssize_t *qi = <Py_ssize_t *> malloc(cap * sizeof(Py_ssize_t))
+    cdef double *qv = <double *> malloc(cap * sizeof(double))
+    if qi == NULL or qv == NULL:
+        free(qi)
+        free(qv)
+        return -1
+    for i in range(n):
+        t = ts[i]
+        cutoff = t - w
+        bad |= not (t >= tprev)
+        tprev = t
+        if i < m:
+            bad |= not (t0 > cutoff)
+        else:
+            bad |= (ts[i - k] > cutoff) | (not (ts[i - k + 1] > cutoff))
+            if size > 0 and qi[head] == i - k:
+                head = (head + 1) & mask
+                size -= 1
+            if x[i - k] == x[i - k]:
+                cnt -= 1
+        v = x[i]
+        if v == v:
+            sv = sign * v
+            while size > 0 and qv[(head + size - 1) & mask] >= sv:
+                size -= 1
+            qi[(head + size) & mask] = i
+            qv[(head + size) & mask] = sv
+            size += 1
+            cnt += 1
+        if size > 0 and cnt >= min_count:
+            out[i] = sign * qv[head]
+        else:
+            out[i] = NAN
+    free(qi)
+    free(qv)
+    return 1 if bad or not (isfinite(ts[0]) and isfinite(ts[n - 1])) else 0
 
 
 cdef int minq_stream(MinState *st, Ring *win, double w, double t, double v) noexcept nogil:
@@ -777,7 +941,8 @@ def move_slope(ts, x, window_s, min_count=1, out=None):
 
 cdef object _run_minmax(double sign, ts, x, window_s, min_count, out):
     cdef MinState st
-    ts64, x64, res = _prepare(ts, x, out)
+    cdef Py_ssize_t k
+    ts64, x64, res = _prepare(ts, x, out, check_ts=False)
     cdef double w = _check_positive("window_s", window_s)
     cdef Py_ssize_t mc = _check_count("min_count", min_count)
     cdef const double[::1] tv = ts64
@@ -787,6 +952,16 @@ cdef object _run_minmax(double sign, ts, x, window_s, min_count, out):
     cdef int rc = 0
     if n == 0:
         return res
+    with nogil:
+        k = count_at_end(&tv[0], n, w)
+        rc = 1
+        if k >= 1:
+            rc = minq_batch_fixed(sign, &tv[0], &xv[0], n, w, mc, &ov[0], k)
+    if rc == 0:
+        return res
+    if rc < 0:
+        raise MemoryError("move_min/move_max: cannot allocate the deque")
+    _check_ts(ts64)
     if ring_init(&st.dq, 64) < 0:
         raise MemoryError("move_min/move_max: cannot allocate the deque")
     st.sign = sign
@@ -1501,8 +1676,6 @@ cdef class RollingBank:
         with nogil:
             for j in range(m):
                 s = iv[j]
-                if j + 2 < m:
-                    prefetch(&self._s[iv[j + 2]])
                 if series_step(&self._s[s], w, tv[j], xv[j]) < 0:
                     rc = -1
                     break

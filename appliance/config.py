@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -65,6 +66,11 @@ class PipelineConfig:
     max_gap_s: float = field(default=300.0, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()
+    #: Cleaning before the grid: a Hampel filter replaces a reading more than
+    #: ``hampel_k`` scaled MADs from the median of its trailing window by that median.
+    clean: bool = True
+    hampel_window_s: float = field(default=60.0, metadata=_range(0.0, lo_open=True))
+    hampel_k: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
 
     def effective_windows(self) -> tuple[float, ...]:
         if self.windows_s:
@@ -90,6 +96,9 @@ class AlertsConfig:
     #: Clear when the probability falls below threshold × clear_ratio (hysteresis).
     clear_ratio: float = field(default=0.8, metadata=_range(0.0, 1.0))
     top_factors: int = field(default=3, metadata=_range(0, 50))
+    #: ``appliance train`` and ``backtest`` choose the threshold with the best recall
+    #: whose false alarm episodes per asset-week stay at or below this, on validation.
+    max_false_per_asset_week: float = field(default=1.0, metadata=_range(0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +121,50 @@ class StatusConfig:
     interval_s: float = field(default=5.0, metadata=_range(0.1))
 
 
+#: Model families of ``appliance train`` (``--family``).
+FAMILIES: tuple[str, ...] = ("gbt", "logistic")
+#: Families a backtest variant may use: the trained ones and a tuned single-sensor limit.
+VARIANT_FAMILIES: tuple[str, ...] = (*FAMILIES, "static_threshold")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    """``appliance train`` and ``appliance backtest``: the data set and the time split."""
+
+    #: Ticks left out of training and scoring after a fault ends; unset = one horizon.
+    cooldown_s: float | None = field(default=None, metadata=_range(0.0))
+    #: The last part of the history (by time) kept for validation, after a gap of one
+    #: horizon; the threshold is chosen there.
+    validation_fraction: float = field(default=0.25, metadata=_range(0.05, 0.9))
+    #: Fit and validate on every n-th tick (features are still computed on the full grid).
+    stride: int = field(default=1, metadata=_range(1, 10_000))
+    #: Threads for fitting; 1 leaves the other core of a two-core gateway to the service.
+    threads: int = field(default=1, metadata=_range(1, 256))
+    #: Boosting iterations of the gbt family.
+    max_iter: int = field(default=100, metadata=_range(1, 10_000))
+
+
+@dataclass(frozen=True, slots=True)
+class VariantConfig:
+    """``[variants.<name>]``: a named override of the pipeline spec or the model family.
+
+    A key left out keeps the value of the variant's base: the built-in variant of
+    the same name (``full``, ``no_filter``, ``static_threshold``), otherwise
+    ``full`` (the configured ``[pipeline]`` with its cleaning step).
+    """
+
+    family: str | None = field(default=None, metadata={"choices": VARIANT_FAMILIES})
+    #: The cleaning step (a Hampel filter per sensor, before the grid): on or bypassed.
+    clean: bool | None = None
+    hampel_window_s: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
+    hampel_k: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
+    cadence_s: float | None = field(default=None, metadata=_range(0.1, 86400.0))
+    max_gap_s: float | None = field(default=None, metadata=_range(0.0))
+    windows_s: tuple[float, ...] | None = field(default=None,
+                                                metadata=_range(0.0, lo_open=True))
+    description: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     mqtt: MqttConfig = MqttConfig()
@@ -122,6 +175,9 @@ class Config:
     queues: QueuesConfig = QueuesConfig()
     limits: LimitsConfig = LimitsConfig()
     status: StatusConfig = StatusConfig()
+    training: TrainingConfig = TrainingConfig()
+    #: ``[variants.<name>]`` tables, as (name, overrides) pairs in file order.
+    variants: tuple[tuple[str, VariantConfig], ...] = ()
     #: The file this was read from ("<defaults>" when built in code).
     source: str = "<defaults>"
 
@@ -129,6 +185,10 @@ class Config:
         if self.model.dir:
             return self.resolve(self.model.dir)
         return self.resolve(self.storage.path).parent / "models"
+
+    def variant(self, name: str) -> VariantConfig | None:
+        """The ``[variants.<name>]`` table, or None when the file has none of that name."""
+        return dict(self.variants).get(name)
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -159,6 +219,9 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
                               f"expected one of: {', '.join(sorted(sections))}")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
+        if name == "variants":
+            values[name] = _build_variants(table, source)
+            continue
         values[name] = _build(sections[name], table, source, name)
     cfg = Config(**values, source=source)
     _check_cross_field(cfg)
@@ -179,6 +242,23 @@ def _build(cls: type, table: dict[str, Any], source: str, section: str) -> Any:
     return cls(**kwargs)
 
 
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _build_variants(table: dict[str, Any], source: str
+                    ) -> tuple[tuple[str, VariantConfig], ...]:
+    out = []
+    for name, sub in table.items():
+        if not _VARIANT_NAME.fullmatch(name):
+            raise ConfigError(f"{source}: [variants.{name}]: a variant name is 1-64 "
+                              f"characters of A-Z a-z 0-9 _ . - (it names a folder)")
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{source}: [variants] {name} must be a table "
+                              f"([variants.{name}])")
+        out.append((name, _build(VariantConfig, sub, source, f"variants.{name}")))
+    return tuple(out)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -192,7 +272,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                               f"got {value!r}")
         return tuple(_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
+        # TOML has no null: None is only ever a default, never a value to accept.
+        options = [o for o in typing.get_args(tp) if o is not type(None)]
+        if len(options) == 1:
+            return _coerce(value, options[0], where)
+        for option in options:
             try:
                 return _coerce(value, option, where)
             except ConfigError:
@@ -220,7 +304,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _check_range(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
-    if not meta:
+    if not meta or value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None:
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
         return
     lo, hi = meta.get("lo"), meta.get("hi")
     items = value if isinstance(value, tuple) else (value,)
@@ -244,3 +333,10 @@ def _check_cross_field(cfg: Config) -> None:
         if w < cfg.pipeline.cadence_s:
             raise ConfigError(f"{src}: [pipeline] windows_s: window {w} is shorter than "
                               f"cadence_s ({cfg.pipeline.cadence_s})")
+    for name, v in cfg.variants:
+        cadence = v.cadence_s if v.cadence_s is not None else cfg.pipeline.cadence_s
+        windows = v.windows_s if v.windows_s is not None else cfg.pipeline.windows_s
+        for w in windows:
+            if w < cadence:
+                raise ConfigError(f"{src}: [variants.{name}] windows_s: window {w} is "
+                                  f"shorter than cadence_s ({cadence})")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from appliance.kernels import rolling
-from appliance.pipeline.spec import PipelineSpec
+from appliance.kernels import filters, rolling
+from appliance.pipeline.spec import CleanSpec, PipelineSpec
 
+#: The batch kernel of each RollingBank column (the live driver's numbers).
 _BATCH = {
     "mean": rolling.move_mean,
     "std": rolling.move_std,
     "min": rolling.move_min,
     "max": rolling.move_max,
+    "median": rolling.move_median,
     "slope": rolling.move_slope,
 }
 
@@ -45,11 +47,58 @@ def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s
     return out
 
 
-def sensor_features(spec: PipelineSpec, ticks: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def clean_values(clean: CleanSpec, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The cleaning step on one sensor's sorted readings: Hampel outliers → window median."""
+    if len(values) == 0:
+        return np.asarray(values, dtype=np.float64)
+    cleaned, _outlier = filters.hampel(ts, values, clean.hampel_window_s, clean.hampel_k,
+                                       clean.hampel_min_count)
+    return cleaned
+
+
+def window_stats(spec: PipelineSpec, window_s: float, ticks: np.ndarray, k: np.ndarray,
+                 grid: np.ndarray) -> list[np.ndarray]:
+    """The STATS columns of one window at every tick (``k`` = global tick indices)."""
+    m = spec.stride(window_s)
+    if len(k) == 0:
+        return [np.empty(0) for _ in spec.stats]
+    if m == 1:
+        pts, vals = ticks, grid
+    else:
+        cell = -(-k // m)  # coarse cell c holds ticks (c·m - m, c·m]
+        cells = np.arange(cell[0], k[-1] // m + 1)  # cells closed within the range
+        finite = np.isfinite(grid)
+        idx = cell[finite] - cell[0]
+        sums = np.bincount(idx, weights=grid[finite], minlength=len(cells))[:len(cells)]
+        counts = np.bincount(idx, minlength=len(cells))[:len(cells)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vals = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        pts = cells * m * spec.cadence_s
+    cols = []
+    for stat in spec.stats:
+        if stat == "ewma":
+            cols.append(rolling.ewma(pts, vals, spec.halflife_s(window_s)))
+        else:
+            cols.append(_BATCH[stat](pts, vals, window_s))
+    if m == 1:
+        return cols
+    # Each tick shows the statistics of the last closed coarse cell.
+    last_closed = k // m - cells[0]
+    held = last_closed >= 0
+    out = []
+    for col in cols:
+        full = np.full(len(k), np.nan)
+        full[held] = col[last_closed[held]]
+        out.append(full)
+    return out
+
+
+def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
+                    grid: np.ndarray) -> np.ndarray:
     """Feature columns of one sensor from its grid values, shape (len(ticks), n)."""
     cols = [grid]
     for w in spec.windows_s:
-        cols.extend(_BATCH[stat](ticks, grid, w) for stat in spec.stats)
+        cols.extend(window_stats(spec, w, ticks, k, grid))
     return np.column_stack(cols)
 
 
@@ -72,12 +121,16 @@ def asset_features(
     if last * c > t_end:
         last -= 1
     n = max(0, last - first + 1)
-    ticks = np.arange(first, first + n, dtype=np.int64) * c
+    k = np.arange(first, first + n, dtype=np.int64)
+    ticks = k * c
     sensors = sorted(series)
     names = spec.feature_names(sensors)
-    blocks = [
-        sensor_features(spec, ticks, grid_values(*series[s], ticks, c, spec.max_gap_s))
-        for s in sensors
-    ]
+    blocks = []
+    for s in sensors:
+        ts, values = series[s]
+        if spec.clean is not None:
+            values = clean_values(spec.clean, ts, values)
+        grid = grid_values(ts, values, ticks, c, spec.max_gap_s)
+        blocks.append(sensor_features(spec, ticks, k, grid))
     matrix = np.hstack(blocks) if blocks else np.empty((n, 0))
     return names, ticks, matrix

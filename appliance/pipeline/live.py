@@ -1,6 +1,10 @@
-"""Live features: one asset's readings in, one feature row per completed tick out.
+"""Live features: readings in one at a time, one feature row per asset per tick out.
 
-The same grid rule and the same kernels as ``batch``, one sample at a time.
+The same steps as ``batch`` with the streaming halves of the same kernels:
+``filters.Hampel`` per sensor, the grid rule, and the rolling statistics of all
+series in ``RollingBank`` chunks (one ring of samples per series and window,
+shared by every statistic: ~3 KB per series and window instead of one ring per
+statistic).
 """
 
 from __future__ import annotations
@@ -9,51 +13,104 @@ import math
 
 import numpy as np
 
-from appliance.kernels import rolling
+from appliance.kernels import filters
+from appliance.kernels.rolling import RollingBank
 from appliance.pipeline.spec import PipelineSpec
 
-_STREAMING = {
-    "mean": rolling.MoveMean,
-    "std": rolling.MoveStd,
-    "min": rolling.MoveMin,
-    "max": rolling.MoveMax,
-    "slope": rolling.MoveSlope,
-}
+#: Series per RollingBank; banks are added as series appear.
+BANK_CHUNK = 256
+
+
+class FeatureBanks:
+    """The rolling state of every series: a row in one RollingBank per window."""
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+        self._chunks: list[list[RollingBank]] = []
+        self.n_series = 0
+
+    def allocate(self) -> int:
+        """A row for a new series."""
+        if self.n_series % BANK_CHUNK == 0:
+            self._chunks.append([RollingBank(BANK_CHUNK, w, self.spec.halflife_s(w))
+                                 for w in self.spec.windows_s])
+        self.n_series += 1
+        return self.n_series - 1
+
+    def update(self, window: int, rows: np.ndarray, ts: float, values: np.ndarray
+               ) -> np.ndarray:
+        """Push one value per row into window ``window``; its statistics, (len(rows), S)."""
+        chunk_of = rows // BANK_CHUNK
+        first = int(chunk_of[0])
+        if (chunk_of == first).all():  # the usual case: one asset's rows share a chunk
+            bank = self._chunks[first][window]
+            local = rows - first * BANK_CHUNK
+            bank.update(local, np.full(len(rows), ts), values)
+            return bank.values(local)
+        out = np.empty((len(rows), len(self.spec.stats)))
+        for chunk in np.unique(chunk_of).tolist():
+            mine = chunk_of == chunk
+            local = rows[mine] - chunk * BANK_CHUNK
+            bank = self._chunks[chunk][window]
+            bank.update(local, np.full(len(local), ts), values[mine])
+            out[mine] = bank.values(local)
+        return out
 
 
 class SensorState:
-    """Grid cell accumulator and rolling kernels of one sensor of one asset."""
+    """One sensor of one asset: cleaning filter, the open grid cell, its bank row."""
 
-    __slots__ = ("_cell_count", "_cell_sum", "_kernels", "_last_grid", "_last_ts", "_max_gap_s")
+    __slots__ = ("cell_count", "cell_sum", "hampel", "last_grid", "last_ts", "row")
 
-    def __init__(self, spec: PipelineSpec) -> None:
-        self._max_gap_s = spec.max_gap_s
-        self._kernels = [_STREAMING[stat](w) for w in spec.windows_s for stat in spec.stats]
-        self._cell_sum = 0.0
-        self._cell_count = 0
-        self._last_grid = math.nan
-        self._last_ts = -math.inf
+    def __init__(self, spec: PipelineSpec, row: int) -> None:
+        clean = spec.clean
+        self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
+                                      clean.hampel_min_count) if clean else None)
+        self.row = row
+        self.cell_sum = 0.0
+        self.cell_count = 0
+        self.last_grid = math.nan
+        self.last_ts = -math.inf
 
     def add(self, ts: float, value: float) -> None:
+        if self.hampel is not None:
+            value = self.hampel.update(ts, value).value
         if math.isfinite(value):
-            self._cell_sum += value
-            self._cell_count += 1
-            self._last_ts = ts
+            self.cell_sum += value
+            self.cell_count += 1
+        self.last_ts = ts
 
-    def close(self, tick: float, out: np.ndarray) -> None:
-        """Finish the cell ending at ``tick``; write this sensor's features into ``out``."""
-        if self._cell_count:
-            grid = self._cell_sum / self._cell_count
-            self._last_grid = grid
-        elif tick - self._last_ts <= self._max_gap_s:
-            grid = self._last_grid
+    def close(self, tick: float, max_gap_s: float) -> float:
+        """The grid value of the cell ending at ``tick``; opens the next cell."""
+        if self.cell_count:
+            grid = self.last_grid = self.cell_sum / self.cell_count
+        elif tick - self.last_ts <= max_gap_s:
+            grid = self.last_grid
         else:
             grid = math.nan
-        self._cell_sum = 0.0
-        self._cell_count = 0
-        out[0] = grid
-        for i, kernel in enumerate(self._kernels, start=1):
-            out[i] = kernel.update(tick, grid).value
+        self.cell_sum = 0.0
+        self.cell_count = 0
+        return grid
+
+
+class _CoarseWindow:
+    """A window on a coarser grid (``spec.stride`` > 1) for one asset's sensors:
+    sums of the finite tick values of the open coarse cell, and the statistics
+    of the last closed one."""
+
+    __slots__ = ("counts", "held", "stride", "sums")
+
+    def __init__(self, stride: int, n_stats: int) -> None:
+        self.stride = stride
+        self.sums = np.zeros(0)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.held = np.full((0, n_stats), np.nan)
+
+    def grow(self, at: int) -> None:
+        """Insert a new (empty) sensor at position ``at``."""
+        self.sums = np.insert(self.sums, at, 0.0)
+        self.counts = np.insert(self.counts, at, 0)
+        self.held = np.insert(self.held, at, np.nan, axis=0)
 
 
 class AssetFeatures:
@@ -62,14 +119,18 @@ class AssetFeatures:
     ``push`` readings in event-time order; it returns (tick, names, row) for
     every tick the reading completed.  A sensor joins the row from its first
     reading on (earlier ticks had it missing, as batch does).  A reading in a
-    cell already emitted is late: not used, counted in ``late``.
+    cell already emitted, or older than its sensor's previous reading, is late:
+    not used, counted in ``late``.
     """
 
-    def __init__(self, spec: PipelineSpec) -> None:
+    def __init__(self, spec: PipelineSpec, banks: FeatureBanks) -> None:
         self.spec = spec
+        self.banks = banks
         self._states: dict[str, SensorState] = {}
+        self._rows = np.zeros(0, dtype=np.int64)
         self._names: tuple[str, ...] = ()
-        self._width = len(spec.sensor_feature_names("x"))
+        self._coarse = {w: _CoarseWindow(spec.stride(ws), len(spec.stats))
+                        for w, ws in enumerate(spec.windows_s) if spec.stride(ws) > 1}
         self._next_k: int | None = None
         self.late = 0
 
@@ -87,24 +148,45 @@ class AssetFeatures:
             self.late += 1
             return rows
         while ts > self._next_k * c:
-            tick = self._next_k * c
-            rows.append((tick, self._names, self._close(tick)))
+            rows.append((self._next_k * c, self._names, self._close(self._next_k)))
             self._next_k += 1
         state = self._states.get(sensor)
         if state is None:
             state = self._add_sensor(sensor)
+        elif ts < state.last_ts:
+            self.late += 1
+            return rows
         state.add(ts, value)
         return rows
 
     def _add_sensor(self, sensor: str) -> SensorState:
-        state = SensorState(self.spec)
+        state = SensorState(self.spec, self.banks.allocate())
         self._states = dict(sorted({**self._states, sensor: state}.items()))
+        at = list(self._states).index(sensor)
+        for window in self._coarse.values():
+            window.grow(at)
+        self._rows = np.array([s.row for s in self._states.values()], dtype=np.int64)
         self._names = self.spec.feature_names(tuple(self._states))
         return state
 
-    def _close(self, tick: float) -> np.ndarray:
-        row = np.empty(len(self._names))
-        w = self._width
-        for i, state in enumerate(self._states.values()):
-            state.close(tick, row[i * w:(i + 1) * w])
-        return row
+    def _close(self, k: int) -> np.ndarray:
+        tick = k * self.spec.cadence_s
+        grid = np.array([s.close(tick, self.spec.max_gap_s) for s in self._states.values()])
+        blocks = [grid[:, None]]
+        for w in range(len(self.spec.windows_s)):
+            coarse = self._coarse.get(w)
+            if coarse is None:
+                blocks.append(self.banks.update(w, self._rows, tick, grid))
+                continue
+            finite = np.isfinite(grid)
+            coarse.sums[finite] += grid[finite]
+            coarse.counts[finite] += 1
+            if k % coarse.stride == 0:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    vals = np.where(coarse.counts > 0,
+                                    coarse.sums / np.maximum(coarse.counts, 1), np.nan)
+                coarse.held = self.banks.update(w, self._rows, tick, vals)
+                coarse.sums[:] = 0.0
+                coarse.counts[:] = 0
+            blocks.append(coarse.held)
+        return np.hstack(blocks).ravel()

@@ -1,9 +1,22 @@
 """What the pipeline computes, and the stable hash a model records it by.
 
-Each sensor's readings are placed on a grid of ``cadence_s`` event-time seconds
-(the mean of the readings in (t - cadence_s, t], the previous grid value carried
-forward while the last reading is at most ``max_gap_s`` old, otherwise missing).
-Over each window the rolling statistics of ``STATS`` are computed on that grid.
+Per sensor, in this order:
+
+1. clean (optional, ``PipelineSpec.clean``): a Hampel filter replaces a reading
+   that lies more than k scaled MADs from the median of its trailing window by
+   that median (``appliance.kernels.filters.hampel``);
+2. grid: readings are placed on a grid of ``cadence_s`` event-time seconds (the
+   mean of the readings in (t - cadence_s, t]; the previous grid value carried
+   forward while the last reading is at most ``max_gap_s`` old; else missing);
+3. features: the grid value (``last``) and, over each window, the rolling
+   statistics of ``STATS`` — the columns of ``appliance.kernels.rolling.RollingBank``,
+   which the live driver runs for all series at once and the batch driver
+   reproduces with the batch kernels.  A window sees at most about
+   ``WINDOW_SAMPLES`` points: a long window runs on a coarser grid whose cell
+   is ``stride`` ticks (the mean of the finite tick values in it), and its
+   statistics are those of the last closed coarse cell.  That bounds memory per
+   series and window (~3 KB) whatever the window, at the cost of long-window
+   statistics moving once per coarse cell.
 """
 
 from __future__ import annotations
@@ -13,9 +26,30 @@ import json
 from dataclasses import asdict, dataclass
 
 from appliance.config import PipelineConfig
+from appliance.kernels.rolling import BANK_COLUMNS
 
 #: Rolling statistics per sensor and window, in feature order.
-STATS: tuple[str, ...] = ("mean", "std", "min", "max", "slope")
+STATS: tuple[str, ...] = tuple(BANK_COLUMNS)
+#: The EWMA column's half-life, as a fraction of its window.
+EWMA_HALFLIFE_FRACTION = 0.25
+#: About this many grid points per rolling window (see ``PipelineSpec.stride``).
+WINDOW_SAMPLES = 60
+#: A Hampel window needs this many readings before it judges one.
+HAMPEL_MIN_COUNT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class CleanSpec:
+    """The cleaning step: ``appliance.kernels.filters.hampel`` over each sensor's readings."""
+
+    hampel_window_s: float = 60.0
+    hampel_k: float = 3.0
+    hampel_min_count: int = HAMPEL_MIN_COUNT
+
+    def __post_init__(self) -> None:
+        if not self.hampel_window_s > 0 or not self.hampel_k > 0 or self.hampel_min_count < 1:
+            raise ValueError(f"clean: hampel_window_s and hampel_k must be > 0 and "
+                             f"hampel_min_count >= 1, got {self!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,21 +59,39 @@ class PipelineSpec:
     max_gap_s: float
     windows_s: tuple[float, ...]
     stats: tuple[str, ...] = STATS
+    #: The cleaning step before the grid; None = no cleaning (e.g. variant no_filter).
+    clean: CleanSpec | None = None
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> PipelineSpec:
+        clean = CleanSpec(cfg.hampel_window_s, cfg.hampel_k) if cfg.clean else None
         return cls(
             cadence_s=cfg.cadence_s,
             horizon_s=cfg.horizon_s,
             max_gap_s=cfg.max_gap_s,
             windows_s=tuple(float(w) for w in cfg.effective_windows()),
+            clean=clean,
         )
 
     @property
     def hash(self) -> str:
-        """sha256 of the canonical JSON of the spec, first 16 hex digits."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the spec, first 16 hex digits.
+
+        ``clean`` enters the JSON only when set, so a spec without cleaning keeps
+        the hash it had before the field existed.
+        """
+        fields = asdict(self)
+        if fields["clean"] is None:
+            del fields["clean"]
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def stride(self, window_s: float) -> int:
+        """Ticks per point of the grid a window's statistics run on (1 = every tick)."""
+        return max(1, int(window_s / (WINDOW_SAMPLES * self.cadence_s)))
+
+    def halflife_s(self, window_s: float) -> float:
+        return window_s * EWMA_HALFLIFE_FRACTION
 
     def sensor_feature_names(self, sensor: str) -> tuple[str, ...]:
         names = [f"{sensor}__last"]

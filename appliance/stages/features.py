@@ -14,7 +14,7 @@ import numpy as np
 
 from appliance.config import Config
 from appliance.messages import EndOfStream, FeatureRows, StoredReadings
-from appliance.pipeline.live import AssetFeatures
+from appliance.pipeline.live import AssetFeatures, FeatureBanks
 from appliance.pipeline.spec import PipelineSpec
 from appliance.stages.base import Stage, StopSignals, put, take
 
@@ -26,6 +26,7 @@ class FeaturesStage(Stage):
     def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue) -> None:
         super().__init__()
         self.spec = PipelineSpec.from_config(cfg.pipeline)
+        self.banks = FeatureBanks(self.spec)
         self.inbox = inbox
         self.out = out
         self._assets: dict[tuple[str, str], AssetFeatures] = {}
@@ -49,7 +50,7 @@ class FeaturesStage(Stage):
             key = (k.line, k.asset)
             state = assets.get(key)
             if state is None:
-                state = assets[key] = AssetFeatures(self.spec)
+                state = assets[key] = AssetFeatures(self.spec, self.banks)
             for tick, names, row in state.push(k.sensor, ts, value):
                 by_tick[(tick, names)].append((key, row))
         self.counters.processed += len(batch.keys)

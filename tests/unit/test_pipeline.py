@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from appliance.config import PipelineConfig
 from appliance.pipeline.batch import asset_features, grid_values
-from appliance.pipeline.live import AssetFeatures
+from appliance.pipeline.live import AssetFeatures, FeatureBanks
 from appliance.pipeline.spec import PipelineSpec
 
 SPEC = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60))
@@ -23,29 +25,35 @@ def irregular_series(rng: np.random.Generator, t0: float, seconds: float, mean_d
     return ts, values
 
 
-def live_rows(series: dict[str, tuple[np.ndarray, np.ndarray]]):
-    events = sorted((t, s, v) for s, (ts, vs) in series.items() for t, v in zip(ts, vs,
-                                                                                strict=True))
-    state = AssetFeatures(SPEC)
+def live_rows(series: dict[str, tuple[np.ndarray, np.ndarray]], spec: PipelineSpec = SPEC):
+    # Event-time order; equal timestamps keep their order within a sensor, as batch does.
+    events = sorted((t, s, i, v) for s, (ts, vs) in series.items()
+                    for i, (t, v) in enumerate(zip(ts, vs, strict=True)))
+    state = AssetFeatures(spec, FeatureBanks(spec))
     rows = []
-    for t, s, v in events:
+    for t, s, _i, v in events:
         rows.extend(state.push(s, t, v))
     return rows, state
 
 
-def test_live_rows_equal_batch_rows(seeded=20260101):
-    rng = np.random.default_rng(seeded)
+#: Long windows run on a coarser grid (stride > 1): 3600 s at 10 s ticks → 60 s points.
+LONG = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=3600, max_gap_s=60))
+
+
+@pytest.mark.parametrize("spec", [SPEC, LONG], ids=["short-windows", "coarse-window"])
+def test_live_rows_equal_batch_rows(spec):
+    rng = np.random.default_rng(20260101)
     t0 = 1_700_000_003.7
     series = {
-        "temp": irregular_series(rng, t0, 4000, 1.3),
-        "vib": irregular_series(rng, t0 + 1, 4000, 7.0),
-        "slow": irregular_series(rng, t0 + 2, 4000, 95.0, drop=0.0),  # sparser than max_gap
+        "temp": irregular_series(rng, t0, 9000, 1.3),
+        "vib": irregular_series(rng, t0 + 1, 9000, 7.0),
+        "slow": irregular_series(rng, t0 + 2, 9000, 95.0, drop=0.0),  # sparser than max_gap
     }
-    rows, state = live_rows(series)
+    rows, state = live_rows(series, spec)
     assert state.late == 0
     first = min(ts[0] for ts, _ in series.values())
     last_tick = rows[-1][0]
-    names, ticks, X = asset_features(SPEC, series, first - 1e-6, last_tick)
+    names, ticks, X = asset_features(spec, series, first - 1e-6, last_tick)
     assert [r[0] for r in rows] == ticks.tolist()
     # Every live row has all three sensors once they have appeared; compare the last 300.
     live = np.vstack([r[2] for r in rows[-300:]])
@@ -79,7 +87,7 @@ def test_grid_mean_per_cell_and_bounded_carry_forward():
 
 
 def test_late_readings_are_counted_not_used():
-    state = AssetFeatures(SPEC)
+    state = AssetFeatures(SPEC, FeatureBanks(SPEC))
     state.push("a", 100.0, 1.0)
     assert len(state.push("a", 125.0, 2.0)) == 3  # ticks 100, 110, 120 close
     assert state.push("a", 105.0, 99.0) == []
@@ -98,3 +106,20 @@ def test_spec_hash_is_stable_and_changes_with_the_spec():
 def test_feature_names_are_in_canonical_order(sensors):
     names = SPEC.feature_names(sensors)
     assert names[0] == "a__last" and names.index("b__last") == len(names) // 2
+
+
+def test_cleaning_removes_a_spike_in_both_drivers():
+    t0 = 1_700_000_000.0
+    ts = t0 + np.arange(0, 600, 1.0)
+    values = np.full(len(ts), 20.0) + np.sin(np.arange(len(ts)) / 7.0) * 0.1
+    values[300] = 500.0  # one spike inside cell (t0+300-10, t0+300]
+    series = {"temp": (ts, values)}
+    raw = dataclasses.replace(SPEC, clean=None)
+    for spec, spike_seen in ((SPEC, False), (raw, True)):
+        names, _ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 590)
+        last = X[:, names.index("temp__last")]
+        assert (last.max() > 60) == spike_seen, spec.clean
+        rows, _ = live_rows(series, spec)
+        live_last = np.array([r[2][0] for r in rows])
+        np.testing.assert_array_equal(live_last, last[:len(live_last)])
+    assert SPEC.hash != raw.hash

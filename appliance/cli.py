@@ -155,11 +155,99 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 1
 
 
+def _db_path(cfg: config_mod.Config, db: str | None) -> Path:
+    return Path(db) if db else cfg.resolve(cfg.storage.path)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from appliance import history
+    from appliance.report import Progress
+
+    cfg = _load_config(args.config)
+    db = _db_path(cfg, args.db)
+    try:
+        reports = history.import_into(
+            db, args.file, args.faults, asset=args.asset, line=args.line,
+            max_future_s=cfg.limits.max_future_s, progress=Progress(enabled=not args.quiet),
+            max_problems=args.show_bad)
+    except history.DatabaseBusy as exc:
+        print(f"appliance import: {exc}", file=sys.stderr)
+        return 1
+    except history.ImportRefused as exc:
+        print(f"appliance import: {exc}", file=sys.stderr)
+        return 2
+    for report in reports:
+        print(report.summary())
+    print(f"database: {db}")
+    return 1 if any(r.stored == 0 and r.rows and r.bad_rows == r.rows for r in reports) else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from appliance.history import DatabaseBusy
+    from appliance.report import Progress
+    from appliance.training import run
+
+    cfg = _load_config(args.config)
+    families = list(config_mod.FAMILIES) if args.family == "both" else [args.family]
+    try:
+        trained = run.train_from_database(
+            cfg, _db_path(cfg, args.db), families,
+            Path(args.out_dir) if args.out_dir else None,
+            Progress(enabled=not args.quiet), seed=args.seed)
+    except DatabaseBusy as exc:
+        print(f"appliance train: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"appliance train: cannot train: {exc}", file=sys.stderr)
+        return 1
+    print(run.summary_table(trained))
+    print(f"validation metrics at the chosen threshold (budget "
+          f"{cfg.alerts.max_false_per_asset_week:g} false alarms per asset-week); "
+          f"activate a model with: appliance models promote {trained[0].name}")
+    return 0
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from appliance import backtest
+    from appliance.history import DatabaseBusy, ImportRefused
+    from appliance.report import Progress
+
+    cfg = _load_config(args.config)
+    if args.faults and not args.readings:
+        print("appliance backtest: --faults goes with --readings", file=sys.stderr)
+        return 2
+    try:
+        result = backtest.main(
+            cfg, [n.strip() for n in args.variants.split(",") if n.strip()],
+            train_until=args.train_until, test_until=args.test_until,
+            out_dir=Path(args.out) if args.out else None,
+            db=None if args.readings else _db_path(cfg, args.db),
+            readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
+            progress=Progress(enabled=not args.quiet), seed=args.seed)
+    except DatabaseBusy as exc:
+        print(f"appliance backtest: {exc}", file=sys.stderr)
+        return 1
+    except ImportRefused as exc:
+        print(f"appliance backtest: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"appliance backtest: {exc}", file=sys.stderr)
+        return 1
+    print(backtest.terminal_table(result))
+    if args.out:
+        print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "kernels":
         from appliance.benchmarks import kernels
 
         return kernels.run(json_output=args.json)
+    if args.what == "memory":
+        from appliance.benchmarks import memory
+
+        return memory.run(json_output=args.json, assets=args.assets)
     from appliance.benchmarks import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
@@ -216,10 +304,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.set_defaults(func=_cmd_models)
 
+    p = sub.add_parser("import", help="import readings (CSV or Parquet) and a fault log")
+    p.add_argument("file", nargs="?", help="readings: long form (ts, asset, sensor, value, "
+                   "optional line) or wide form (a time column, one column per sensor)")
+    p.add_argument("--faults", metavar="FAULTS.csv",
+                   help="fault log: asset, ts_start, ts_end, code (optional line)")
+    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--asset", help="the asset of a file without an asset column")
+    p.add_argument("--line", default="line1", help="the line of a file without a line "
+                   "column (default line1)")
+    p.add_argument("--show-bad", type=int, default=20, metavar="N",
+                   help="print the first N bad rows with their line numbers (default 20)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("train", help="train candidate models from the stored history")
+    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--family", choices=[*config_mod.FAMILIES, "both"], default="both",
+                   help="model family (default both)")
+    p.add_argument("--out-dir", help="also keep the ONNX files and a JSON summary here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("backtest", help="compare pipeline variants on stored history")
+    p.add_argument("--variants", default="full,no_filter,static_threshold",
+                   help="comma-separated variant names (default full,no_filter,"
+                   "static_threshold; more as [variants.NAME] in the config)")
+    p.add_argument("--train-until", metavar="TS",
+                   help="end of the training window (RFC 3339 or Unix seconds; default: "
+                   "three quarters into the history)")
+    p.add_argument("--test-until", metavar="TS", help="end of the test window (default: "
+                   "the end of the history)")
+    p.add_argument("--out", metavar="DIR", help="write report.md, plots and per variant "
+                   "DIR/<variant>/predictions.parquet here")
+    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--readings", metavar="FILE", help="history from this readings file "
+                   "instead of the database")
+    p.add_argument("--faults", metavar="FILE", help="the fault log that goes with --readings")
+    p.add_argument("--asset", help="with --readings: the asset of a file without an asset "
+                   "column")
+    p.add_argument("--line", default="line1", help="with --readings: the line of a file "
+                   "without a line column")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_backtest)
+
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest"])
+    p.add_argument("what", choices=["kernels", "ingest", "memory"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--messages", type=int, default=200_000, help="ingest: messages to send")
+    p.add_argument("--assets", type=int, default=1000, help="memory: assets to simulate")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -52,7 +52,8 @@ class StorageConfig:
     batch_messages: int = field(default=10_000, metadata=_range(1, 60_000))
     #: ... or when its oldest message has waited this long.
     batch_ms: int = field(default=100, metadata=_range(1, 60_000))
-    memory_limit: str = "128MB"
+    #: DuckDB's buffer cap; appends need little, and on a gateway the rest is better free.
+    memory_limit: str = "32MB"
     retry_min_s: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
     retry_max_s: float = field(default=10.0, metadata=_range(0.0, lo_open=True))
 

@@ -1,6 +1,7 @@
 """``appliance demo``: a private broker, the simulator and the service, with a live view.
 
-Everything runs in this process except mosquitto.  Ctrl-C stops the simulator,
+Everything runs in this process except mosquitto (or, where mosquitto is not
+installed, the embedded pure-Python broker of ``embedded_broker``).  Ctrl-C stops the simulator,
 drains the service (every reading received is committed) and stops the broker.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from appliance import simulator
 from appliance.broker import PrivateBroker, find_mosquitto
+from appliance.embedded_broker import EmbeddedBroker
 from appliance.config import Config, from_dict
 from appliance.runner import Service
 
@@ -41,13 +43,15 @@ def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: floa
     logging.getLogger().setLevel(logging.WARNING)  # the live view is the output
     with contextlib.ExitStack() as stack:
         if host is None:
-            if find_mosquitto() is None:
-                print("appliance demo needs a broker: install the Debian package 'mosquitto' "
-                      "(apt-get install mosquitto) or pass --host/--port of one", file=sys.stderr)
-                return 1
-            broker = stack.enter_context(PrivateBroker())
+            if find_mosquitto() is not None:
+                broker = stack.enter_context(PrivateBroker())
+                kind = "a private mosquitto"
+            else:
+                broker = stack.enter_context(EmbeddedBroker())
+                kind = ("the embedded Python broker (mosquitto not found; install the Debian "
+                        "package 'mosquitto' for a real one)")
             host, port = broker.host, broker.port
-            print(f"started a private mosquitto on {host}:{port}")
+            print(f"started {kind} on {host}:{port}")
         data_dir.mkdir(parents=True, exist_ok=True)
         cfg = demo_config(host, port, data_dir)
         service = Service(cfg)

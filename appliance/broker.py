@@ -51,6 +51,7 @@ class PrivateBroker:
             "max_queued_bytes 0",
             "max_inflight_messages 0",
             f"log_dest file {self.log}",
+            "user root",  # run as root, mosquitto drops to user mosquitto: no log, no persistence
         ]
         if persistence:
             lines += ["persistence true", f"persistence_location {self._dir}/"]

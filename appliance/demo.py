@@ -10,15 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
 
 from appliance import simulator
 from appliance.broker import PrivateBroker, find_mosquitto
-from appliance.embedded_broker import EmbeddedBroker
 from appliance.config import Config, from_dict
+from appliance.embedded_broker import EmbeddedBroker
 from appliance.runner import Service
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"

@@ -39,7 +39,7 @@ def decode(payload: bytes, limits: LimitsConfig) -> object:
         doc, end = _scan_once(text, 0)
         if end == len(text) or not text[end:].strip():
             return doc
-    except StopIteration:
+    except (StopIteration, ValueError):  # JSONDecodeError: a malformed string or object
         pass  # leading whitespace or not JSON: let json.loads say which
     except RecursionError:
         raise BadPayload("JSON nested too deeply") from None

@@ -160,33 +160,63 @@ def tick_pr_auc(scores: Sequence[AssetScores]) -> float:
     return float(average_precision_score(y, p))
 
 
-def choose_threshold(scores: Sequence[AssetScores], horizon_s: float,
-                     max_false_per_asset_week: float = 1.0, clear_ratio: float = 0.8,
-                     lo: float = 0.02, hi: float = 0.995) -> tuple[EventMetrics, bool]:
-    """The threshold with the best recall whose false alarms stay within the budget.
-
-    Candidates are quantiles of the usable probabilities, within [lo, hi].  Ties
-    go to fewer false alarms, then to the higher threshold.  Returns the metrics
-    at the chosen threshold and whether the budget was met (when no candidate
-    meets it, the one with the fewest false alarms per asset-week is returned).
-    """
+def threshold_candidates(scores: Sequence[AssetScores], lo: float = 0.02, hi: float = 0.995
+                         ) -> np.ndarray:
+    """Thresholds worth trying: an even grid on [lo, hi] and the upper quantiles of the
+    usable probabilities (where the interesting thresholds are), within [lo, hi]."""
     p = np.concatenate([s.probability[s.usable] for s in scores]) if scores else np.empty(0)
     p = p[np.isfinite(p)]
     grid = np.linspace(lo, hi, 97)
     if len(p):
         grid = np.concatenate([grid, np.quantile(p, np.linspace(0.5, 1.0, 201))])
-    candidates = np.unique(np.clip(grid, lo, hi))
+    return np.unique(np.clip(grid, lo, hi))
+
+
+def metrics_curve(scores: Sequence[AssetScores], horizon_s: float, clear_ratio: float = 0.8,
+                  candidates: np.ndarray | None = None) -> list[EventMetrics]:
+    """Event metrics at each candidate threshold (default ``threshold_candidates``):
+    recall against false alarms, as the threshold moves."""
+    if candidates is None:
+        candidates = threshold_candidates(scores)
     auc = tick_pr_auc(scores)
-    results = [event_metrics(scores, float(c), horizon_s, clear_ratio, pr_auc=auc)
-               for c in candidates]
+    return [event_metrics(scores, float(c), horizon_s, clear_ratio, pr_auc=auc)
+            for c in np.asarray(candidates, dtype=np.float64)]
+
+
+def best_within_budget(curve: Sequence[EventMetrics], max_false_per_asset_week: float
+                       ) -> tuple[EventMetrics, bool]:
+    """The point of ``curve`` with the best recall whose false alarms stay within the budget.
+
+    Ties go to fewer false alarms, then to the higher threshold.  Returns the
+    point and whether the budget was met (when no point meets it, the one with
+    the fewest false alarms per asset-week is returned).
+    """
+    if not curve:
+        raise ValueError("no thresholds to choose from")
 
     def fa(m: EventMetrics) -> float:
         return 0.0 if math.isnan(m.false_per_asset_week) else m.false_per_asset_week
 
-    feasible = [m for m in results if fa(m) <= max_false_per_asset_week]
+    feasible = [m for m in curve if fa(m) <= max_false_per_asset_week]
     if feasible:
         best = max(feasible, key=lambda m: (0.0 if math.isnan(m.recall) else m.recall,
                                             -fa(m), m.threshold))
         return best, True
-    best = min(results, key=lambda m: (fa(m), -m.threshold))
-    return best, False
+    return min(curve, key=lambda m: (fa(m), -m.threshold)), False
+
+
+def choose_threshold(scores: Sequence[AssetScores], horizon_s: float,
+                     max_false_per_asset_week: float = 1.0, clear_ratio: float = 0.8,
+                     lo: float = 0.02, hi: float = 0.995,
+                     candidates: np.ndarray | None = None) -> tuple[EventMetrics, bool]:
+    """The threshold with the best recall whose false alarms stay within the budget.
+
+    Candidates are ``threshold_candidates(scores, lo, hi)`` unless given.  Ties
+    go to fewer false alarms, then to the higher threshold.  Returns the metrics
+    at the chosen threshold and whether the budget was met (when no candidate
+    meets it, the one with the fewest false alarms per asset-week is returned).
+    """
+    if candidates is None:
+        candidates = threshold_candidates(scores, lo, hi)
+    curve = metrics_curve(scores, horizon_s, clear_ratio, candidates)
+    return best_within_budget(curve, max_false_per_asset_week)

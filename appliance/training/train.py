@@ -9,10 +9,17 @@ between float32 values and ONNX and scikit-learn agree (see ``export``).
 Split by time: training ticks in (t_start, t_split], then a gap of one horizon
 (whose labels would look into the validation window), then validation ticks.
 The threshold is chosen on validation with ``metrics.choose_threshold``.
+
+Two model families: gradient-boosted trees (``gbt``, HistGradientBoosting) and
+a logistic regression (``logistic``: median imputation of missing values,
+standard scaling, then the regression, one scikit-learn Pipeline that skl2onnx
+converts whole).  ``build_dataset`` once, then ``fit`` per family: the
+features are the expensive part, and ``train_families`` shares them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +35,9 @@ from appliance.training.labels import label_ticks
 from appliance.training.metrics import AssetScores, EventMetrics, choose_threshold, tick_pr_auc
 
 FAMILY_HGB = "hist_gradient_boosting"
+FAMILY_LOGISTIC = "logistic_regression"
+#: ``--family`` names and the family each writes into the model's metadata.
+FAMILIES: dict[str, str] = {"gbt": FAMILY_HGB, "logistic": FAMILY_LOGISTIC}
 
 Progress = Callable[[str], None]
 
@@ -58,6 +68,20 @@ class Dataset:
     positive: np.ndarray  # (rows,) bool
     usable: np.ndarray  # (rows,) bool
     fault_starts: Mapping[str, np.ndarray] = field(repr=False)
+
+    def take(self, rows: np.ndarray) -> Dataset:
+        """The data set restricted to the selected rows (bool mask)."""
+        return Dataset(names=self.names, assets=self.assets,
+                       asset_index=self.asset_index[rows], ticks=self.ticks[rows],
+                       X=self.X[rows], positive=self.positive[rows], usable=self.usable[rows],
+                       fault_starts=self.fault_starts)
+
+    def stride(self, spec: PipelineSpec, n: int) -> Dataset:
+        """Every n-th tick of the grid (the same ticks for every asset)."""
+        if n == 1:
+            return self
+        k = np.rint(self.ticks / spec.cadence_s).astype(np.int64)
+        return self.take(k % n == 0)
 
     def scores(self, rows: np.ndarray, probability: np.ndarray) -> list[AssetScores]:
         """Per-asset scores of the selected rows (bool mask) with their probabilities."""
@@ -150,6 +174,9 @@ def select_features(X: np.ndarray, names: Sequence[str], duplicate_corr: float =
 class TrainParams:
     """What ``train`` does; the defaults make a small, quick model."""
 
+    #: ``gbt`` (HistGradientBoosting) or ``logistic`` (imputer + scaler + regression).
+    family: str = "gbt"
+
     #: Fraction of (t_start, t_end] used for training; validation follows a horizon gap.
     train_fraction: float = 0.75
     max_false_per_asset_week: float = 1.0
@@ -161,6 +188,8 @@ class TrainParams:
     max_depth: int = 4
     learning_rate: float = 0.1
     l2_regularization: float = 1.0
+    #: Inverse regularisation strength of the logistic family.
+    C: float = 1.0
     drop_useless: bool = True
     duplicate_corr: float = 0.999
     stride: int = 1
@@ -170,6 +199,11 @@ class TrainParams:
     threads: int | None = 1
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got "
+                             f"{self.family!r}")
+        if not self.C > 0:
+            raise ValueError(f"C must be > 0, got {self.C!r}")
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction!r}")
         if not self.max_false_per_asset_week >= 0:
@@ -220,31 +254,84 @@ class TrainResult:
 def train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
           t_end: float, params: TrainParams | None = None,
           progress: Progress | None = None) -> TrainResult:
-    """Build the data set, fit a HistGradientBoostingClassifier, choose the threshold."""
+    """Build the data set, fit one family (``params.family``), choose the threshold."""
+    params = params or TrainParams()
+    return train_families(spec, histories, t_start, t_end, [params], progress)[0]
+
+
+def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
+                   t_end: float, params: Sequence[TrainParams],
+                   progress: Progress | None = None) -> list[TrainResult]:
+    """One data set (with the first params' cool-down and stride), a fit per params."""
+    if not params:
+        raise ValueError("no model family to train")
+    t0 = time.perf_counter()
+    first = params[0]
+    ds = build_dataset(spec, histories, t_start, t_end, first.cooldown_s, first.stride,
+                       progress)
+    features_s = time.perf_counter() - t0
+    results = []
+    for p in params:
+        r = fit(ds, spec, t_start, t_end, p, progress)
+        results.append(_with_timing(r, "features_s", features_s))
+    return results
+
+
+def _with_timing(result: TrainResult, key: str, seconds: float) -> TrainResult:
+    timings = {key: seconds, **result.timings}
+    return dataclasses.replace(result, timings=timings)
+
+
+def make_classifier(params: TrainParams) -> Any:
+    """An unfitted scikit-learn classifier of ``params.family``."""
+    if params.family == "gbt":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(
+            max_iter=params.max_iter, max_depth=params.max_depth,
+            learning_rate=params.learning_rate, l2_regularization=params.l2_regularization,
+            early_stopping=False, random_state=params.seed)
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Missing values (NaN) become the training median, as the service's features may
+    # be missing; keep_empty_features keeps the input width equal to the feature list.
+    return Pipeline([
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("scale", StandardScaler()),
+        ("model", LogisticRegression(C=params.C, max_iter=2000, random_state=params.seed)),
+    ])
+
+
+def fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
+        params: TrainParams, progress: Progress | None = None) -> TrainResult:
+    """Fit ``params.family`` on the rows of ``ds`` with ticks in (t_start, t_end].
+
+    Training ticks are those up to t_split = t_start + train_fraction × (t_end −
+    t_start); validation ticks follow after a gap of one horizon.  The threshold
+    is the one with the best validation recall within the false-alarm budget.
+    """
     # Import scikit-learn (and so its OpenMP runtime) first: threadpoolctl limits
     # only the libraries already loaded when the limit is set.
-    import sklearn.ensemble  # noqa: F401
+    import sklearn.ensemble
+    import sklearn.linear_model  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    params = params or TrainParams()
     with threadpool_limits(params.threads):
-        return _train(spec, histories, t_start, t_end, params, progress)
+        return _fit(ds, spec, t_start, t_end, params, progress)
 
 
-def _train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
-           t_end: float, params: TrainParams, progress: Progress | None) -> TrainResult:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
+def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
+         params: TrainParams, progress: Progress | None) -> TrainResult:
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ds = build_dataset(spec, histories, t_start, t_end, params.cooldown_s, params.stride,
-                       progress)
-    timings["features_s"] = time.perf_counter() - t0
-
+    family = FAMILIES[params.family]
+    in_window = (ds.ticks > t_start) & (ds.ticks <= t_end)
     t_split = t_start + params.train_fraction * (t_end - t_start)
-    train_rows = ds.usable & (ds.ticks <= t_split)
-    val_rows = ds.ticks > t_split + spec.horizon_s  # all ticks: alarms need the sequence
+    train_rows = in_window & ds.usable & (ds.ticks <= t_split)
+    val_rows = in_window & (ds.ticks > t_split + spec.horizon_s)  # alarms need every tick
     if not val_rows.any():
         raise ValueError("no validation ticks: the history is too short for the train "
                          "fraction and one horizon of gap")
@@ -260,14 +347,11 @@ def _train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float
         keep, dropped = np.arange(len(ds.names)), {}
     names = tuple(ds.names[j] for j in keep)
     X_train = X_train[:, keep]
-    say(f"training on {len(X_train)} ticks ({int(y_train.sum())} positive), "
+    say(f"{params.family}: training on {len(X_train)} ticks ({int(y_train.sum())} positive), "
         f"{len(names)} features ({len(dropped)} dropped)")
 
     t0 = time.perf_counter()
-    clf = HistGradientBoostingClassifier(
-        max_iter=params.max_iter, max_depth=params.max_depth,
-        learning_rate=params.learning_rate, l2_regularization=params.l2_regularization,
-        early_stopping=False, random_state=params.seed)
+    clf = make_classifier(params)
     clf.fit(X_train.astype(np.float64), y_train.astype(np.int64))
     timings["fit_s"] = time.perf_counter() - t0
 
@@ -280,7 +364,7 @@ def _train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float
     p_train = clf.predict_proba(X_train.astype(np.float64))[:, 1]
     train_scores = ds.scores(train_rows, p_train)
     timings["validate_s"] = time.perf_counter() - t0
-    say(f"threshold {chosen.threshold:.3f}: recall {chosen.recall:.2f} "
+    say(f"{params.family}: threshold {chosen.threshold:.3f}: recall {chosen.recall:.2f} "
         f"({chosen.caught}/{chosen.faults}), {chosen.false_per_asset_week:.2f} false alarms "
         f"per asset-week, median lead {chosen.median_lead_s / 60:.0f} min")
 
@@ -300,7 +384,7 @@ def _train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float
     training = {"params": asdict(params), "assets": list(ds.assets),
                 "dropped_features": dict(dropped), "spec_cadence_s": spec.cadence_s}
     return TrainResult(
-        classifier=clf, family=FAMILY_HGB, feature_names=names, dropped=dropped,
+        classifier=clf, family=family, feature_names=names, dropped=dropped,
         spec_hash=spec.hash, horizon_s=spec.horizon_s, threshold=chosen.threshold,
         threshold_met_budget=met,
         reference=export.reference_distribution(X_train, names),

@@ -72,6 +72,10 @@ class PipelineConfig:
     clean: bool = True
     hampel_window_s: float = field(default=60.0, metadata=_range(0.0, lo_open=True))
     hampel_k: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
+    #: Half-life of the long baseline a sensor's deviation is measured from.
+    baseline_halflife_s: float = field(default=6 * 3600.0, metadata=_range(0.0, lo_open=True))
+    #: Cross-sensor differences, e.g. [["lube_temp", "ambient_temp"]].
+    differences: tuple[tuple[str, ...], ...] = ()
 
     def effective_windows(self) -> tuple[float, ...]:
         if self.windows_s:
@@ -330,6 +334,10 @@ def _check_cross_field(cfg: Config) -> None:
         raise ConfigError(
             f"{src}: [storage] batch_messages ({cfg.storage.batch_messages}) must be below "
             f"[mqtt] receive_maximum ({cfg.mqtt.receive_maximum}), or batches never fill")
+    for pair in cfg.pipeline.differences:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ConfigError(f"{src}: [pipeline] differences: each entry is two different "
+                              f"sensor names, got {list(pair)!r}")
     for w in cfg.pipeline.windows_s:
         if w < cfg.pipeline.cadence_s:
             raise ConfigError(f"{src}: [pipeline] windows_s: window {w} is shorter than "

@@ -94,12 +94,20 @@ def window_stats(spec: PipelineSpec, window_s: float, ticks: np.ndarray, k: np.n
 
 
 def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
-                    grid: np.ndarray) -> np.ndarray:
-    """Feature columns of one sensor from its grid values, shape (len(ticks), n)."""
-    cols = [grid]
-    for w in spec.windows_s:
-        cols.extend(window_stats(spec, w, ticks, k, grid))
-    return np.column_stack(cols)
+                    grid: np.ndarray, first_ts: float) -> np.ndarray:
+    """Feature columns of one sensor from its grid values, shape (len(ticks), n).
+
+    ``first_ts`` is the sensor's first reading: the missing fraction counts
+    from the tick that closes its cell on (before it, the sensor did not exist).
+    """
+    stats = [col for w in spec.windows_s for col in window_stats(spec, w, ticks, k, grid)]
+    first_std = stats[spec.stats.index("std")]
+    with np.errstate(invalid="ignore"):
+        stuck = np.where(np.isnan(first_std), np.nan, (first_std == 0.0).astype(np.float64))
+    absent = np.where(ticks >= first_ts, np.isnan(grid).astype(np.float64), np.nan)
+    missing = rolling.ewma(ticks, absent, spec.missing_halflife_s)
+    dev = grid - rolling.ewma(ticks, grid, spec.baseline_halflife_s)
+    return np.column_stack([grid, missing, stuck, dev, *stats])
 
 
 def asset_features(
@@ -126,11 +134,16 @@ def asset_features(
     sensors = sorted(series)
     names = spec.feature_names(sensors)
     blocks = []
+    grids = {}
     for s in sensors:
         ts, values = series[s]
         if spec.clean is not None:
             values = clean_values(spec.clean, ts, values)
-        grid = grid_values(ts, values, ticks, c, spec.max_gap_s)
-        blocks.append(sensor_features(spec, ticks, k, grid))
+        grids[s] = grid_values(ts, values, ticks, c, spec.max_gap_s)
+        first_ts = float(ts[0]) if len(ts) else np.inf
+        blocks.append(sensor_features(spec, ticks, k, grids[s], first_ts))
+    missing = np.full(n, np.nan)
+    blocks.extend((grids.get(a, missing) - grids.get(b, missing))[:, None]
+                  for a, b in spec.differences)
     matrix = np.hstack(blocks) if blocks else np.empty((n, 0))
     return names, ticks, matrix

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from appliance.kernels import filters
-from appliance.kernels.rolling import RollingBank
+from appliance.kernels.rolling import Ewma, RollingBank
 from appliance.pipeline.spec import PipelineSpec
 
 #: Series per RollingBank; banks are added as series appear.
@@ -60,12 +60,15 @@ class FeatureBanks:
 class SensorState:
     """One sensor of one asset: cleaning filter, the open grid cell, its bank row."""
 
-    __slots__ = ("cell_count", "cell_sum", "hampel", "last_grid", "last_ts", "row")
+    __slots__ = ("baseline", "cell_count", "cell_sum", "hampel", "last_grid", "last_ts",
+                 "missing", "row")
 
     def __init__(self, spec: PipelineSpec, row: int) -> None:
         clean = spec.clean
         self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
                                       clean.hampel_min_count) if clean else None)
+        self.missing = Ewma(spec.missing_halflife_s)
+        self.baseline = Ewma(spec.baseline_halflife_s)
         self.row = row
         self.cell_sum = 0.0
         self.cell_count = 0
@@ -80,8 +83,9 @@ class SensorState:
             self.cell_count += 1
         self.last_ts = ts
 
-    def close(self, tick: float, max_gap_s: float) -> float:
-        """The grid value of the cell ending at ``tick``; opens the next cell."""
+    def close(self, tick: float, max_gap_s: float) -> tuple[float, float, float]:
+        """(grid value, missing fraction, deviation from baseline) of the cell ending
+        at ``tick``; opens the next cell."""
         if self.cell_count:
             grid = self.last_grid = self.cell_sum / self.cell_count
         elif tick - self.last_ts <= max_gap_s:
@@ -90,7 +94,8 @@ class SensorState:
             grid = math.nan
         self.cell_sum = 0.0
         self.cell_count = 0
-        return grid
+        missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
+        return grid, missing, grid - self.baseline.update(tick, grid).value
 
 
 class _CoarseWindow:
@@ -171,8 +176,9 @@ class AssetFeatures:
 
     def _close(self, k: int) -> np.ndarray:
         tick = k * self.spec.cadence_s
-        grid = np.array([s.close(tick, self.spec.max_gap_s) for s in self._states.values()])
-        blocks = [grid[:, None]]
+        closed = np.array([s.close(tick, self.spec.max_gap_s) for s in self._states.values()])
+        grid = closed[:, 0]
+        blocks = []
         for w in range(len(self.spec.windows_s)):
             coarse = self._coarse.get(w)
             if coarse is None:
@@ -189,4 +195,13 @@ class AssetFeatures:
                 coarse.sums[:] = 0.0
                 coarse.counts[:] = 0
             blocks.append(coarse.held)
-        return np.hstack(blocks).ravel()
+        first_std = blocks[0][:, self.spec.stats.index("std")]
+        with np.errstate(invalid="ignore"):
+            stuck = np.where(np.isnan(first_std), np.nan, (first_std == 0.0).astype(np.float64))
+        per_sensor = np.column_stack([grid, closed[:, 1], stuck, closed[:, 2], *blocks]).ravel()
+        if not self.spec.differences:
+            return per_sensor
+        position = {name: i for i, name in enumerate(self._states)}
+        diffs = [grid[position[a]] - grid[position[b]] if a in position and b in position
+                 else math.nan for a, b in self.spec.differences]
+        return np.concatenate([per_sensor, diffs])

@@ -8,7 +8,11 @@ Per sensor, in this order:
 2. grid: readings are placed on a grid of ``cadence_s`` event-time seconds (the
    mean of the readings in (t - cadence_s, t]; the previous grid value carried
    forward while the last reading is at most ``max_gap_s`` old; else missing);
-3. features: the grid value (``last``) and, over each window, the rolling
+3. features: the grid value (``last``); ``missing``, the exponentially
+   weighted fraction of ticks without a value (half-life a quarter of the
+   longest window); ``stuck``, 1 when the grid did not move over the first
+   window (its std is 0); ``dev``, the grid value minus its long EWMA baseline;
+   and, over each window, the rolling
    statistics of ``STATS`` — the columns of ``appliance.kernels.rolling.RollingBank``,
    which the live driver runs for all series at once and the batch driver
    reproduces with the batch kernels.  A window sees at most about
@@ -17,6 +21,7 @@ Per sensor, in this order:
    statistics are those of the last closed coarse cell.  That bounds memory per
    series and window (~3 KB) whatever the window, at the cost of long-window
    statistics moving once per coarse cell.
+4. differences: for each configured pair (a, b), grid(a) − grid(b) per tick.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from appliance.kernels.rolling import BANK_COLUMNS
 STATS: tuple[str, ...] = tuple(BANK_COLUMNS)
 #: The EWMA column's half-life, as a fraction of its window.
 EWMA_HALFLIFE_FRACTION = 0.25
+#: The per-sensor features before the window statistics, in order.
+SENSOR_FEATURES: tuple[str, ...] = ("last", "missing", "stuck", "dev")
 #: About this many grid points per rolling window (see ``PipelineSpec.stride``).
 WINDOW_SAMPLES = 60
 #: A Hampel window needs this many readings before it judges one.
@@ -61,6 +68,8 @@ class PipelineSpec:
     stats: tuple[str, ...] = STATS
     #: The cleaning step before the grid; None = no cleaning (e.g. variant no_filter).
     clean: CleanSpec | None = None
+    baseline_halflife_s: float = 6 * 3600.0
+    differences: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> PipelineSpec:
@@ -71,6 +80,8 @@ class PipelineSpec:
             max_gap_s=cfg.max_gap_s,
             windows_s=tuple(float(w) for w in cfg.effective_windows()),
             clean=clean,
+            baseline_halflife_s=cfg.baseline_halflife_s,
+            differences=tuple((a, b) for a, b in cfg.differences),
         )
 
     @property
@@ -93,15 +104,21 @@ class PipelineSpec:
     def halflife_s(self, window_s: float) -> float:
         return window_s * EWMA_HALFLIFE_FRACTION
 
+    @property
+    def missing_halflife_s(self) -> float:
+        return max(self.windows_s) * EWMA_HALFLIFE_FRACTION
+
     def sensor_feature_names(self, sensor: str) -> tuple[str, ...]:
-        names = [f"{sensor}__last"]
+        names = [f"{sensor}__{f}" for f in SENSOR_FEATURES]
         for w in self.windows_s:
             names.extend(f"{sensor}__{stat}_{w:g}s" for stat in self.stats)
         return tuple(names)
 
     def feature_names(self, sensors: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-        """Feature names for a set of sensors, in the canonical (sorted) order."""
-        return tuple(n for s in sorted(sensors) for n in self.sensor_feature_names(s))
+        """Feature names for a set of sensors, in the canonical (sorted) order;
+        the configured differences come last."""
+        per_sensor = [n for s in sorted(sensors) for n in self.sensor_feature_names(s)]
+        return (*per_sensor, *(f"diff__{a}__{b}" for a, b in self.differences))
 
     def tick_index(self, ts: float) -> int:
         """Index k of the first grid tick k × cadence_s at or after event time ``ts``.

@@ -123,3 +123,27 @@ def test_cleaning_removes_a_spike_in_both_drivers():
         live_last = np.array([r[2][0] for r in rows])
         np.testing.assert_array_equal(live_last, last[:len(live_last)])
     assert SPEC.hash != raw.hash
+
+
+def test_differences_stuck_and_missing_in_both_drivers():
+    spec = PipelineSpec.from_config(PipelineConfig(
+        cadence_s=10, horizon_s=600, max_gap_s=30, differences=(("lube", "ambient"),)))
+    t0 = 1_700_000_000.0
+    ts = t0 + np.arange(0, 3000, 2.0)
+    rng = np.random.default_rng(5)
+    lube = 60 + rng.normal(0, 0.5, len(ts))
+    lube[(ts > t0 + 2000)] = 61.25  # stuck from t0 + 2000 on
+    ambient = 20 + rng.normal(0, 0.5, len(ts))
+    keep = (ts < t0 + 1000) | (ts > t0 + 1500)  # ambient drops out for 500 s
+    series = {"lube": (ts, lube), "ambient": (ts[keep], ambient[keep])}
+    names, ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 2990)
+    rows, _ = live_rows(series, spec)
+    live = np.vstack([r[2] for r in rows])
+    np.testing.assert_allclose(live, X[:len(live)], rtol=1e-9, equal_nan=True)
+    col = {n: X[:, i] for i, n in enumerate(names)}
+    at = lambda t: int(np.searchsorted(ticks, t0 + t))  # noqa: E731
+    assert names[-1] == "diff__lube__ambient"
+    assert abs(col["diff__lube__ambient"][at(500)] - 40) < 2
+    assert np.isnan(col["diff__lube__ambient"][at(1300)])  # ambient missing → no difference
+    assert col["lube__stuck"][at(1900)] == 0 and col["lube__stuck"][at(2990)] == 1
+    assert col["ambient__missing"][at(900)] == 0 and col["ambient__missing"][at(1490)] > 0.5

@@ -67,10 +67,10 @@ class PipelineConfig:
     max_gap_s: float = field(default=300.0, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()
-    #: Cleaning before the grid: a Hampel filter replaces a reading more than
-    #: ``hampel_k`` scaled MADs from the median of its trailing window by that median.
+    #: Cleaning on the grid: a Hampel filter replaces a value more than ``hampel_k``
+    #: scaled MADs from the median of its trailing window by that median.
     clean: bool = True
-    hampel_window_s: float = field(default=60.0, metadata=_range(0.0, lo_open=True))
+    hampel_window_s: float = field(default=120.0, metadata=_range(0.0, lo_open=True))
     hampel_k: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
     #: Half-life of the long baseline a sensor's deviation is measured from.
     baseline_halflife_s: float = field(default=6 * 3600.0, metadata=_range(0.0, lo_open=True))
@@ -143,8 +143,9 @@ class TrainingConfig:
     validation_fraction: float = field(default=0.25, metadata=_range(0.05, 0.9))
     #: Fit and validate on every n-th tick (features are still computed on the full grid).
     stride: int = field(default=1, metadata=_range(1, 10_000))
-    #: Threads for fitting; 1 leaves the other core of a two-core gateway to the service.
-    threads: int = field(default=1, metadata=_range(1, 256))
+    #: Threads for fitting; 0 = all cores (the service is stopped while ``train`` holds
+    #: the database).
+    threads: int = field(default=0, metadata=_range(0, 256))
     #: Boosting iterations of the gbt family.
     max_iter: int = field(default=100, metadata=_range(1, 10_000))
 

@@ -48,7 +48,7 @@ def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s
 
 
 def clean_values(clean: CleanSpec, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The cleaning step on one sensor's sorted readings: Hampel outliers → window median."""
+    """The cleaning step on one sensor's grid: Hampel outliers → window median."""
     if len(values) == 0:
         return np.asarray(values, dtype=np.float64)
     cleaned, _outlier = filters.hampel(ts, values, clean.hampel_window_s, clean.hampel_k,
@@ -137,9 +137,10 @@ def asset_features(
     grids = {}
     for s in sensors:
         ts, values = series[s]
+        grid = grid_values(ts, values, ticks, c, spec.max_gap_s)
         if spec.clean is not None:
-            values = clean_values(spec.clean, ts, values)
-        grids[s] = grid_values(ts, values, ticks, c, spec.max_gap_s)
+            grid = clean_values(spec.clean, ticks, grid)
+        grids[s] = grid
         first_ts = float(ts[0]) if len(ts) else np.inf
         blocks.append(sensor_features(spec, ticks, k, grids[s], first_ts))
     missing = np.full(n, np.nan)

@@ -1,7 +1,7 @@
 """Live features: readings in one at a time, one feature row per asset per tick out.
 
 The same steps as ``batch`` with the streaming halves of the same kernels:
-``filters.Hampel`` per sensor, the grid rule, and the rolling statistics of all
+the grid rule, ``filters.Hampel`` per sensor on the grid, and the rolling statistics of all
 series in ``RollingBank`` chunks (one ring of samples per series and window,
 shared by every statistic: ~3 KB per series and window instead of one ring per
 statistic).
@@ -58,7 +58,7 @@ class FeatureBanks:
 
 
 class SensorState:
-    """One sensor of one asset: cleaning filter, the open grid cell, its bank row."""
+    """One sensor of one asset: the open grid cell, its cleaning filter, its bank row."""
 
     __slots__ = ("baseline", "cell_count", "cell_sum", "hampel", "last_grid", "last_ts",
                  "missing", "row")
@@ -76,8 +76,6 @@ class SensorState:
         self.last_ts = -math.inf
 
     def add(self, ts: float, value: float) -> None:
-        if self.hampel is not None:
-            value = self.hampel.update(ts, value).value
         if math.isfinite(value):
             self.cell_sum += value
             self.cell_count += 1
@@ -94,6 +92,8 @@ class SensorState:
             grid = math.nan
         self.cell_sum = 0.0
         self.cell_count = 0
+        if self.hampel is not None:
+            grid = self.hampel.update(tick, grid).value
         missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
         return grid, missing, grid - self.baseline.update(tick, grid).value
 

@@ -2,12 +2,14 @@
 
 Per sensor, in this order:
 
-1. clean (optional, ``PipelineSpec.clean``): a Hampel filter replaces a reading
-   that lies more than k scaled MADs from the median of its trailing window by
-   that median (``appliance.kernels.filters.hampel``);
-2. grid: readings are placed on a grid of ``cadence_s`` event-time seconds (the
+1. grid: readings are placed on a grid of ``cadence_s`` event-time seconds (the
    mean of the readings in (t - cadence_s, t]; the previous grid value carried
    forward while the last reading is at most ``max_gap_s`` old; else missing);
+2. clean (optional, ``PipelineSpec.clean``): a Hampel filter on the grid
+   replaces a value more than k scaled MADs from the median of its trailing
+   window by that median (``appliance.kernels.filters.hampel``).  On the grid,
+   not on raw readings: its cost is then per tick, not per reading (a 10 Hz
+   sensor would cost 100× more), and a spike still moves its cell's mean;
 3. features: the grid value (``last``); ``missing``, the exponentially
    weighted fraction of ticks without a value (half-life a quarter of the
    longest window); ``stuck``, 1 when the grid did not move over the first
@@ -49,7 +51,7 @@ HAMPEL_MIN_COUNT = 3
 class CleanSpec:
     """The cleaning step: ``appliance.kernels.filters.hampel`` over each sensor's readings."""
 
-    hampel_window_s: float = 60.0
+    hampel_window_s: float = 120.0
     hampel_k: float = 3.0
     hampel_min_count: int = HAMPEL_MIN_COUNT
 

@@ -79,7 +79,8 @@ setup(
         "paho-mqtt>=2.0,<3",
     ],
     extras_require={
-        "train": ["scikit-learn>=1.4", "skl2onnx>=1.16", "onnx>=1.15"],
+        # matplotlib: the PNG plots of `appliance backtest --out` (report only).
+        "train": ["scikit-learn>=1.4", "skl2onnx>=1.16", "onnx>=1.15", "matplotlib>=3.7"],
         "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "bottleneck>=1.3", "pandas>=2"],
     },
     entry_points={"console_scripts": ["appliance=appliance.cli:main"]},

@@ -163,6 +163,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from appliance import history
     from appliance.report import Progress
 
+    if not args.file and not args.faults:
+        print("appliance import: name a readings file, --faults FILE, or both", file=sys.stderr)
+        return 2
     cfg = _load_config(args.config)
     db = _db_path(cfg, args.db)
     try:

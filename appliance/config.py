@@ -160,7 +160,7 @@ class VariantConfig:
     """
 
     family: str | None = field(default=None, metadata={"choices": VARIANT_FAMILIES})
-    #: The cleaning step (a Hampel filter per sensor, before the grid): on or bypassed.
+    #: The cleaning step of ``[pipeline]`` (its Hampel filter): on or bypassed.
     clean: bool | None = None
     hampel_window_s: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
     hampel_k: float | None = field(default=None, metadata=_range(0.0, lo_open=True))

@@ -119,6 +119,7 @@ class StatusPublisher:
                                          will=(self.topic, b"offline"))
         connect(self.client, p.cfg.mqtt, props)
         self.previous: dict | None = None
+        self._file_error = ""
 
     def publish(self, final: str | None = None) -> dict:
         snap = status(self.p, self.previous)
@@ -127,8 +128,14 @@ class StatusPublisher:
         self.previous = snap
         payload = json.dumps(snap)
         tmp = status_file(self.p.cfg).with_suffix(".tmp")
-        tmp.write_text(payload)
-        tmp.replace(status_file(self.p.cfg))
+        try:
+            tmp.write_text(payload)
+            tmp.replace(status_file(self.p.cfg))
+            self._file_error = ""
+        except OSError as exc:  # a full disk must not stop the service; MQTT still has it
+            if str(exc) != self._file_error:
+                log.error("status file %s not written: %s", status_file(self.p.cfg), exc)
+            self._file_error = str(exc)
         self.client.publish(self.topic, final or payload, qos=1, retain=True)
         return snap
 

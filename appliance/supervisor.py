@@ -14,7 +14,8 @@ import traceback
 from dataclasses import dataclass, field
 
 from appliance.clock import Clock, WallClock
-from appliance.stages.base import Stage, StopSignals
+from appliance.messages import EndOfStream
+from appliance.stages.base import Stage, StopSignals, put, take
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class Supervisor:
                 health.state = "failed"
                 log.error("stage %s failed %d times within %.0f s; leaving it down",
                           stage.name, len(health.restart_times) + 1, self.window_s)
+                if not stage.essential:
+                    self._discard_input(stage)
                 return
             if self.signals.drain.is_set():
                 health.state = "stopped"
@@ -84,6 +87,20 @@ class Supervisor:
             backoff = min(backoff * 2, self.backoff_max_s)
             health.restart_times.append(self.clock.monotonic())
             health.restarts += 1
+
+    def _discard_input(self, stage: Stage) -> None:
+        """Take and drop what a failed non-essential stage would have taken, so its
+        full input queue does not stall the stages above it (and the store) by
+        back-pressure; pass an EndOfStream on so the stages below it still stop."""
+        inbox, out = getattr(stage, "inbox", None), getattr(stage, "out", None)
+        if inbox is None:
+            return
+        while (item := take(inbox, self.signals.abort)) is not None:
+            if isinstance(item, EndOfStream):
+                if out is not None:
+                    put(out, item, self.signals.abort)
+                return
+            stage.counters.bump("discarded")
 
     def essential_alive(self) -> bool:
         """True while every essential stage is running (what feeds the watchdog)."""

@@ -56,8 +56,8 @@ def connect(path: str | Path, memory_limit: str = "128MB") -> tuple[duckdb.DuckD
         con = duckdb.connect(str(path), config=config)
     except duckdb.Error as exc:
         wal = path.with_name(path.name + ".wal")
-        if not wal.exists():
-            raise
+        if not wal.exists() or "WAL" not in str(exc):
+            raise  # e.g. the file is locked by a running service: not damage
         aside = wal.with_name(f"{wal.name}.damaged-{int(time.time())}")
         wal.rename(aside)
         log.error("database %s could not replay its write-ahead log (%s); moved it to %s "

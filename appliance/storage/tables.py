@@ -95,9 +95,14 @@ def insert_faults(con: duckdb.DuckDBPyConnection, faults: list[FaultEvent],
 def insert_dead_letters(con: duckdb.DuckDBPyConnection, dead: list[DeadLetter]) -> None:
     if not dead:
         return
-    con.executemany(
-        "INSERT INTO dead_letters VALUES (make_timestamp(?), ?, ?, ?)",
-        [(round(d.received_at * 1e6), d.topic, d.payload, d.reason) for d in dead])
+    batch = {  # noqa: F841 - scanned by DuckDB; columnar: executemany is ~100x slower
+        "ts_us": np.array([round(d.received_at * 1e6) for d in dead], dtype=np.int64),
+        "topic": np.array([d.topic for d in dead], dtype=object),
+        "payload": np.array([d.payload for d in dead], dtype=object),
+        "reason": np.array([d.reason for d in dead], dtype=object),
+    }
+    con.execute("INSERT INTO dead_letters SELECT make_timestamp(ts_us), topic, payload, reason "
+                "FROM batch")
 
 
 def insert_predictions(con: duckdb.DuckDBPyConnection, items: list[Prediction]) -> None:

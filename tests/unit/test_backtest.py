@@ -1,0 +1,174 @@
+"""Backtest pieces: the config of variants, their resolution, the static limit, outputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from appliance import backtest, config
+from appliance.config import PipelineConfig
+from appliance.pipeline.spec import PipelineSpec
+from appliance.training.metrics import (
+    AssetScores,
+    best_within_budget,
+    choose_threshold,
+    metrics_curve,
+)
+from appliance.training.static import fit_static
+from appliance.training.train import Dataset
+
+H = 3600.0
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "appliance.toml"
+    p.write_text(text)
+    return p
+
+
+def test_new_sections_have_defaults_and_load_typed(tmp_path):
+    cfg = config.load(write(tmp_path, ""))
+    assert cfg.alerts.max_false_per_asset_week == 1.0
+    assert cfg.training == config.TrainingConfig() and cfg.variants == ()
+    cfg = config.load(write(tmp_path, (
+        "[alerts]\nmax_false_per_asset_week = 0.5\n"
+        "[training]\ncooldown_s = 600\nvalidation_fraction = 0.3\nstride = 2\n"
+        "[variants.short_windows]\nwindows_s = [300, 1200]\nfamily = \"logistic\"\n"
+        "description = \"shorter windows\"\n"
+        "[variants.no_filter]\nhampel_k = 5\n")))
+    assert cfg.alerts.max_false_per_asset_week == 0.5
+    assert (cfg.training.cooldown_s, cfg.training.validation_fraction,
+            cfg.training.stride) == (600.0, 0.3, 2)
+    short = cfg.variant("short_windows")
+    assert short.windows_s == (300.0, 1200.0) and short.family == "logistic"
+    assert short.clean is None  # not given: inherited
+    assert cfg.variant("no_filter").hampel_k == 5.0 and cfg.variant("nope") is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[alerts]\nmax_false_per_asset_week = -1\n",
+     "[alerts] max_false_per_asset_week: expected a value >= 0.0"),
+    ("[training]\nvalidation_fraction = 0.95\n",
+     "[training] validation_fraction: expected a value <= 0.9"),
+    ("[training]\ncooldown_s = \"1h\"\n", "[training] cooldown_s: expected a number"),
+    ("[training]\nepochs = 3\n", "unknown key 'epochs' in [training]"),
+    ("[variants.x]\nfamily = \"svm\"\n",
+     "[variants.x] family: expected one of gbt, logistic, static_threshold, got 'svm'"),
+    ("[variants.x]\nclean = 1\n", "[variants.x] clean: expected true or false, got 1"),
+    ("[variants.x]\nwindows_s = [5]\n", "[variants.x] windows_s: window 5.0 is shorter"),
+    ("[variants.x]\nhampel_k = 0\n", "[variants.x] hampel_k: expected a value > 0.0"),
+    ("[variants.x]\nspeed = 1\n", "unknown key 'speed' in [variants.x]"),
+    ("[variants]\nx = 1\n", "[variants] x must be a table"),
+    ("[variants.\"a/b\"]\n", "[variants.a/b]: a variant name is 1-64 characters"),
+])
+def test_bad_new_keys_name_file_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_builtin_variants_differ_only_where_they_say():
+    cfg = config.from_dict({"pipeline": {"hampel_window_s": 600}})
+    full, no_filter, static = backtest.resolve_variants(
+        cfg, ["full", "no_filter", "static_threshold"])
+    service = PipelineSpec.from_config(cfg.pipeline)
+    assert full.spec == service and full.family == "gbt"
+    assert full.spec.clean is not None and full.spec.clean.hampel_window_s == 600
+    assert no_filter.spec.clean is None and no_filter.family == "gbt"
+    assert no_filter.spec.windows_s == full.spec.windows_s
+    assert no_filter.spec.hash != full.spec.hash
+    assert static.family == "static_threshold" and static.spec == no_filter.spec
+
+
+def test_config_tables_override_and_define_variants():
+    cfg = config.from_dict({"variants": {
+        "no_filter": {"family": "logistic"},
+        "long": {"windows_s": [600.0, 7200.0], "description": "a 2-hour window"}}})
+    no_filter, long = backtest.resolve_variants(cfg, ["no_filter", "long"])
+    assert no_filter.family == "logistic" and no_filter.spec.clean is None  # built-in kept
+    assert long.family == "gbt" and long.spec.windows_s == (600.0, 7200.0)
+    assert long.spec.clean == PipelineSpec.from_config(cfg.pipeline).clean
+    assert long.description == "a 2-hour window"
+    with pytest.raises(ValueError, match="unknown variant 'nope'; known: full, no_filter, "
+                                         "static_threshold, long"):
+        backtest.resolve_variants(cfg, ["nope"])
+
+
+def test_parse_time():
+    assert backtest.parse_time("2025-01-01T00:00:00Z") == 1735689600.0
+    assert backtest.parse_time("2025-01-01") == 1735689600.0
+    assert backtest.parse_time("2025-01-01T02:00:00+02:00") == 1735689600.0
+    assert backtest.parse_time("1735689600") == 1735689600.0
+    with pytest.raises(ValueError, match="not a time"):
+        backtest.parse_time("yesterday")
+
+
+def _dataset(rng: np.random.Generator, n_assets: int = 3, days: float = 4.0,
+             cadence: float = 60.0) -> tuple[Dataset, PipelineSpec]:
+    """Two sensors: `good` climbs over the hour before each fault, `noise` does not."""
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=cadence, clean=False))
+    names = ("good__last", "noise__last")
+    ticks_one = np.arange(1, int(days * 86400 / cadence) + 1) * cadence
+    parts, faults = [], {}
+    for a in range(n_assets):
+        starts = np.sort(rng.uniform(3 * H, ticks_one[-1] - H, 6))
+        good = rng.normal(0, 1, len(ticks_one))
+        for s in starts:
+            before = (ticks_one > s - H) & (ticks_one <= s)
+            good[before] += 6 * (1 - (s - ticks_one[before]) / H)
+        X = np.column_stack([good, rng.normal(0, 1, len(ticks_one))]).astype(np.float32)
+        nxt = np.searchsorted(starts, ticks_one, side="right")
+        pos = np.zeros(len(ticks_one), bool)
+        has = nxt < len(starts)
+        pos[has] = starts[nxt[has]] <= ticks_one[has] + H
+        parts.append((X, pos))
+        faults[f"a{a}"] = starts
+    ds = Dataset(names=names, assets=tuple(faults), ticks=np.tile(ticks_one, n_assets),
+                 asset_index=np.repeat(np.arange(n_assets), len(ticks_one)),
+                 X=np.concatenate([p[0] for p in parts]),
+                 positive=np.concatenate([p[1] for p in parts]),
+                 usable=np.ones(n_assets * len(ticks_one), bool), fault_starts=faults)
+    return ds, spec
+
+
+def test_static_limit_finds_the_sensor_that_announces_faults():
+    rng = np.random.default_rng(3)
+    ds, spec = _dataset(rng, days=2.0)
+    limit = fit_static(ds, spec, 0.0, float(ds.ticks.max()), max_false_per_asset_week=1.0)
+    assert limit.feature == "good__last" and limit.direction == "above"
+    assert limit.met_budget and limit.training.recall > 0.8
+    assert 1.0 < limit.limit < 6.0
+    scores = limit.score(np.array([[-5.0, 0], [limit.limit + 1, 0], [np.nan, 0]]), ds.names)
+    assert scores[0] < limit.threshold <= scores[1] and math.isnan(scores[2])
+
+
+def test_choose_threshold_is_the_budget_point_of_the_curve():
+    rng = np.random.default_rng(5)
+    t = np.arange(2000) * 60.0
+    s = AssetScores("a", t, rng.random(2000) ** 4, np.ones(2000, bool),
+                    rng.random(2000) < 0.05, np.array([30000.0, 90000.0]))
+    chosen, met = choose_threshold([s], H, 2.0)
+    curve = metrics_curve([s], H)
+    assert best_within_budget(curve, 2.0) == (chosen, met)
+
+
+def test_predictions_parquet_has_asset_ts_probability(tmp_path):
+    v = backtest.Variant("v", "gbt", PipelineSpec.from_config(PipelineConfig()), "")
+    vr = backtest.VariantResult(
+        v, 0.5, None, None, True, None, [], {},  # type: ignore[arg-type]
+        np.array(["a2", "a1"], dtype=object), np.array([1735689610.0, 1735689600.0]),
+        np.array([0.25, 0.75]))
+    path = tmp_path / "v" / "predictions.parquet"
+    backtest.write_predictions(path, vr)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    rel = con.sql(f"SELECT * FROM '{path}'")
+    assert rel.columns == ["asset", "ts", "probability"]
+    assert [str(t) for t in rel.types] == ["VARCHAR", "TIMESTAMP WITH TIME ZONE", "DOUBLE"]
+    assert con.sql(f"SELECT asset, epoch(ts), probability FROM '{path}'").fetchall() == [
+        ("a1", 1735689600.0, 0.75), ("a2", 1735689610.0, 0.25)]

@@ -1,0 +1,276 @@
+"""Importing history files: forms, bad rows with line numbers, duplicates, faults, the lock."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from appliance import cli, history
+
+T0 = 1735689600.0  # 2025-01-01T00:00:00Z
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def con():
+    c = history.memory_database()
+    yield c
+    c.close()
+
+
+def stored(con, sql: str = "SELECT count(*) FROM readings_raw") -> int:
+    return con.execute(sql).fetchone()[0]
+
+
+def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp_path, con):
+    f = write(tmp_path / "r.csv",
+              "ts,asset,sensor,value\n"                       # line 1
+              "2025-01-01T00:00:00Z,a1,temp,1.5\n"            # 2 ok
+              "2025-01-01T00:00:10Z,a1,temp,abc\n"            # 3 not a number
+              "2025-01-01T00:00:20Z,a1,temp\n"                # 4 missing column
+              "2025-01-01T00:00:30Z,,temp,2\n"                # 5 empty asset
+              "\n"                                            # 6 blank (skipped)
+              "not-a-time,a1,temp,3\n"                        # 7 bad time
+              "2025-01-01T00:00:40Z,a1,temp,4,5\n"            # 8 too many columns
+              "2025-01-01T00:00:50Z,a1,temp,nan\n"            # 9 not finite
+              "2025-01-01T00:01:00Z,a b,temp,7\n"             # 10 invalid name
+              "2025-01-01T00:01:10Z,a1,fault,7\n"             # 11 reserved sensor
+              "2035-01-01T00:00:00Z,a1,temp,7\n"              # 12 in the future
+              "2025-01-01T00:01:20Z,a1,temp,\n"               # 13 empty value
+              "2025-01-01 00:01:30,a1,temp,8\n")              # 14 ok (zone-less = UTC)
+    r = history.import_readings(con, f, now=T0 + 86400)
+    assert r.form == "long" and r.rows == 12
+    assert r.stored == 2 and stored(con) == 2
+    assert r.bad_rows == 10
+    lines = {p.where: p.reason for p in r.problems}
+    assert list(lines) == [f"line {n}" for n in (3, 4, 5, 7, 8, 9, 10, 11, 12, 13)]
+    assert "'abc' is not a number" in lines["line 3"]
+    assert "missing columns" in lines["line 4"]
+    assert lines["line 5"] == "asset is empty"
+    assert "'not-a-time' is not a time" in lines["line 7"]
+    assert "too many columns" in lines["line 8"]
+    assert "not a finite number" in lines["line 9"]
+    assert "not a valid name" in lines["line 10"]
+    assert "reserved" in lines["line 11"]
+    assert "in the future" in lines["line 12"]
+    assert lines["line 13"] == "value is empty"
+    ts = [t for (t,) in con.execute("SELECT epoch(ts) FROM readings ORDER BY ts").fetchall()]
+    assert ts == [T0, T0 + 90]
+    text = r.summary()
+    assert "skipped 10 bad rows" in text and "line 3: value: 'abc' is not a number" in text
+
+
+def test_only_the_first_n_problems_are_listed_but_all_are_counted(tmp_path, con):
+    rows = "".join(f"2025-01-01T00:00:{i:02d}Z,a1,temp,x{i}\n" for i in range(30))
+    f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows)
+    r = history.import_readings(con, f, max_problems=5)
+    assert r.bad_rows == 30 and r.stored == 0
+    assert [p.where for p in r.problems] == [f"line {n}" for n in range(2, 7)]
+
+
+def test_rows_already_stored_or_repeated_in_the_file_are_not_stored_twice(tmp_path, con):
+    f = write(tmp_path / "r.csv",
+              "ts,line,asset,sensor,value\n"
+              "2025-01-01T00:00:00Z,l1,a1,temp,1\n"
+              "2025-01-01T00:00:10Z,l1,a1,temp,2\n"
+              "2025-01-01T00:00:00Z,l1,a1,temp,9\n"   # repeats line 2
+              "2025-01-01T00:00:00Z,l1,a2,temp,3\n")
+    r1 = history.import_readings(con, f)
+    assert (r1.stored, r1.repeated_in_file, r1.already_stored) == (3, 1, 0)
+    assert any("line 4 repeats the series and time of line 2" in n for n in r1.notes)
+    assert stored(con, "SELECT value FROM readings WHERE asset='a1' AND epoch(ts)="
+                       f"{T0}") == 1.0
+    r2 = history.import_readings(con, f)
+    assert (r2.stored, r2.already_stored) == (0, 3)
+    more = write(tmp_path / "more.csv", "ts,line,asset,sensor,value\n"
+                 "2025-01-01T00:00:10Z,l1,a1,temp,2\n2025-01-01T00:00:20Z,l1,a1,temp,5\n")
+    r3 = history.import_readings(con, more)
+    assert (r3.stored, r3.already_stored) == (1, 1)
+    assert stored(con) == 4
+
+
+def test_wide_form_with_asset_column_empty_cells_and_infinite_values(tmp_path, con):
+    f = write(tmp_path / "w.csv",
+              "timestamp,asset,temp,pressure\n"
+              "1735689600,a1,20.5,1.0\n"        # Unix seconds
+              "1735689610,a1,,1.1\n"            # empty cell: no reading
+              "1735689620,a1,inf,1.2\n"         # line 4: a bad value, the rest kept
+              "1735689630,a1,21.0,oops\n")      # line 5: unreadable row
+    r = history.import_readings(con, f)
+    assert r.form == "wide" and r.sensors == ["pressure", "temp"]
+    assert (r.stored, r.empty_values, r.bad_values, r.bad_rows) == (4, 1, 1, 1)
+    where = {p.where: p.reason for p in r.problems}
+    assert "temp: value inf is not a finite number" in where["line 4"]
+    assert "'oops' is not a number" in where["line 5"]
+    got = con.execute("SELECT sensor, epoch(ts), value FROM readings ORDER BY sensor, ts"
+                      ).fetchall()
+    assert got == [("pressure", T0, 1.0), ("pressure", T0 + 10, 1.1),
+                   ("pressure", T0 + 20, 1.2), ("temp", T0, 20.5)]
+
+
+def test_wide_form_names_its_asset_from_the_caller(tmp_path, con):
+    f = write(tmp_path / "nab.csv", "timestamp,value\n2013-12-02 21:15:00,73.9\n"
+                                    "2013-12-02 21:20:00,74.9\n")
+    with pytest.raises(history.ImportRefused, match="--asset"):
+        history.import_readings(con, f)
+    r = history.import_readings(con, f, asset="machine", line="hall2")
+    assert r.stored == 2
+    assert con.execute("SELECT DISTINCT line, asset, sensor FROM readings").fetchall() == \
+        [("hall2", "machine", "value")]
+
+
+def test_times_with_offsets_are_stored_in_utc(tmp_path, con):
+    f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n2025-01-01T02:00:00+02:00,a,s,1\n")
+    history.import_readings(con, f)
+    assert stored(con, "SELECT epoch(ts) FROM readings") == T0
+
+
+def test_parquet_long_form_reports_row_numbers(tmp_path, con):
+    path = tmp_path / "r.parquet"
+    duckdb.execute(
+        f"COPY (SELECT * FROM (VALUES (1, TIMESTAMP '2025-01-01 00:00:00', 'a1', 's', 1.0), "
+        f"(2, TIMESTAMP '2025-01-01 00:00:10', 'a1', 's', 'NaN'::DOUBLE), "
+        f"(3, NULL, 'a1', 's', 3.0), (4, TIMESTAMP '2025-01-01 00:00:30', 'a1', 's', 4.0)) "
+        f"t(i, ts, asset, sensor, value) ORDER BY i) TO '{path}' (FORMAT parquet)")
+    r = history.import_readings(con, path)
+    assert r.stored == 2 and r.bad_rows == 2
+    assert [(p.where, p.reason) for p in r.problems] == [
+        ("row 2", "value nan is not a finite number"), ("row 3", "ts is empty")]
+
+
+def test_a_file_that_cannot_be_imported_is_refused_whole(tmp_path, con):
+    with pytest.raises(history.ImportRefused, match="not found"):
+        history.import_readings(con, tmp_path / "missing.csv")
+    with pytest.raises(history.ImportRefused, match="no time column"):
+        history.import_readings(con, write(tmp_path / "a.csv", "when,asset,x\n1,a,2\n"))
+    with pytest.raises(history.ImportRefused, match="empty"):
+        history.import_readings(con, write(tmp_path / "b.csv", ""))
+    with pytest.raises(history.ImportRefused, match="cannot be sensor names"):
+        history.import_readings(con, write(tmp_path / "c.csv", "ts,asset,bad name\n1,a,2\n"))
+    assert stored(con) == 0
+
+
+def test_fault_log_becomes_start_and_end_events(tmp_path, con):
+    f = write(tmp_path / "faults.csv",
+              "asset,ts_start,ts_end,code\n"
+              "a1,2025-01-01T01:00:00Z,2025-01-01T01:20:00Z,OVERTEMP\n"
+              "a1,2025-01-01T05:00:00Z,,\n"                                  # still open
+              "a2,2025-01-01T03:00:00Z,2025-01-01T02:00:00Z,X\n"              # line 4: ends first
+              "a2,yesterday,2025-01-01T02:00:00Z,X\n")                        # line 5
+    r = history.import_faults(con, f)
+    assert (r.rows, r.stored, r.bad_rows) == (4, 3, 2)
+    where = {p.where: p.reason for p in r.problems}
+    assert "before it starts" in where["line 4"] and "not a time" in where["line 5"]
+    events = con.execute("SELECT asset, state, epoch(ts), code, source FROM faults "
+                         "ORDER BY ts").fetchall()
+    assert events == [("a1", "start", T0 + 3600, "OVERTEMP", "import"),
+                      ("a1", "end", T0 + 4800, "OVERTEMP", "import"),
+                      ("a1", "start", T0 + 5 * 3600, "", "import")]
+    again = history.import_faults(con, f)
+    assert (again.stored, again.already_stored) == (0, 3)
+
+
+def test_load_histories_pairs_fault_events_per_asset(tmp_path, con):
+    rows = "".join(f"{T0 + 10 * i},a1,temp,{i}\n{T0 + 10 * i},a2,temp,{-i}\n"
+                   for i in range(100))
+    history.import_readings(con, write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows))
+    history.import_faults(con, write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\n"
+                                     f"a1,{T0 + 100},{T0 + 200},X\na1,{T0 + 500},,Y\n"))
+    h = history.load_histories(con)
+    assert [x.asset for x in h.histories] == ["a1", "a2"]
+    assert (h.t_start, h.t_end, h.readings, h.faults) == (T0, T0 + 990, 200, 2)
+    a1 = h.histories[0]
+    ts, values = a1.series["temp"]
+    assert np.array_equal(ts, T0 + 10 * np.arange(100)) and values[-1] == 99
+    assert a1.fault_starts.tolist() == [T0 + 100, T0 + 500]
+    assert a1.fault_ends[0] == T0 + 200 and math.isnan(a1.fault_ends[1])
+    assert len(h.histories[1].fault_starts) == 0
+
+
+def test_pairing_copes_with_missing_end_and_start_events():
+    faults, notes = history._pair_faults([
+        ("a", "end", 50_000_000), ("a", "start", 100_000_000), ("a", "start", 300_000_000),
+        ("a", "end", 400_000_000)])
+    assert faults["a"] == ([100.0, 300.0], [100.0, 400.0])
+    assert len(notes) == 2
+
+
+@pytest.fixture
+def held_database(tmp_path):
+    """A database file held open by another process, as the running service holds it."""
+    path = tmp_path / "held.duckdb"
+    history.open_database(path).close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+         "print('open', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "open"
+        yield path
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_database_held_by_the_service_gives_one_clear_error(held_database, tmp_path,
+                                                             capsys):
+    with pytest.raises(history.DatabaseBusy, match="the service is running"):
+        history.open_database(held_database)
+    f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n2025-01-01T00:00:00Z,a,s,1\n")
+    assert cli.main(["import", str(f), "--db", str(held_database), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the service is running; stop it" in err[0]
+    assert cli.main(["train", "--db", str(held_database), "--quiet"]) == 1
+    assert "the service is running" in capsys.readouterr().err
+    # The write-ahead log of the holder was left alone.
+    assert not list(tmp_path.glob("*.damaged-*"))
+
+
+def test_cli_import_prints_the_report(tmp_path, capsys):
+    f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n2025-01-01T00:00:00Z,a,s,1\n"
+                                  "2025-01-01T00:00:10Z,a,s,zz\n")
+    faults = write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\na,2025-01-01T00:00:05Z,,X\n")
+    db = tmp_path / "d.duckdb"
+    assert cli.main(["import", str(f), "--faults", str(faults), "--db", str(db)]) == 0
+    out = capsys.readouterr()
+    assert "stored 1 readings" in out.out and "line 3: value: 'zz' is not a number" in out.out
+    assert "stored 1 fault events" in out.out
+    assert "reading" in out.err  # progress on stderr
+    assert cli.main(["import", str(tmp_path / "nope.csv"), "--db", str(db)]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_progress_bar_follows_a_long_read(tmp_path):
+    import io
+
+    from appliance.report import Progress
+
+    n = 200_000
+    rows = "\n".join(f"{T0 + i},a,s,{i % 7}" for i in range(n))
+    f = write(tmp_path / "big.csv", "ts,asset,sensor,value\n" + rows + "\n")
+    stream = io.StringIO()
+    con = history.memory_database()
+    t = time.perf_counter()
+    r = history.import_readings(con, f, progress=Progress(stream))
+    assert r.stored == n and time.perf_counter() - t < 30
+    text = stream.getvalue()
+    assert "reading big.csv 100%" in text and f"storing {n} readings 100%" in text
+
+
+def test_names_follow_the_mqtt_topic_rule():
+    from appliance import topics
+
+    for name in ("press-7", "a.b_c", "x" * 64, "", "x" * 65, "a b", "a/b", "ü"):
+        assert bool(history._NAME.fullmatch(name)) == topics.is_name(name), name
+    assert history.RESERVED_SENSOR == topics.FAULT_SENSOR

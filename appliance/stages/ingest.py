@@ -113,9 +113,13 @@ class IngestStage(Stage):
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             self._accept(msg)
-        except Exception:  # paho would re-raise into its network thread
+        except Exception as exc:  # paho would re-raise into its network thread
             log.exception("ingest: unexpected error on a message")
             self.counters.errors += 1
+            # Its id is already queued for the ack: keep the message, as a dead letter.
+            with self._lock:
+                self._dead(self._batch, self.clock.time(), msg._topic, msg.payload,
+                           f"internal error: {type(exc).__name__}: {exc}"[:500])
 
     # -- parsing (hot path) ------------------------------------------------------------
     def _accept(self, msg: mqtt.MQTTMessage) -> None:

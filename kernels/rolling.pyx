@@ -24,10 +24,18 @@ Design:
     fusing differently in the two).  Median / quantile run the very same
     streaming step in both.
 
-    Batch fast path.  When every x is finite and the window is a fixed count
-    k of samples (regular sampling), mean / std / min / max run a loop with
-    no eviction search and no NaN branches, verifying that assumption (and the
-    ts order) on the way; on failure the general driver reruns from scratch.
+    Batch fast path.  When the window is a fixed count k of samples (regular
+    sampling, checked first by one vectorised pass over ts) and, for mean /
+    std / slope, every x is finite, the kernels run loops with no eviction
+    search and no NaN branches; on failure the general driver reruns from
+    scratch.  The mean runs the independent stretches between two replays
+    interleaved (two dependency chains); min / max use van Herk / Gil-Werman
+    blocks (NaN allowed) instead of the deque.
+
+    Sample-count windows.  ``ts=None`` stands for ``ts = 0, 1, 2, …``: the
+    window is then the last ``ceil(window_s)`` samples (bottleneck's and
+    pandas' integer windows) with the very same results as passing that ts,
+    and the fast paths skip the ts check.
 
     Costs per sample (w = samples in the window):
       mean    running sum of x - anchor (anchor = first value of the window),
@@ -35,7 +43,8 @@ Design:
       std     Welford add / remove / replace on x - anchor, O(1), population
               (ddof = 0).
       slope   Welford co-moments of (t - t_anchor, x - x_anchor), O(1).
-      min/max monotonic deque of (t, x), O(1) amortised.
+      min/max monotonic deque of (t, x), O(1) amortised; on a fixed window
+              van Herk / Gil-Werman, 3 compare-selects per sample.
       median/quantile  two heaps (max-heap below, min-heap above) with
               positions tracked so any element can be removed, O(log w).
       ewma    event-time exponential weights, O(1).
@@ -62,7 +71,7 @@ Design:
 """
 
 cimport cython
-from libc.math cimport INFINITY, NAN, exp2, expm1, fabs, floor, isfinite, sqrt
+from libc.math cimport INFINITY, NAN, ceil, exp2, expm1, fabs, floor, isfinite, sqrt
 from libc.stdlib cimport free, malloc, realloc
 
 import numpy as np
@@ -447,30 +456,123 @@ cdef inline Py_ssize_t count_at_end(const double *ts, Py_ssize_t n, double w) no
     return n - lo
 
 
-cdef struct FixedCheck:
-    # Verification of the fixed-window assumption, folded into running minima
-    # (cheaper than compares + flags in the hot loop).  For finite a, b the
-    # sign of fl(b - a) is the sign of b - a, so "gap >= 0" is "a <= b" exactly;
-    # NaN / Inf anywhere in ts or x make ``chk`` NaN.
-    double chk          # sum of (x - x) + (t - t): 0 iff all finite
-    double lo_gap       # min of cutoff_i - ts[i - k]: >= 0 (sample i - k has left)
-    double hi_gap       # min of ts[i - k + 1] - cutoff_i: > 0 (sample i - k + 1 is in)
-    double order        # min of ts[i] - ts[i - 1]: >= 0 (sorted)
+cdef bint fixed_window(const double *ts, Py_ssize_t n, double w, Py_ssize_t k) noexcept nogil:
+    """True when the window at every i is exactly the last min(i + 1, k) samples.
+
+    That is: ts is finite and non-decreasing, sample 0 is in the window of
+    every i < k, and for i >= k sample i - k has left the window of i while
+    sample i - k + 1 is in it (the very predicates of the general drivers).
+    Written so the compiler vectorises it (a count of failures in a double:
+    GCC does not vectorise a compare into an integer flag), ~0.9 ns per
+    sample; the fast paths' loops then need no checks of their own.
+    Requires 1 <= k.
+    """
+    cdef Py_ssize_t i, m = k if k < n else n
+    cdef double t0 = ts[0], c, bad = 0.0
+    if not (isfinite(t0) and isfinite(ts[n - 1])):
+        return False
+    for i in range(1, m):
+        bad += 1.0 if (ts[i] < ts[i - 1]) | (not (t0 > ts[i] - w)) else 0.0
+    for i in range(m, n):
+        c = ts[i] - w
+        bad += 1.0 if (ts[i] < ts[i - 1]) | (ts[i - k] > c) | (not (ts[i - k + 1] > c)) else 0.0
+    return bad == 0.0
 
 
-cdef inline void fc_init(FixedCheck *c) noexcept nogil:
-    c.chk = 0.0
-    c.lo_gap = INFINITY
-    c.hi_gap = INFINITY
-    c.order = INFINITY
+cdef bint finite_values(const double *x, Py_ssize_t n) noexcept nogil:
+    """True when every x is finite (a branch-free pass, vectorised)."""
+    cdef Py_ssize_t i
+    cdef int ok = 1
+    for i in range(n):
+        ok &= (x[i] - x[i]) == 0.0
+    return ok
 
 
-cdef inline bint fc_ok(FixedCheck *c) noexcept nogil:
-    return c.chk == 0.0 and c.lo_gap >= 0.0 and c.hi_gap > 0.0 and c.order >= 0.0
+cdef inline bint finite_state(Acc *st) noexcept nogil:
+    """No ±inf counted in the state and its sums finite.
+
+    Once a NaN or an infinity enters a running sum it never leaves it (NaN
+    stays NaN, inf + finite stays inf, inf - inf is NaN), so checking the
+    state before each replay proves that every x the fast path met was finite.
+    """
+    if Acc is SumState:
+        return st.n_pos == 0 and st.n_neg == 0 and isfinite(st.s)
+    elif Acc is WelfordState:
+        return st.n_pos == 0 and st.n_neg == 0 and isfinite(st.mean) and isfinite(st.m2)
+    else:
+        return st.n_inf == 0 and isfinite(st.ctt) and isfinite(st.ctx)
 
 
-cdef inline double dmin(double a, double b) noexcept nogil:
-    return a if a < b else b
+cdef inline void acc_replay(Acc *st, const double *ts, const double *x, Py_ssize_t lo,
+                            Py_ssize_t hi) noexcept nogil:
+    """A fresh state of the samples [lo, hi), all non-NaN; ts NULL = 0, 1, 2, …
+
+    The mean's replay is ``acc_add`` with the count and 1 / count taken once
+    at the end (the same bits for finite x; an infinity lands in ``s``, which
+    ``finite_state`` then rejects).
+    """
+    cdef Py_ssize_t j
+    cdef double anchor, s = 0.0
+    acc_clear(st)
+    if Acc is SumState:
+        if hi > lo:
+            anchor = x[lo]
+            for j in range(lo, hi):
+                s += x[j] - anchor
+            st.anchor = anchor
+            st.s = s
+            st.n_fin = hi - lo
+            st.inv_n = 1.0 / st.n_fin
+    else:
+        for j in range(lo, hi):
+            acc_add(st, <double> j if ts == NULL else ts[j], x[j])
+
+
+cdef int sum_fixed_steady(SumState *sp, const double *ts, const double *x, Py_ssize_t n,
+                          Py_ssize_t k, Py_ssize_t min_count, double *out) noexcept nogil:
+    """Steps k..n-1 of the mean's fast path; ``sp`` holds the state after step k - 1.
+
+    In steady state a step is one fused swap, ``s += x[j] - x[j - k]``, and a
+    replay falls due every ``lim + 1`` steps (``lim`` = 8k + 64 evictions).  A
+    replay starts the state afresh from the window alone, so the runs between
+    replays are independent: two run interleaved, two dependency chains where
+    a sequential loop has one, with exactly the operations the streaming
+    driver applies.  Returns 1 when a non-finite x was met, else 0.
+    """
+    cdef Py_ssize_t lim = 8 * k + 64, r = k + lim, j, a0 = k, b0, la, lb
+    cdef double inv = 1.0 / k, sa = sp.s, ca = sp.anchor, sb = 0.0, cb = 0.0
+    cdef SumState rs
+    acc_clear(&rs)
+    while a0 < n:
+        la = min(lim, n - a0)
+        lb = 0
+        if r < n:
+            acc_replay(&rs, ts, x, r - k + 1, r + 1)
+            out[r] = sum_mean(&rs, min_count)
+            sb = rs.s
+            cb = rs.anchor
+            b0 = r + 1
+            lb = min(lim, n - b0)
+            r += lim + 1
+        for j in range(lb):
+            sa += x[a0 + j] - x[a0 + j - k]
+            out[a0 + j] = ca + sa * inv
+            sb += x[b0 + j] - x[b0 + j - k]
+            out[b0 + j] = cb + sb * inv
+        for j in range(lb, la):
+            sa += x[a0 + j] - x[a0 + j - k]
+            out[a0 + j] = ca + sa * inv
+        if not (isfinite(sa) and isfinite(sb) and finite_state(&rs)):
+            return 1
+        if r >= n:
+            break
+        acc_replay(sp, ts, x, r - k + 1, r + 1)
+        out[r] = sum_mean(sp, min_count)
+        sa = sp.s
+        ca = sp.anchor
+        a0 = r + 1
+        r += lim + 1
+    return 0 if finite_state(sp) else 1
 
 
 cdef int acc_batch_fixed(Acc *st, const double *ts, const double *x, Py_ssize_t n, double w,
@@ -482,125 +584,87 @@ cdef int acc_batch_fixed(Acc *st, const double *ts, const double *x, Py_ssize_t 
     it, leaves as sample i enters: no eviction loop, no NaN / Inf branches,
     and in steady state the loop-invariant branches of the shared step are
     dropped (the arithmetic is the same, statement for statement).  The
-    assumption, and that ts is sorted and finite, is verified on the way
-    (FixedCheck); returns 1 if it failed anywhere (``out`` is then garbage and
-    the caller runs ``acc_batch``), else 0.  The state sees exactly the
-    operations ``acc_batch`` and the streaming driver would apply (one fused
-    swap per step, replays on the same schedule), so the outputs are
-    identical to theirs — the tests compare them bit for bit.
+    window assumption is checked first (``fixed_window``), the finiteness of x
+    on the way (``finite_state``); returns 1 if either failed (``out`` is then
+    garbage and the caller runs ``acc_batch``), else 0.  The state sees
+    exactly the operations ``acc_batch`` and the streaming driver would apply
+    (one fused swap per step, replays on the same schedule), so the outputs
+    are identical to theirs — the tests compare them bit for bit.
     Requires 2 <= k and min_count <= k.
     """
     cdef Acc loc
     cdef Acc *sp = &loc
-    cdef Py_ssize_t i, j, end, m = k if k < n else n
+    cdef Py_ssize_t i, j, m = k if k < n else n
     cdef Py_ssize_t lim = 8 * k + 64
-    cdef double t, cutoff, v, tprev = ts[0], t0 = ts[0]
-    cdef double s, anchor, inv, mean, m2, peak, yo, yn, d, mo
-    cdef int bad = 0        # the hot loops flag failures here (compares: fewer FP ops)
-    cdef FixedCheck c
-    fc_init(&c)
+    cdef double t, v, t0 = 0.0 if ts == NULL else ts[0]
+    cdef double anchor, inv, mean, m2, peak, yo, yn, d, mo
+    if ts != NULL and not fixed_window(ts, n, w, k):
+        return 1
+    if Acc is SlopeState:
+        # an infinity counted in and out again leaves no trace in the slope's
+        # state, so its x are checked up front
+        if not finite_values(x, n):
+            return 1
     acc_clear(sp)
     for i in range(m):
-        t = ts[i]
-        v = x[i]
-        c.chk += (v - v) + (t - t)
-        c.hi_gap = dmin(c.hi_gap, t0 - (t - w))
-        c.order = dmin(c.order, t - tprev)
-        tprev = t
-        acc_add(sp, t, v)
+        t = <double> i if ts == NULL else ts[i]
+        acc_add(sp, t, x[i])
         if acc_replay_due(sp):
-            acc_clear(sp)
-            for j in range(i + 1):
-                acc_add(sp, ts[j], x[j])
+            acc_replay(sp, ts, x, 0, i + 1)
         out[i] = acc_value(sp, min_count, t0, t)
-    if not fc_ok(&c):
+    if not finite_state(sp):
         return 1
-    i = m
-    while i < n:
-        if Acc is WelfordState:
-            # acc_swap_finite + welford_std with n_fin == k >= 2, no infinities
-            anchor = sp.anchor
-            inv = sp.inv_n
-            mean = sp.mean
-            m2 = sp.m2
-            peak = sp.peak
-            j = i
-            while j < n:
-                t = ts[j]
-                v = x[j]
-                cutoff = t - w
-                d = v - v
-                bad |= ((ts[j - k] > cutoff) | (not (ts[j - k + 1] > cutoff))
-                        | (not (t >= tprev)) | (d != d))
-                tprev = t
-                yo = x[j - k] - anchor
-                yn = v - anchor
-                d = yn - yo
-                mo = mean
-                mean = mo + d * inv
-                m2 += d * ((yn - mean) + (yo - mo))
-                if m2 > peak:
-                    peak = m2
-                sp.removed += 1
-                if sp.removed > lim or m2 * 1024.0 < peak:
-                    break                       # replay due: the general step below
-                out[j] = 0.0 if m2 <= 0.0 else sqrt(m2 * inv)
-                j += 1
-            sp.mean = mean
-            sp.m2 = m2
-            sp.peak = peak
-            if j == n:
-                break
-            # step j has been applied; replay and emit it
-            acc_clear(sp)
-            for i in range(j - k + 1, j + 1):
-                acc_add(sp, ts[i], x[i])
-            out[j] = acc_value(sp, min_count, 0.0, 0.0)
-            i = j + 1
-            continue
-        else:
-            if Acc is SumState:
-                # acc_swap_finite + sum_mean with n_fin == k >= 2, no infinities
-                end = i + (lim - sp.removed)       # steps before a replay falls due
-                if end > n:
-                    end = n
-                s = sp.s
+    if Acc is SumState:
+        if sum_fixed_steady(sp, ts, x, n, k, min_count, out):
+            return 1
+    else:
+        i = m
+        while i < n:
+            if Acc is WelfordState:
+                # acc_swap_finite + welford_std with n_fin == k >= 2, no infinities
                 anchor = sp.anchor
                 inv = sp.inv_n
-                for j in range(i, end):
-                    t = ts[j]
+                mean = sp.mean
+                m2 = sp.m2
+                peak = sp.peak
+                j = i
+                while j < n:
                     v = x[j]
-                    cutoff = t - w
-                    d = v - v
-                    bad |= ((ts[j - k] > cutoff) | (not (ts[j - k + 1] > cutoff))
-                            | (not (t >= tprev)) | (d != d))
-                    tprev = t
-                    s += v - x[j - k]
-                    out[j] = anchor + s * inv
-                sp.s = s
-                sp.removed += end - i
-                i = end
-                if i == n:
+                    yo = x[j - k] - anchor
+                    yn = v - anchor
+                    d = yn - yo
+                    mo = mean
+                    mean = mo + d * inv
+                    m2 += d * ((yn - mean) + (yo - mo))
+                    if m2 > peak:
+                        peak = m2
+                    sp.removed += 1
+                    if sp.removed > lim or m2 * 1024.0 < peak:
+                        break                       # replay due: the general step below
+                    out[j] = 0.0 if m2 <= 0.0 else sqrt(m2 * inv)
+                    j += 1
+                sp.mean = mean
+                sp.m2 = m2
+                sp.peak = peak
+                if not finite_state(sp):
+                    return 1
+                if j == n:
                     break
-            # one general step (SumState: the step that makes a replay due; slope: every step)
-            t = ts[i]
-            v = x[i]
-            cutoff = t - w
-            c.chk += (v - v) + (t - t)
-            c.lo_gap = dmin(c.lo_gap, cutoff - ts[i - k])
-            c.hi_gap = dmin(c.hi_gap, ts[i - k + 1] - cutoff)
-            c.order = dmin(c.order, t - tprev)
-            tprev = t
-            acc_swap_finite(sp, ts[i - k], x[i - k], t, v)
-            if acc_replay_due(sp):
-                acc_clear(sp)
-                for j in range(i - k + 1, i + 1):
-                    acc_add(sp, ts[j], x[j])
-            out[i] = acc_value(sp, min_count, ts[i - k + 1], t)
-            if (i & 1023) == 0 and (bad or not fc_ok(&c)):
-                return 1
-            i += 1
-    if bad or not fc_ok(&c):
+                # step j has been applied; replay and emit it
+                acc_replay(sp, ts, x, j - k + 1, j + 1)
+                out[j] = acc_value(sp, min_count, 0.0, 0.0)
+                i = j + 1
+            else:
+                # slope: the general step, every step
+                t = ts[i]
+                acc_swap_finite(sp, ts[i - k], x[i - k], t, x[i])
+                if acc_replay_due(sp):
+                    if not finite_state(sp):
+                        return 1
+                    acc_replay(sp, ts, x, i - k + 1, i + 1)
+                out[i] = acc_value(sp, min_count, ts[i - k + 1], t)
+                i += 1
+    if not finite_state(sp):
         return 1
     st[0] = loc
     return 0
@@ -711,57 +775,51 @@ cdef int minq_batch(MinState *st, const double *ts, const double *x, Py_ssize_t 
     return 0
 
 
-cdef int minq_batch_fixed(double sign, const double *ts, const double *x, Py_ssize_t n, double w,
-                          Py_ssize_t min_count, double *out, Py_ssize_t k) noexcept nogil:
-    """Speculative fast path of ``minq_batch`` when the window at i is exactly
-    the last min(i + 1, k) samples: a deque of indices into x (as bottleneck
-    keeps), expiring by index instead of by time.  min / max select values,
-    so any correct algorithm gives the same bits; the window assumption (and
-    sorted, finite ts) is verified on the way.  Returns 1 when it failed (out
-    is then garbage), -1 when out of memory, 0 when done.
+cdef int minq_batch_fixed(double sign, const double *x, Py_ssize_t n, Py_ssize_t min_count,
+                          double *out, Py_ssize_t k) noexcept nogil:
+    """Fast path of ``minq_batch`` when the window at i is exactly the last
+    min(i + 1, k) samples (the caller has checked that, see ``fixed_window``).
+
+    Algorithm: van Herk / Gil-Werman.  Cut x into blocks of k samples; the
+    window of i then spans the tail of the previous block (a suffix minimum,
+    computed backwards once per block) and the head of its own (a running
+    prefix minimum): three branch-free compare-selects per sample whatever k
+    is, instead of the deque's data-dependent pops.  NaN is skipped (a NaN
+    never compares smaller); a count of the non-NaN samples gives min_count.
+    Among equal values the latest is chosen, as the deque does, so the bits
+    match the streaming driver.  Returns -1 when out of memory, else 0.
     """
-    cdef Py_ssize_t cap = 16, i, head = 0, size = 0, cnt = 0, mask, m = k if k < n else n
-    cdef double t, cutoff, v, sv, tprev = ts[0], t0 = ts[0]
-    cdef int bad = 0
-    while cap < k + 1:
-        cap <<= 1
-    mask = cap - 1
-    cdef Py_ssize_t *qi = <Py_ssize_t *> malloc(cap * sizeof(Py_ssize_t))
-    cdef double *qv = <double *> malloc(cap * sizeof(double))
-    if qi == NULL or qv == NULL:
-        free(qi)
-        free(qv)
+    cdef Py_ssize_t i, j, b, e, cnt = 0, mc = min_count if min_count > 1 else 1
+    cdef double v, run, pre
+    cdef double *suf = <double *> malloc((k + 1) * sizeof(double))
+    if suf == NULL:
         return -1
-    for i in range(n):
-        t = ts[i]
-        cutoff = t - w
-        bad |= not (t >= tprev)
-        tprev = t
-        if i < m:
-            bad |= not (t0 > cutoff)
-        else:
-            bad |= (ts[i - k] > cutoff) | (not (ts[i - k + 1] > cutoff))
-            if size > 0 and qi[head] == i - k:
-                head = (head + 1) & mask
-                size -= 1
-            if x[i - k] == x[i - k]:
-                cnt -= 1
-        v = x[i]
-        if v == v:
-            sv = sign * v
-            while size > 0 and qv[(head + size - 1) & mask] >= sv:
-                size -= 1
-            qi[(head + size) & mask] = i
-            qv[(head + size) & mask] = sv
-            size += 1
-            cnt += 1
-        if size > 0 and cnt >= min_count:
-            out[i] = sign * qv[head]
-        else:
-            out[i] = NAN
-    free(qi)
-    free(qv)
-    return 1 if bad or not (isfinite(ts[0]) and isfinite(ts[n - 1])) else 0
+    suf[k] = INFINITY           # the window of a block's last sample is that block
+    e = k if k < n else n
+    run = INFINITY
+    for i in range(e):
+        v = sign * x[i]
+        run = v if v <= run else run
+        cnt += x[i] == x[i]
+        out[i] = sign * run if cnt >= mc else NAN
+    b = k
+    while b < n:
+        run = INFINITY
+        for j in range(k - 1, -1, -1):
+            v = sign * x[b - k + j]
+            run = v if v < run else run
+            suf[j] = run
+        e = b + k if b + k < n else n
+        pre = INFINITY
+        for i in range(b, e):
+            v = sign * x[i]
+            pre = v if v <= pre else pre
+            run = suf[i - b + 1]
+            cnt += (x[i] == x[i]) - (x[i - k] == x[i - k])
+            out[i] = sign * (pre if pre <= run else run) if cnt >= mc else NAN
+        b = e
+    free(suf)
+    return 0
 
 
 cdef int minq_stream(MinState *st, Ring *win, double w, double t, double v) noexcept nogil:
@@ -856,45 +914,74 @@ cdef void ewma_batch(EwmaState *st, const double *ts, const double *x, Py_ssize_
 # Python boundary: batch functions
 # ---------------------------------------------------------------------------
 
-cdef object _prepare(ts, x, out, bint check_ts=True):
+cdef object _prepare(ts, x, out, bint check_ts=True, bint lazy_ts=False):
     """(ts64, x64, out64) checked, converted once, and un-aliased.
 
-    ``check_ts=False`` leaves the ts order check to a caller that verifies it
-    inside its own first pass (and calls ``_check_ts`` when that fails).
+    ``ts=None`` means one sample per second, ``ts = 0, 1, 2, …``, so that
+    ``window_s`` counts samples (bottleneck's and pandas' integer windows);
+    with ``lazy_ts`` that ts is not built (ts64 is None: the caller's fast
+    path needs none).  ``check_ts=False`` leaves the ts order check to a
+    caller that verifies it inside its own first pass (and calls
+    ``_check_ts`` when that fails).
     """
-    ts64, x64 = _as_pair(ts, x, check_ts)
+    if ts is None:
+        x64 = _as_series("x", x)
+        ts64 = None if lazy_ts else _sample_ts(x64.shape[0])
+    else:
+        ts64, x64 = _as_pair(ts, x, check_ts)
     res = _prepare_out(out, x64.shape[0])
-    ts64, x64 = _unalias(res, ts64, x64)
+    if ts64 is None:
+        x64, = _unalias(res, x64)
+    else:
+        ts64, x64 = _unalias(res, ts64, x64)
     return ts64, x64, res
+
+
+cdef object _sample_ts(Py_ssize_t n):
+    return np.arange(n, dtype=np.float64)
+
+
+cdef inline Py_ssize_t _samples_in(double w, Py_ssize_t n) noexcept nogil:
+    """Samples in a full window of ``w`` when ts = 0, 1, 2, … (capped at n)."""
+    return n if w >= n else <Py_ssize_t> ceil(w)
 
 
 cdef object _run_acc(int kind, ts, x, window_s, min_count, out):
     cdef SumState s_sum
     cdef WelfordState s_wel
     cdef SlopeState s_slope
-    ts64, x64, res = _prepare(ts, x, out, check_ts=False)
+    # the slope needs the times themselves; mean and std only the window
+    ts64, x64, res = _prepare(ts, x, out, check_ts=False, lazy_ts=kind != 2)
     cdef double w = _check_positive("window_s", window_s)
     cdef Py_ssize_t mc = _check_count("min_count", min_count)
-    cdef const double[::1] tv = ts64
+    cdef const double[::1] tv
     cdef const double[::1] xv = x64
     cdef double[::1] ov = res
+    cdef const double *tp = NULL
     cdef Py_ssize_t n = xv.shape[0], k
     cdef int rc = 1
     if n == 0:
         return res
+    if ts64 is not None:
+        tv = ts64
+        tp = &tv[0]
     with nogil:
-        k = count_at_end(&tv[0], n, w)
+        k = _samples_in(w, n) if tp == NULL else count_at_end(tp, n, w)
         if k >= 2 and k >= mc:
-            # fast path; it verifies ts on the way
+            # fast path; it verifies ts (when given) and x
             if kind == 0:
-                rc = acc_batch_fixed(&s_sum, &tv[0], &xv[0], n, w, mc, &ov[0], k)
+                rc = acc_batch_fixed(&s_sum, tp, &xv[0], n, w, mc, &ov[0], k)
             elif kind == 1:
-                rc = acc_batch_fixed(&s_wel, &tv[0], &xv[0], n, w, mc, &ov[0], k)
+                rc = acc_batch_fixed(&s_wel, tp, &xv[0], n, w, mc, &ov[0], k)
             else:
-                rc = acc_batch_fixed(&s_slope, &tv[0], &xv[0], n, w, mc, &ov[0], k)
+                rc = acc_batch_fixed(&s_slope, tp, &xv[0], n, w, mc, &ov[0], k)
     if rc == 0:
         return res
-    _check_ts(ts64)
+    if ts64 is None:
+        ts64 = _sample_ts(n)
+    else:
+        _check_ts(ts64)
+    tv = ts64
     with nogil:
         if kind == 0:
             acc_batch(&s_sum, &tv[0], &xv[0], n, w, mc, &ov[0])
@@ -907,6 +994,9 @@ cdef object _run_acc(int kind, ts, x, window_s, min_count, out):
 
 def move_mean(ts, x, window_s, min_count=1, out=None):
     """Rolling mean over the event-time window ``(ts[i] - window_s, ts[i]]``.
+
+    ``ts=None`` means ``ts = 0, 1, 2, …``: the window is the last
+    ``ceil(window_s)`` samples (so do all the batch functions here).
 
     Algorithm: running sum of ``x - anchor`` with the evicted and the new
     sample fused into one add; O(1) per sample (the window is replayed after
@@ -942,25 +1032,31 @@ def move_slope(ts, x, window_s, min_count=1, out=None):
 cdef object _run_minmax(double sign, ts, x, window_s, min_count, out):
     cdef MinState st
     cdef Py_ssize_t k
-    ts64, x64, res = _prepare(ts, x, out, check_ts=False)
+    ts64, x64, res = _prepare(ts, x, out, check_ts=False, lazy_ts=True)
     cdef double w = _check_positive("window_s", window_s)
     cdef Py_ssize_t mc = _check_count("min_count", min_count)
-    cdef const double[::1] tv = ts64
+    cdef const double[::1] tv
     cdef const double[::1] xv = x64
     cdef double[::1] ov = res
     cdef Py_ssize_t n = xv.shape[0]
-    cdef int rc = 0
+    cdef int rc = 1
     if n == 0:
         return res
-    with nogil:
-        k = count_at_end(&tv[0], n, w)
-        rc = 1
-        if k >= 1:
-            rc = minq_batch_fixed(sign, &tv[0], &xv[0], n, w, mc, &ov[0], k)
+    if ts64 is None:
+        k = _samples_in(w, n)
+        rc = 0
+    else:
+        tv = ts64
+        with nogil:
+            k = count_at_end(&tv[0], n, w)
+            if fixed_window(&tv[0], n, w, k):
+                rc = 0
     if rc == 0:
+        with nogil:
+            rc = minq_batch_fixed(sign, &xv[0], n, mc, &ov[0], k)
+        if rc < 0:
+            raise MemoryError("move_min/move_max: cannot allocate the block minima")
         return res
-    if rc < 0:
-        raise MemoryError("move_min/move_max: cannot allocate the deque")
     _check_ts(ts64)
     if ring_init(&st.dq, 64) < 0:
         raise MemoryError("move_min/move_max: cannot allocate the deque")
@@ -979,7 +1075,10 @@ def move_min(ts, x, window_s, min_count=1, out=None):
     """Rolling minimum over the event-time window.
 
     Algorithm: monotonic deque of (t, x) candidates; O(1) amortised per
-    sample.  NaN is skipped; ±inf are ordered naturally.
+    sample.  When every window holds the last k samples (regular sampling,
+    or ``ts=None``): van Herk / Gil-Werman block prefix / suffix minima,
+    three branch-free compare-selects per sample.  NaN is skipped; ±inf are
+    ordered naturally; among equal values the latest is returned.
     """
     return _run_minmax(1.0, ts, x, window_s, min_count, out)
 

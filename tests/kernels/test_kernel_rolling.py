@@ -350,3 +350,39 @@ def test_regular_fast_path_is_bit_identical_to_streaming(case: Case) -> None:
         x2[-1] = np.nan
         general = case.batch(ts, x2, window_s, 2)
         assert_matches(general[:-1], batch[:-1], 0.0, 0.0, f"{case.name} general vs fast")
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_sample_count_window_is_unit_spaced_ts(case: Case, pattern: str) -> None:
+    # ts=None means ts = 0, 1, 2, …: the same bits as passing that ts, whether
+    # the fast path (no ts to check) or the general driver (NaN, ±inf) ran
+    rng = np.random.default_rng(31)
+    n = 1200
+    x = make_x(rng, n, pattern)
+    ts = np.arange(n, dtype=np.float64)
+    for window_s in (0.5, 1.0, 2.5, 7.0, 60.0, 1e6):
+        for min_count in (1, 3):
+            want = case.batch(ts, x, window_s, min_count)
+            got = case.batch(None, x, window_s, min_count)
+            assert_matches(got, want, 0.0, 0.0,
+                           f"{case.name} {pattern} window_s={window_s} min_count={min_count}")
+            assert_matches(got, case.reference(ts, x, window_s, min_count),
+                           *tolerance(case, ts, x), f"{case.name} {pattern} vs reference")
+
+
+@pytest.mark.parametrize("kernel", [rolling.move_min, rolling.move_max])
+def test_min_max_blocks_pick_the_latest_of_equal_values(kernel) -> None:
+    # van Herk / Gil-Werman on a fixed window must choose among equal values
+    # as the streaming deque does (the latest), or a signed zero would differ
+    rng = np.random.default_rng(5)
+    n = 500
+    x = rng.choice([0.0, -0.0, 1.0, -1.0, np.nan], size=n)
+    ts = np.arange(n, dtype=np.float64)
+    stream = rolling.MoveMin if kernel is rolling.move_min else rolling.MoveMax
+    for window_s in (1.0, 2.0, 3.0, 16.0, 64.0):
+        s = stream(window_s)
+        want = np.array([s.update(float(t), float(v)).value for t, v in zip(ts, x, strict=True)])
+        got = kernel(ts, x, window_s)
+        assert np.array_equal(np.signbit(got), np.signbit(want)), window_s
+        assert_matches(got, want, 0.0, 0.0, f"window_s={window_s}")

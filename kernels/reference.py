@@ -26,6 +26,7 @@ Array = NDArray[np.float64]
 __all__ = [
     "ref_ewma",
     "ref_hampel",
+    "ref_move_change",
     "ref_move_max",
     "ref_move_mean",
     "ref_move_median",
@@ -148,6 +149,19 @@ def ref_move_quantile(ts: ArrayLike, x: ArrayLike, window_s: float, q: float,
 
 def ref_move_median(ts: ArrayLike, x: ArrayLike, window_s: float, min_count: int = 1) -> Array:
     return ref_move_quantile(ts, x, window_s, 0.5, min_count)
+
+
+def ref_move_change(ts: ArrayLike, x: ArrayLike, lag_s: float) -> Array:
+    """x[i] minus the latest non-NaN x[j] with ts[j] <= ts[i] - lag_s, j < i."""
+    ts = _f64(ts)
+    x = _f64(x)
+    out = np.full(x.shape[0], np.nan)
+    with np.errstate(invalid="ignore"):     # inf - inf is NaN, as in the kernel
+        for i in range(x.shape[0]):
+            old = np.flatnonzero((ts[:i] <= ts[i] - lag_s) & ~np.isnan(x[:i]))
+            if old.shape[0]:
+                out[i] = x[i] - x[old[-1]]
+    return out
 
 
 def ref_ewma(ts: ArrayLike, x: ArrayLike, halflife_s: float) -> Array:

@@ -48,6 +48,8 @@ Design:
       median/quantile  two heaps (max-heap below, min-heap above) with
               positions tracked so any element can be removed, O(log w).
       ewma    event-time exponential weights, O(1).
+      change  x now minus the latest sample at least a lag old: a FIFO, O(1)
+              amortised.
     Running sums drift and cannot recover from a huge value that has left the
     window, so mean / std / slope replay the window (O(w)) into a fresh state
     after every 8·w + 64 evictions — O(1) amortised — and std / slope also as
@@ -83,6 +85,7 @@ include "_order.pxi"
 __all__ = [
     "BANK_COLUMNS",
     "Ewma",
+    "MoveChange",
     "MoveMax",
     "MoveMean",
     "MoveMedian",
@@ -92,6 +95,7 @@ __all__ = [
     "MoveStd",
     "RollingBank",
     "ewma",
+    "move_change",
     "move_max",
     "move_mean",
     "move_median",
@@ -911,6 +915,41 @@ cdef void ewma_batch(EwmaState *st, const double *ts, const double *x, Py_ssize_
 
 
 # ---------------------------------------------------------------------------
+# Change over a lag
+# ---------------------------------------------------------------------------
+
+cdef int change_step(Ring *past, double lag, double t, double v, double *out) noexcept nogil:
+    """x(t) minus the latest non-NaN sample at or before t - lag (NaN while none).
+
+    ``past`` holds the non-NaN samples newer than the cutoff plus, at its
+    front, the latest one at or before it; each sample is pushed and popped
+    once, O(1) amortised.  -1 (nothing changed) when the ring cannot grow.
+    """
+    cdef double cutoff = t - lag
+    if v == v and ring_reserve_one(past) < 0:
+        return -1
+    while past.size >= 2 and ring_ts_at(past, 1) <= cutoff:
+        ring_pop_front(past)
+    if past.size > 0 and ring_front_ts(past) <= cutoff:
+        out[0] = v - ring_front_x(past)
+    else:
+        out[0] = NAN
+    if v == v:
+        ring_push_unchecked(past, t, v)
+    return 0
+
+
+cdef int change_batch(Ring *past, const double *ts, const double *x, Py_ssize_t n, double lag,
+                      double *out) noexcept nogil:
+    """Batch driver: every sample through the streaming step."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if change_step(past, lag, ts[i], x[i], &out[i]) < 0:
+            return -1
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # Python boundary: batch functions
 # ---------------------------------------------------------------------------
 
@@ -1132,6 +1171,38 @@ def move_quantile(ts, x, window_s, q, min_count=1, out=None):
 def move_median(ts, x, window_s, min_count=1, out=None):
     """Rolling median (``move_quantile`` with q = 0.5); O(log w) per sample."""
     return _run_order(ts, x, window_s, 0.5, min_count, out)
+
+
+def move_change(ts, x, lag_s, out=None):
+    """Change over a lag: ``x[i]`` minus the latest non-NaN sample at or
+    before ``ts[i] - lag_s`` (event time; with ``ts=None`` the sample
+    ``ceil(lag_s)`` places back).
+
+    Algorithm: a FIFO of the samples younger than the lag plus the one just
+    older; O(1) amortised per sample, memory the samples within one lag.
+    NaN while no sample is old enough, and where ``x[i]`` is NaN; ±inf
+    follow IEEE (inf - inf is NaN).
+    """
+    cdef Ring past
+    ts64, x64, res = _prepare(ts, x, out)
+    cdef double lag = _check_positive("lag_s", lag_s)
+    cdef const double[::1] tv = ts64
+    cdef const double[::1] xv = x64
+    cdef double[::1] ov = res
+    cdef Py_ssize_t n = xv.shape[0]
+    cdef int rc = 0
+    if n == 0:
+        return res
+    if ring_init(&past, 64) < 0:
+        raise MemoryError("move_change: cannot allocate the lag buffer")
+    try:
+        with nogil:
+            rc = change_batch(&past, &tv[0], &xv[0], n, lag, &ov[0])
+    finally:
+        ring_free(&past)
+    if rc < 0:
+        raise MemoryError("move_change: cannot grow the lag buffer")
+    return res
 
 
 def ewma(ts, x, halflife_s, out=None):
@@ -1462,6 +1533,46 @@ cdef class MoveQuantile(_MoveOrder):
 
     cdef tuple _init_args(self):
         return (self._window_s, self._ost.q, self._min_count)
+
+
+cdef class MoveChange(_Windowed):
+    """Streaming change over a lag; ``value`` equals ``move_change`` at the same sample."""
+
+    cdef double _value
+
+    def __init__(self, lag_s):
+        self._window_s = _check_positive("lag_s", lag_s)
+        self._min_count = 1
+        self.reset()
+
+    cdef void _clear(self) noexcept:
+        self._value = NAN
+
+    cdef object _acc_state(self):
+        return self._value
+
+    cdef int _set_acc_state(self, object acc) except -1:
+        self._value = acc
+        return 0
+
+    cdef tuple _init_args(self):
+        return (self._window_s,)
+
+    @property
+    def lag_s(self) -> float:
+        return self._window_s
+
+    def update(self, double ts, double x):
+        """Push one sample (ts non-decreasing); returns self."""
+        _check_stream_ts(ts, self._last_t)
+        if change_step(&self._win, self._window_s, ts, x, &self._value) < 0:
+            raise MemoryError("cannot grow the lag buffer")
+        self._last_t = ts
+        return self
+
+    @property
+    def value(self) -> float:
+        return self._value
 
 
 cdef class Ewma:

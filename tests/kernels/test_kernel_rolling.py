@@ -386,3 +386,39 @@ def test_min_max_blocks_pick_the_latest_of_equal_values(kernel) -> None:
         got = kernel(ts, x, window_s)
         assert np.array_equal(np.signbit(got), np.signbit(want)), window_s
         assert_matches(got, want, 0.0, 0.0, f"window_s={window_s}")
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_change_over_a_lag(pattern: str) -> None:
+    rng = np.random.default_rng(17)
+    n = 300
+    for ts_kind in ("regular", "irregular"):
+        ts = make_ts(rng, n, ts_kind)
+        x = make_x(rng, n, pattern)
+        for lag_s in (0.25, 1.0, 5.0, 30.0, 1e6):
+            what = f"{pattern} ts={ts_kind} lag_s={lag_s}"
+            want = ref.ref_move_change(ts, x, lag_s)
+            got = rolling.move_change(ts, x, lag_s)
+            assert_matches(got, want, 0.0, 0.0, what)
+            s = rolling.MoveChange(lag_s)
+            stream = np.array([s.update(float(t), float(v)).value
+                               for t, v in zip(ts, x, strict=True)])
+            assert_matches(stream, got, 0.0, 0.0, what + " stream")
+            assert_matches(rolling.move_change(None, x, lag_s),
+                           rolling.move_change(np.arange(n, dtype=np.float64), x, lag_s),
+                           0.0, 0.0, what + " sample count")
+
+
+def test_change_pickles_mid_stream_and_checks_its_lag() -> None:
+    s = rolling.MoveChange(2.0)
+    for t, v in [(0.0, 1.0), (1.0, 4.0), (2.5, 9.0)]:
+        s.update(t, v)
+    assert s.value == 8.0                    # 9 - the sample at t=0 (<= 2.5 - 2)
+    c = pickle.loads(pickle.dumps(s))
+    assert c.lag_s == 2.0 and c.value == 8.0
+    assert c.update(3.0, 10.0).value == s.update(3.0, 10.0).value == 6.0
+    assert math.isnan(s.reset().value)
+    with pytest.raises(ValueError, match=r"lag_s must be finite and > 0, got 0"):
+        rolling.MoveChange(0)
+    with pytest.raises(ValueError, match=r"lag_s must be finite and > 0, got -1"):
+        rolling.move_change([0.0], [1.0], -1)

@@ -23,6 +23,8 @@ cdef struct OrderState:
     slot_t *pos         # per ring slot: heap position (see above)
     slot_t *lo          # max-heap of slots
     slot_t *hi          # min-heap of slots
+    double *lov         # lov[i] = x[lo[i]]: the sifts compare without an
+    double *hiv         # indirection (a dependent load per level saved)
     Py_ssize_t n_lo
     Py_ssize_t n_hi
     Py_ssize_t cap      # capacity of pos / lo / hi (== ring capacity)
@@ -39,7 +41,9 @@ cdef inline int ord_init(OrderState *st, Ring *win, double q) noexcept nogil:
     st.pos = <slot_t *> malloc(cap * sizeof(slot_t))
     st.lo = <slot_t *> malloc(cap * sizeof(slot_t))
     st.hi = <slot_t *> malloc(cap * sizeof(slot_t))
-    if st.pos == NULL or st.lo == NULL or st.hi == NULL:
+    st.lov = <double *> malloc(cap * sizeof(double))
+    st.hiv = <double *> malloc(cap * sizeof(double))
+    if st.pos == NULL or st.lo == NULL or st.hi == NULL or st.lov == NULL or st.hiv == NULL:
         ord_free(st)
         return -1
     return 0
@@ -49,9 +53,13 @@ cdef inline void ord_free(OrderState *st) noexcept nogil:
     free(st.pos)
     free(st.lo)
     free(st.hi)
+    free(st.lov)
+    free(st.hiv)
     st.pos = NULL
     st.lo = NULL
     st.hi = NULL
+    st.lov = NULL
+    st.hiv = NULL
     st.n_lo = 0
     st.n_hi = 0
     st.cap = 0
@@ -71,16 +79,23 @@ cdef int ord_grow(OrderState *st, Ring *win) noexcept nogil:
     cdef slot_t *npos = NULL
     cdef slot_t *nlo = NULL
     cdef slot_t *nhi = NULL
+    cdef double *nlov = NULL
+    cdef double *nhiv = NULL
     if newcap <= 0x40000000:    # slot ids must fit slot_t
         npos = <slot_t *> malloc(newcap * sizeof(slot_t))
         nlo = <slot_t *> malloc(newcap * sizeof(slot_t))
         nhi = <slot_t *> malloc(newcap * sizeof(slot_t))
-    if nts == NULL or nx == NULL or npos == NULL or nlo == NULL or nhi == NULL:
+        nlov = <double *> malloc(newcap * sizeof(double))
+        nhiv = <double *> malloc(newcap * sizeof(double))
+    if (nts == NULL or nx == NULL or npos == NULL or nlo == NULL or nhi == NULL
+            or nlov == NULL or nhiv == NULL):
         free(nts)
         free(nx)
         free(npos)
         free(nlo)
         free(nhi)
+        free(nlov)
+        free(nhiv)
         return -1
     for i in range(size):
         old = (head + i) & oldmask
@@ -89,13 +104,17 @@ cdef int ord_grow(OrderState *st, Ring *win) noexcept nogil:
         npos[i] = st.pos[old]
     for i in range(st.n_lo):
         nlo[i] = <slot_t> ((st.lo[i] - head) & oldmask)
+        nlov[i] = st.lov[i]
     for i in range(st.n_hi):
         nhi[i] = <slot_t> ((st.hi[i] - head) & oldmask)
+        nhiv[i] = st.hiv[i]
     free(win.ts)
     free(win.x)
     free(st.pos)
     free(st.lo)
     free(st.hi)
+    free(st.lov)
+    free(st.hiv)
     win.ts = nts
     win.x = nx
     win.head = 0
@@ -103,6 +122,8 @@ cdef int ord_grow(OrderState *st, Ring *win) noexcept nogil:
     st.pos = npos
     st.lo = nlo
     st.hi = nhi
+    st.lov = nlov
+    st.hiv = nhiv
     st.cap = newcap
     return 0
 
@@ -113,116 +134,139 @@ cdef inline int ord_reserve_one(OrderState *st, Ring *win) noexcept nogil:
     return 0
 
 
-# --- heap primitives (values read through the ring) ---------------------------
+# --- heap primitives (each heap keeps its values beside its slots) -----------
 
-cdef inline void lo_up(OrderState *st, const double *x, Py_ssize_t i) noexcept nogil:
-    cdef Py_ssize_t node = st.lo[i], p, pn
-    cdef double v = x[node]
+cdef inline void lo_up(OrderState *st, Py_ssize_t i) noexcept nogil:
+    cdef slot_t node = st.lo[i]
+    cdef Py_ssize_t p
+    cdef double v = st.lov[i]
     while i > 0:
         p = (i - 1) >> 1
-        pn = st.lo[p]
-        if x[pn] >= v:
+        if st.lov[p] >= v:
             break
-        st.lo[i] = pn
-        st.pos[pn] = i
+        st.lo[i] = st.lo[p]
+        st.lov[i] = st.lov[p]
+        st.pos[st.lo[i]] = <slot_t> i
         i = p
     st.lo[i] = node
-    st.pos[node] = i
+    st.lov[i] = v
+    st.pos[node] = <slot_t> i
 
 
-cdef inline void lo_down(OrderState *st, const double *x, Py_ssize_t i) noexcept nogil:
-    cdef Py_ssize_t node = st.lo[i], c, n = st.n_lo
-    cdef double v = x[node]
+cdef inline void lo_down(OrderState *st, Py_ssize_t i) noexcept nogil:
+    cdef slot_t node = st.lo[i]
+    cdef Py_ssize_t c, n = st.n_lo
+    cdef double v = st.lov[i]
     while True:
         c = 2 * i + 1
         if c >= n:
             break
-        if c + 1 < n and x[st.lo[c + 1]] > x[st.lo[c]]:
+        if c + 1 < n and st.lov[c + 1] > st.lov[c]:
             c += 1
-        if x[st.lo[c]] <= v:
+        if st.lov[c] <= v:
             break
         st.lo[i] = st.lo[c]
-        st.pos[st.lo[i]] = i
+        st.lov[i] = st.lov[c]
+        st.pos[st.lo[i]] = <slot_t> i
         i = c
     st.lo[i] = node
-    st.pos[node] = i
+    st.lov[i] = v
+    st.pos[node] = <slot_t> i
 
 
-cdef inline void hi_up(OrderState *st, const double *x, Py_ssize_t i) noexcept nogil:
-    cdef Py_ssize_t node = st.hi[i], p, pn
-    cdef double v = x[node]
+cdef inline void hi_up(OrderState *st, Py_ssize_t i) noexcept nogil:
+    cdef slot_t node = st.hi[i]
+    cdef Py_ssize_t p
+    cdef double v = st.hiv[i]
     while i > 0:
         p = (i - 1) >> 1
-        pn = st.hi[p]
-        if x[pn] <= v:
+        if st.hiv[p] <= v:
             break
-        st.hi[i] = pn
-        st.pos[pn] = -1 - i
+        st.hi[i] = st.hi[p]
+        st.hiv[i] = st.hiv[p]
+        st.pos[st.hi[i]] = <slot_t> (-1 - i)
         i = p
     st.hi[i] = node
-    st.pos[node] = -1 - i
+    st.hiv[i] = v
+    st.pos[node] = <slot_t> (-1 - i)
 
 
-cdef inline void hi_down(OrderState *st, const double *x, Py_ssize_t i) noexcept nogil:
-    cdef Py_ssize_t node = st.hi[i], c, n = st.n_hi
-    cdef double v = x[node]
+cdef inline void hi_down(OrderState *st, Py_ssize_t i) noexcept nogil:
+    cdef slot_t node = st.hi[i]
+    cdef Py_ssize_t c, n = st.n_hi
+    cdef double v = st.hiv[i]
     while True:
         c = 2 * i + 1
         if c >= n:
             break
-        if c + 1 < n and x[st.hi[c + 1]] < x[st.hi[c]]:
+        if c + 1 < n and st.hiv[c + 1] < st.hiv[c]:
             c += 1
-        if x[st.hi[c]] >= v:
+        if st.hiv[c] >= v:
             break
         st.hi[i] = st.hi[c]
-        st.pos[st.hi[i]] = -1 - i
+        st.hiv[i] = st.hiv[c]
+        st.pos[st.hi[i]] = <slot_t> (-1 - i)
         i = c
     st.hi[i] = node
-    st.pos[node] = -1 - i
+    st.hiv[i] = v
+    st.pos[node] = <slot_t> (-1 - i)
 
 
-cdef inline void lo_fix(OrderState *st, const double *x, Py_ssize_t i) noexcept nogil:
-    if i > 0 and x[st.lo[(i - 1) >> 1]] < x[st.lo[i]]:
-        lo_up(st, x, i)
+cdef inline void lo_fix(OrderState *st, Py_ssize_t i) noexcept nogil:
+    if i > 0 and st.lov[(i - 1) >> 1] < st.lov[i]:
+        lo_up(st, i)
     else:
-        lo_down(st, x, i)
+        lo_down(st, i)
 
 
-cdef inline void hi_fix(OrderState *st, const double *x, Py_ssize_t i) noexcept nogil:
-    if i > 0 and x[st.hi[(i - 1) >> 1]] > x[st.hi[i]]:
-        hi_up(st, x, i)
+cdef inline void hi_fix(OrderState *st, Py_ssize_t i) noexcept nogil:
+    if i > 0 and st.hiv[(i - 1) >> 1] > st.hiv[i]:
+        hi_up(st, i)
     else:
-        hi_down(st, x, i)
+        hi_down(st, i)
 
 
-cdef inline Py_ssize_t lo_pop(OrderState *st, const double *x) noexcept nogil:
+cdef inline void lo_set(OrderState *st, Py_ssize_t i, Py_ssize_t node, double v) noexcept nogil:
+    st.lo[i] = <slot_t> node
+    st.lov[i] = v
+
+
+cdef inline void hi_set(OrderState *st, Py_ssize_t i, Py_ssize_t node, double v) noexcept nogil:
+    st.hi[i] = <slot_t> node
+    st.hiv[i] = v
+
+
+cdef inline Py_ssize_t lo_pop(OrderState *st, double *v) noexcept nogil:
+    """Remove lo's top; returns its slot, its value in ``v``."""
     cdef Py_ssize_t top = st.lo[0]
+    v[0] = st.lov[0]
     st.n_lo -= 1
     if st.n_lo > 0:
-        st.lo[0] = st.lo[st.n_lo]
-        lo_down(st, x, 0)
+        lo_set(st, 0, st.lo[st.n_lo], st.lov[st.n_lo])
+        lo_down(st, 0)
     return top
 
 
-cdef inline Py_ssize_t hi_pop(OrderState *st, const double *x) noexcept nogil:
+cdef inline Py_ssize_t hi_pop(OrderState *st, double *v) noexcept nogil:
     cdef Py_ssize_t top = st.hi[0]
+    v[0] = st.hiv[0]
     st.n_hi -= 1
     if st.n_hi > 0:
-        st.hi[0] = st.hi[st.n_hi]
-        hi_down(st, x, 0)
+        hi_set(st, 0, st.hi[st.n_hi], st.hiv[st.n_hi])
+        hi_down(st, 0)
     return top
 
 
-cdef inline void lo_push(OrderState *st, const double *x, Py_ssize_t node) noexcept nogil:
-    st.lo[st.n_lo] = node
+cdef inline void lo_push(OrderState *st, Py_ssize_t node, double v) noexcept nogil:
+    lo_set(st, st.n_lo, node, v)
     st.n_lo += 1
-    lo_up(st, x, st.n_lo - 1)
+    lo_up(st, st.n_lo - 1)
 
 
-cdef inline void hi_push(OrderState *st, const double *x, Py_ssize_t node) noexcept nogil:
-    st.hi[st.n_hi] = node
+cdef inline void hi_push(OrderState *st, Py_ssize_t node, double v) noexcept nogil:
+    hi_set(st, st.n_hi, node, v)
     st.n_hi += 1
-    hi_up(st, x, st.n_hi - 1)
+    hi_up(st, st.n_hi - 1)
 
 
 # --- window operations --------------------------------------------------------
@@ -234,71 +278,71 @@ cdef inline Py_ssize_t ord_target(OrderState *st, Py_ssize_t n) noexcept nogil:
     return <Py_ssize_t> floor(st.q * (n - 1)) + 1
 
 
-cdef inline void ord_rebalance(OrderState *st, const double *x) noexcept nogil:
-    cdef Py_ssize_t target = ord_target(st, st.n_lo + st.n_hi)
+cdef inline void ord_rebalance(OrderState *st) noexcept nogil:
+    cdef Py_ssize_t target = ord_target(st, st.n_lo + st.n_hi), node
+    cdef double v
     while st.n_lo > target:
-        hi_push(st, x, lo_pop(st, x))
+        node = lo_pop(st, &v)
+        hi_push(st, node, v)
     while st.n_lo < target:
-        lo_push(st, x, hi_pop(st, x))
+        node = hi_pop(st, &v)
+        lo_push(st, node, v)
 
 
 cdef inline void ord_insert(OrderState *st, const double *x, Py_ssize_t node) noexcept nogil:
-    if st.n_lo > 0 and x[node] > x[st.lo[0]]:
-        hi_push(st, x, node)
+    cdef double v = x[node]
+    if st.n_lo > 0 and v > st.lov[0]:
+        hi_push(st, node, v)
     else:
-        lo_push(st, x, node)
-    ord_rebalance(st, x)
+        lo_push(st, node, v)
+    ord_rebalance(st)
 
 
 cdef inline void ord_remove(OrderState *st, const double *x, Py_ssize_t node) noexcept nogil:
-    cdef Py_ssize_t p = st.pos[node], i, last
+    cdef Py_ssize_t p = st.pos[node], i
     if p >= 0:
         i = p
         st.n_lo -= 1
         if i < st.n_lo:
-            last = st.lo[st.n_lo]
-            st.lo[i] = last
-            st.pos[last] = i
-            lo_fix(st, x, i)
+            lo_set(st, i, st.lo[st.n_lo], st.lov[st.n_lo])
+            st.pos[st.lo[i]] = <slot_t> i
+            lo_fix(st, i)
     else:
         i = -1 - p
         st.n_hi -= 1
         if i < st.n_hi:
-            last = st.hi[st.n_hi]
-            st.hi[i] = last
-            st.pos[last] = -1 - i
-            hi_fix(st, x, i)
-    ord_rebalance(st, x)
+            hi_set(st, i, st.hi[st.n_hi], st.hiv[st.n_hi])
+            st.pos[st.hi[i]] = <slot_t> (-1 - i)
+            hi_fix(st, i)
+    ord_rebalance(st)
 
 
 cdef inline void ord_replace(OrderState *st, const double *x, Py_ssize_t old,
                              Py_ssize_t new) noexcept nogil:
     """``new`` takes ``old``'s place (sizes unchanged, so no rebalancing)."""
-    cdef Py_ssize_t p = st.pos[old], i, other
+    cdef Py_ssize_t p = st.pos[old], i
     cdef double v = x[new]
     if p >= 0:
         i = p
-        if st.n_hi > 0 and v > x[st.hi[0]]:
+        if st.n_hi > 0 and v > st.hiv[0]:
             # the newcomer belongs above: hi's smallest moves down into its place
-            other = st.hi[0]
-            st.lo[i] = other
-            lo_up(st, x, i)
-            st.hi[0] = new
-            hi_down(st, x, 0)
+            lo_set(st, i, st.hi[0], st.hiv[0])
+            lo_up(st, i)
+            hi_set(st, 0, new, v)
+            hi_down(st, 0)
         else:
-            st.lo[i] = new
-            lo_fix(st, x, i)
+            lo_set(st, i, new, v)
+            lo_fix(st, i)
     else:
         i = -1 - p
-        if v < x[st.lo[0]]:
-            other = st.lo[0]
-            st.hi[i] = other
-            hi_up(st, x, i)
-            st.lo[0] = new
-            lo_down(st, x, 0)
+        if v < st.lov[0]:
+            hi_set(st, i, st.lo[0], st.lov[0])
+            hi_up(st, i)
+            lo_set(st, 0, new, v)
+            lo_down(st, 0)
         else:
-            st.hi[i] = new
-            hi_fix(st, x, i)
+            hi_set(st, i, new, v)
+            hi_fix(st, i)
 
 
 cdef inline double lerp(double a, double b, double frac) noexcept nogil:
@@ -312,7 +356,7 @@ cdef inline double lerp(double a, double b, double frac) noexcept nogil:
     return a + (b - a) * frac
 
 
-cdef inline double ord_value(OrderState *st, const double *x, Py_ssize_t min_count) noexcept nogil:
+cdef inline double ord_value(OrderState *st, Py_ssize_t min_count) noexcept nogil:
     cdef Py_ssize_t n = st.n_lo + st.n_hi
     cdef double pos, k, frac
     if n < min_count or n == 0:
@@ -321,8 +365,8 @@ cdef inline double ord_value(OrderState *st, const double *x, Py_ssize_t min_cou
     k = floor(pos)
     frac = pos - k
     if frac == 0.0:
-        return x[st.lo[0]]
-    return lerp(x[st.lo[0]], x[st.hi[0]], frac)
+        return st.lov[0]
+    return lerp(st.lov[0], st.hiv[0], frac)
 
 
 cdef int ord_stream(OrderState *st, Ring *win, double w, double t, double v) noexcept nogil:

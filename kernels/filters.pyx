@@ -296,7 +296,7 @@ cdef int hampel_step(HampelState *st, Ring *win, double w, double t, double v) n
     n = st.ord.n_lo + st.ord.n_hi
     if v != v or n < st.min_count or n == 0:
         return 0
-    med = ord_value(&st.ord, win.x, 1)
+    med = ord_value(&st.ord, 1)
     if not isfinite(med):
         return 0
     for i in range(n):

@@ -852,7 +852,7 @@ cdef int ord_batch(OrderState *st, Ring *win, const double *ts, const double *x,
     for i in range(n):
         if ord_stream(st, win, w, ts[i], x[i]) < 0:
             return -1
-        out[i] = ord_value(st, win.x, min_count)
+        out[i] = ord_value(st, min_count)
     return 0
 
 
@@ -1505,7 +1505,7 @@ cdef class _MoveOrder(_Windowed):
 
     @property
     def value(self) -> float:
-        return ord_value(&self._ost, self._win.x, self._min_count)
+        return ord_value(&self._ost, self._min_count)
 
 
 cdef class MoveMedian(_MoveOrder):
@@ -1762,7 +1762,7 @@ cdef void series_values(SeriesState *s, Py_ssize_t min_count, double *row) noexc
     row[1] = acc_stream_value(&s.std, win, min_count)
     row[2] = minq_value(&s.mn, win.size, min_count)
     row[3] = minq_value(&s.mx, win.size, min_count)
-    row[4] = ord_value(&s.med, win.x, min_count)
+    row[4] = ord_value(&s.med, min_count)
     row[5] = acc_stream_value(&s.slope, win, min_count)
     row[6] = s.ew.s
 

@@ -97,6 +97,11 @@ def resolve_variants(cfg: Config, names: Sequence[str]) -> list[Variant]:
         overrides = {k: getattr(merged, k) for k in _PIPELINE_KEYS
                      if getattr(merged, k) is not None}
         pipeline = dataclasses.replace(cfg.pipeline, **overrides)
+        if merged.clean is False:
+            # A variant that bypasses cleaning compares against no cleaning at all, so
+            # it also wins over a sensor's own ``clean = true``.
+            pipeline = dataclasses.replace(pipeline, sensors=tuple(
+                (n, dataclasses.replace(s, clean=False)) for n, s in pipeline.sensors))
         out.append(Variant(name, merged.family or "gbt", PipelineSpec.from_config(pipeline),
                            description))
     return out

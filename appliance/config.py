@@ -59,6 +59,26 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SensorConfig:
+    """``[pipeline.sensors.<name>]``: one sensor's validity check and its overrides.
+
+    A reading outside [valid_min, valid_max], or changing faster than
+    ``max_rate_per_s`` since the sensor's last valid reading, is invalid: it stays
+    stored but the features treat it as absent.  The other keys, when given,
+    replace ``[pipeline]``'s value for this sensor only.
+    """
+
+    valid_min: float = -math.inf
+    valid_max: float = math.inf
+    #: Largest absolute change per second between consecutive valid readings.
+    max_rate_per_s: float = field(default=math.inf, metadata=_range(0.0, lo_open=True))
+    hampel_window_s: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
+    hampel_k: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
+    clean: bool | None = None
+    max_gap_s: float | None = field(default=None, metadata=_range(0.0))
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineConfig:
     #: Event-time seconds between two predictions of one asset (the grid step).
     cadence_s: float = field(default=10.0, metadata=_range(0.1, 86400.0))
@@ -76,6 +96,9 @@ class PipelineConfig:
     baseline_halflife_s: float = field(default=6 * 3600.0, metadata=_range(0.0, lo_open=True))
     #: Cross-sensor differences, e.g. [["lube_temp", "ambient_temp"]].
     differences: tuple[tuple[str, ...], ...] = ()
+    #: ``[pipeline.sensors.<name>]`` tables, as (sensor, settings) pairs in file order;
+    #: a sensor without one gets the settings above and no validity limits.
+    sensors: tuple[tuple[str, SensorConfig], ...] = ()
 
     def effective_windows(self) -> tuple[float, ...]:
         if self.windows_s:
@@ -226,7 +249,19 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
         if name == "variants":
-            values[name] = _build_variants(table, source)
+            values[name] = _build_tables(table, VariantConfig, source, "variants",
+                                         "a variant name", "it names a folder")
+            continue
+        if name == "pipeline" and "sensors" in table:
+            table = dict(table)
+            sensors = table.pop("sensors")
+            if not isinstance(sensors, dict):
+                raise ConfigError(f"{source}: [pipeline] sensors must be a table "
+                                  f"([pipeline.sensors.<name>])")
+            values[name] = dataclasses.replace(
+                _build(PipelineConfig, table, source, name),
+                sensors=_build_tables(sensors, SensorConfig, source, "pipeline.sensors",
+                                      "a sensor name", "as in MQTT topics"))
             continue
         values[name] = _build(sections[name], table, source, name)
     cfg = Config(**values, source=source)
@@ -248,20 +283,22 @@ def _build(cls: type, table: dict[str, Any], source: str, section: str) -> Any:
     return cls(**kwargs)
 
 
-_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Variant and sensor names: what an MQTT topic level (and a folder name) may hold.
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-def _build_variants(table: dict[str, Any], source: str
-                    ) -> tuple[tuple[str, VariantConfig], ...]:
+def _build_tables(table: dict[str, Any], cls: type, source: str, section: str,
+                  what: str, why: str) -> tuple[tuple[str, Any], ...]:
+    """``[<section>.<name>]`` sub-tables of one dataclass, as (name, value) pairs."""
     out = []
     for name, sub in table.items():
-        if not _VARIANT_NAME.fullmatch(name):
-            raise ConfigError(f"{source}: [variants.{name}]: a variant name is 1-64 "
-                              f"characters of A-Z a-z 0-9 _ . - (it names a folder)")
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{source}: [{section}.{name}]: {what} is 1-64 "
+                              f"characters of A-Z a-z 0-9 _ . - ({why})")
         if not isinstance(sub, dict):
-            raise ConfigError(f"{source}: [variants] {name} must be a table "
-                              f"([variants.{name}])")
-        out.append((name, _build(VariantConfig, sub, source, f"variants.{name}")))
+            raise ConfigError(f"{source}: [{section}] {name} must be a table "
+                              f"([{section}.{name}])")
+        out.append((name, _build(cls, sub, source, f"{section}.{name}")))
     return tuple(out)
 
 
@@ -343,6 +380,10 @@ def _check_cross_field(cfg: Config) -> None:
         if w < cfg.pipeline.cadence_s:
             raise ConfigError(f"{src}: [pipeline] windows_s: window {w} is shorter than "
                               f"cadence_s ({cfg.pipeline.cadence_s})")
+    for name, sensor in cfg.pipeline.sensors:
+        if not sensor.valid_min < sensor.valid_max:
+            raise ConfigError(f"{src}: [pipeline.sensors.{name}] valid_min must be < "
+                              f"valid_max, got {sensor.valid_min} and {sensor.valid_max}")
     for name, v in cfg.variants:
         cadence = v.cadence_s if v.cadence_s is not None else cfg.pipeline.cadence_s
         windows = v.windows_s if v.windows_s is not None else cfg.pipeline.windows_s

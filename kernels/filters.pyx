@@ -11,7 +11,8 @@ Design:
     validity  O(1): a sample is valid when it is finite, within [lo, hi], and
               |x - x_last| <= max_rate · (t - t_last) against the last *valid*
               sample (a sample at the same time as the last valid one must
-              equal it).  Invalid samples do not move the reference.
+              equal it; max_rate = inf skips the rate check, dt = 0 included).
+              Invalid samples do not move the reference.
     hampel    O(log w) for the rolling median (two heaps, _order.pxi) plus
               O(w) for the MAD (quickselect on the window's deviations).  x is
               an outlier when |x - median| > k · 1.4826 · MAD over the trailing
@@ -91,8 +92,10 @@ cdef inline void validity_clear(ValidityState *st) noexcept nogil:
 
 cdef inline bint validity_step(ValidityState *st, double t, double v) noexcept nogil:
     cdef bint ok = isfinite(v) and st.lo <= v <= st.hi
-    if ok and st.has:
-        # fabs(v - last) <= rate * dt; rate = inf allows any jump (inf * 0 is NaN: guard dt = 0)
+    # max_rate = inf turns the rate check off, at dt = 0 too: with no limit set, two
+    # different readings at one time (stored readings may repeat a time) both pass.
+    if ok and st.has and st.max_rate < INFINITY:
+        # fabs(v - last) <= rate * dt; at dt = 0 any change is a jump no finite rate allows
         if t > st.last_t:
             ok = fabs(v - st.last_x) <= st.max_rate * (t - st.last_t)
         else:

@@ -195,7 +195,8 @@ def ref_ewma(ts: ArrayLike, x: ArrayLike, halflife_s: float) -> Array:
 def ref_validity(ts: ArrayLike, x: ArrayLike, lo: float, hi: float,
                  max_rate: float) -> NDArray[np.uint8]:
     """1 where x is valid: finite, within [lo, hi], and |x - x_last| <= max_rate·dt
-    against the last valid sample (at dt = 0 it must equal it)."""
+    against the last valid sample (at dt = 0 it must equal it); max_rate = inf: no
+    rate check at all."""
     ts = _f64(ts)
     x = _f64(x)
     out = np.zeros(x.shape[0], dtype=np.uint8)
@@ -204,7 +205,7 @@ def ref_validity(ts: ArrayLike, x: ArrayLike, lo: float, hi: float,
         t, v = float(ts[i]), float(x[i])
         if not math.isfinite(v) or not (lo <= v <= hi):
             continue
-        if last_t is not None:
+        if last_t is not None and max_rate != math.inf:
             if t > last_t:
                 if not abs(v - last_x) <= max_rate * (t - last_t):
                     continue

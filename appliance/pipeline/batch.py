@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from appliance.kernels import filters, rolling
-from appliance.pipeline.spec import CleanSpec, PipelineSpec
+from appliance.pipeline.spec import CleanSpec, PipelineSpec, SensorSpec
 
 #: The batch kernel of each RollingBank column (the live driver's numbers).
 _BATCH = {
@@ -45,6 +45,13 @@ def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s
     carry = ~has & (filled_idx >= 0) & (age <= max_gap_s)
     out[carry] = out[filled_idx[carry]]
     return out
+
+
+def valid_readings(sensor: SensorSpec, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the readings that pass the sensor's validity check (``ts`` sorted)."""
+    valid = filters.validity(ts, values, sensor.valid_min, sensor.valid_max,
+                             sensor.max_rate_per_s)
+    return valid.view(np.bool_)
 
 
 def clean_values(clean: CleanSpec, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -118,7 +125,8 @@ def asset_features(
 ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """Feature rows of one asset at every tick in (t_start, t_end].
 
-    ``series`` maps sensor name to (sorted ts, values).  Returns the feature
+    ``series`` maps sensor name to (sorted ts, values), invalid readings included
+    (they are judged here, as live does).  Returns the feature
     names, the tick times and the matrix (ticks × features), NaN where missing.
     """
     c = spec.cadence_s
@@ -136,11 +144,14 @@ def asset_features(
     blocks = []
     grids = {}
     for s in sensors:
-        ts, values = series[s]
-        grid = grid_values(ts, values, ticks, c, spec.max_gap_s)
-        if spec.clean is not None:
-            grid = clean_values(spec.clean, ticks, grid)
+        ts, values = (np.asarray(a, dtype=np.float64) for a in series[s])
+        settings = spec.sensor(s)
+        ok = valid_readings(settings, ts, values)
+        grid = grid_values(ts[ok], values[ok], ticks, c, settings.max_gap_s)
+        if settings.clean is not None:
+            grid = clean_values(settings.clean, ticks, grid)
         grids[s] = grid
+        # Invalid readings included: the sensor exists from its first reading (see spec).
         first_ts = float(ts[0]) if len(ts) else np.inf
         blocks.append(sensor_features(spec, ticks, k, grids[s], first_ts))
     missing = np.full(n, np.nan)

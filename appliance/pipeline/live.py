@@ -1,7 +1,8 @@
 """Live features: readings in one at a time, one feature row per asset per tick out.
 
 The same steps as ``batch`` with the streaming halves of the same kernels:
-the grid rule, ``filters.Hampel`` per sensor on the grid, and the rolling statistics of all
+``filters.Validity`` per sensor on its readings, the grid rule, ``filters.Hampel``
+per sensor on the grid, and the rolling statistics of all
 series in ``RollingBank`` chunks (one ring of samples per series and window,
 shared by every statistic: ~3 KB per series and window instead of one ring per
 statistic).
@@ -58,35 +59,47 @@ class FeatureBanks:
 
 
 class SensorState:
-    """One sensor of one asset: the open grid cell, its cleaning filter, its bank row."""
+    """One sensor of one asset: its validity check, the open grid cell, its cleaning
+    filter, its bank row."""
 
     __slots__ = ("baseline", "cell_count", "cell_sum", "hampel", "last_grid", "last_ts",
-                 "missing", "row")
+                 "last_valid_ts", "max_gap_s", "missing", "row", "validity")
 
-    def __init__(self, spec: PipelineSpec, row: int) -> None:
-        clean = spec.clean
+    def __init__(self, spec: PipelineSpec, sensor: str, row: int) -> None:
+        settings = spec.sensor(sensor)
+        self.validity = filters.Validity(settings.valid_min, settings.valid_max,
+                                         settings.max_rate_per_s)
+        clean = settings.clean
         self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
                                       clean.hampel_min_count) if clean else None)
+        self.max_gap_s = settings.max_gap_s
         self.missing = Ewma(spec.missing_halflife_s)
         self.baseline = Ewma(spec.baseline_halflife_s)
         self.row = row
         self.cell_sum = 0.0
         self.cell_count = 0
         self.last_grid = math.nan
+        #: The newest reading, valid or not: an older one is late.
         self.last_ts = -math.inf
+        #: The newest valid reading: the value is carried at most max_gap_s from it.
+        self.last_valid_ts = -math.inf
 
-    def add(self, ts: float, value: float) -> None:
-        if math.isfinite(value):
-            self.cell_sum += value
-            self.cell_count += 1
+    def add(self, ts: float, value: float) -> bool:
+        """Take one reading (not older than the last); False when it is invalid."""
         self.last_ts = ts
+        if not self.validity.update(ts, value).value:
+            return False
+        self.cell_sum += value
+        self.cell_count += 1
+        self.last_valid_ts = ts
+        return True
 
-    def close(self, tick: float, max_gap_s: float) -> tuple[float, float, float]:
+    def close(self, tick: float) -> tuple[float, float, float]:
         """(grid value, missing fraction, deviation from baseline) of the cell ending
         at ``tick``; opens the next cell."""
         if self.cell_count:
             grid = self.last_grid = self.cell_sum / self.cell_count
-        elif tick - self.last_ts <= max_gap_s:
+        elif tick - self.last_valid_ts <= self.max_gap_s:
             grid = self.last_grid
         else:
             grid = math.nan
@@ -125,7 +138,8 @@ class AssetFeatures:
     every tick the reading completed.  A sensor joins the row from its first
     reading on (earlier ticks had it missing, as batch does).  A reading in a
     cell already emitted, or older than its sensor's previous reading, is late:
-    not used, counted in ``late``.
+    not used, counted in ``late``.  A reading that fails its sensor's validity
+    check is not used either, and counted in ``invalid``.
     """
 
     def __init__(self, spec: PipelineSpec, banks: FeatureBanks) -> None:
@@ -138,6 +152,7 @@ class AssetFeatures:
                         for w, ws in enumerate(spec.windows_s) if spec.stride(ws) > 1}
         self._next_k: int | None = None
         self.late = 0
+        self.invalid = 0
 
     @property
     def sensors(self) -> tuple[str, ...]:
@@ -161,11 +176,12 @@ class AssetFeatures:
         elif ts < state.last_ts:
             self.late += 1
             return rows
-        state.add(ts, value)
+        if not state.add(ts, value):
+            self.invalid += 1
         return rows
 
     def _add_sensor(self, sensor: str) -> SensorState:
-        state = SensorState(self.spec, self.banks.allocate())
+        state = SensorState(self.spec, sensor, self.banks.allocate())
         self._states = dict(sorted({**self._states, sensor: state}.items()))
         at = list(self._states).index(sensor)
         for window in self._coarse.values():
@@ -176,7 +192,7 @@ class AssetFeatures:
 
     def _close(self, k: int) -> np.ndarray:
         tick = k * self.spec.cadence_s
-        closed = np.array([s.close(tick, self.spec.max_gap_s) for s in self._states.values()])
+        closed = np.array([s.close(tick) for s in self._states.values()])
         grid = closed[:, 0]
         blocks = []
         for w in range(len(self.spec.windows_s)):

@@ -1,11 +1,19 @@
 """What the pipeline computes, and the stable hash a model records it by.
 
-Per sensor, in this order:
+Per sensor, in this order, with that sensor's settings (``PipelineSpec.sensor``:
+its ``[pipeline.sensors.<name>]`` table over the pipeline's own, or the pipeline's
+alone for a sensor nobody configured):
 
-1. grid: readings are placed on a grid of ``cadence_s`` event-time seconds (the
-   mean of the readings in (t - cadence_s, t]; the previous grid value carried
-   forward while the last reading is at most ``max_gap_s`` old; else missing);
-2. clean (optional, ``PipelineSpec.clean``): a Hampel filter on the grid
+0. validity: a reading that is not finite, lies outside [valid_min, valid_max],
+   or changed faster than ``max_rate_per_s`` since the sensor's last valid
+   reading is invalid (``appliance.kernels.filters.validity``); it stays
+   stored but the steps below treat it as absent.  The sensor itself exists
+   from its first reading, valid or not, so one sending only invalid readings
+   shows as missing;
+1. grid: valid readings are placed on a grid of ``cadence_s`` event-time seconds
+   (their mean in (t - cadence_s, t]; the previous grid value carried
+   forward while the last valid reading is at most ``max_gap_s`` old; else missing);
+2. clean (optional, ``SensorSpec.clean``): a Hampel filter on the grid
    replaces a value more than k scaled MADs from the median of its trailing
    window by that median (``appliance.kernels.filters.hampel``).  On the grid,
    not on raw readings: its cost is then per tick, not per reading (a 10 Hz
@@ -24,15 +32,20 @@ Per sensor, in this order:
    series and window (~3 KB) whatever the window, at the cost of long-window
    statistics moving once per coarse cell.
 4. differences: for each configured pair (a, b), grid(a) − grid(b) per tick.
+
+The hash covers every setting above, the per-sensor ones included; a sensor whose
+settings equal the pipeline's adds nothing, so a spec without per-sensor settings
+keeps the hash it had before they existed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
-from appliance.config import PipelineConfig
+from appliance.config import PipelineConfig, SensorConfig
 from appliance.kernels.rolling import BANK_COLUMNS
 
 #: Rolling statistics per sensor and window, in feature order.
@@ -62,6 +75,24 @@ class CleanSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SensorSpec:
+    """One sensor's settings, resolved: its validity limits, grid gap and cleaning."""
+
+    max_gap_s: float
+    #: The cleaning step on this sensor's grid; None = not cleaned.
+    clean: CleanSpec | None = None
+    valid_min: float = -math.inf
+    valid_max: float = math.inf
+    max_rate_per_s: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not (self.valid_min < self.valid_max and self.max_rate_per_s > 0
+                and self.max_gap_s >= 0):
+            raise ValueError(f"sensor: need valid_min < valid_max, max_rate_per_s > 0 and "
+                             f"max_gap_s >= 0, got {self!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class PipelineSpec:
     cadence_s: float
     horizon_s: float
@@ -72,11 +103,14 @@ class PipelineSpec:
     clean: CleanSpec | None = None
     baseline_halflife_s: float = 6 * 3600.0
     differences: tuple[tuple[str, str], ...] = ()
+    #: Sensors whose settings differ from the defaults above, sorted by name; resolved
+    #: when built (``from_config``), so replacing a field above does not reach them.
+    sensors: tuple[tuple[str, SensorSpec], ...] = ()
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig) -> PipelineSpec:
         clean = CleanSpec(cfg.hampel_window_s, cfg.hampel_k) if cfg.clean else None
-        return cls(
+        spec = cls(
             cadence_s=cfg.cadence_s,
             horizon_s=cfg.horizon_s,
             max_gap_s=cfg.max_gap_s,
@@ -85,17 +119,31 @@ class PipelineSpec:
             baseline_halflife_s=cfg.baseline_halflife_s,
             differences=tuple((a, b) for a, b in cfg.differences),
         )
+        default = spec.sensor("")
+        resolved = ((name, _resolve(cfg, s)) for name, s in sorted(cfg.sensors))
+        # A table that changes nothing must not change the hash a model is checked by.
+        sensors = tuple((name, s) for name, s in resolved if s != default)
+        return replace(spec, sensors=sensors)
+
+    def sensor(self, name: str) -> SensorSpec:
+        """The settings of sensor ``name``: its own when configured, else the defaults."""
+        for configured, settings in self.sensors:
+            if configured == name:
+                return settings
+        return SensorSpec(max_gap_s=self.max_gap_s, clean=self.clean)
 
     @property
     def hash(self) -> str:
         """sha256 of the canonical JSON of the spec, first 16 hex digits.
 
-        ``clean`` enters the JSON only when set, so a spec without cleaning keeps
-        the hash it had before the field existed.
+        ``clean`` and ``sensors`` enter the JSON only when set, so a spec without
+        them keeps the hash it had before the fields existed.
         """
         fields = asdict(self)
-        if fields["clean"] is None:
-            del fields["clean"]
+        for optional in ("clean", "sensors"):
+            if not fields[optional]:
+                del fields[optional]
+        # Infinite validity limits are written as JSON's usual extension, Infinity.
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -129,3 +177,17 @@ class PipelineSpec:
         alike, so both see bit-identical tick times.
         """
         return int(-(-ts // self.cadence_s))
+
+
+def _resolve(cfg: PipelineConfig, s: SensorConfig) -> SensorSpec:
+    """A sensor's table over ``[pipeline]``: each key it leaves out keeps the pipeline's."""
+    def pick(own: float | bool | None, default: float | bool) -> float | bool:
+        return default if own is None else own
+
+    clean = None
+    if pick(s.clean, cfg.clean):
+        clean = CleanSpec(pick(s.hampel_window_s, cfg.hampel_window_s),
+                          pick(s.hampel_k, cfg.hampel_k))
+    return SensorSpec(max_gap_s=pick(s.max_gap_s, cfg.max_gap_s), clean=clean,
+                      valid_min=s.valid_min, valid_max=s.valid_max,
+                      max_rate_per_s=s.max_rate_per_s)

@@ -55,6 +55,7 @@ class FeaturesStage(Stage):
                 by_tick[(tick, names)].append((key, row))
         self.counters.processed += len(batch.keys)
         self.counters.extra["late_readings"] = sum(a.late for a in assets.values())
+        self.counters.extra["invalid_readings"] = sum(a.invalid for a in assets.values())
         out = []
         for (tick, names), rows in sorted(by_tick.items(), key=lambda kv: kv[0][0]):
             out.append(FeatureRows(

@@ -80,6 +80,18 @@ def test_validity_by_hand_and_out_valid() -> None:
     assert v.reset().n_invalid == 0 and v.value is False
 
 
+def test_validity_without_a_rate_limit_accepts_two_values_at_one_time() -> None:
+    # Stored readings may repeat a time with another value; with max_rate = inf
+    # (no limit set) both pass, with any finite rate the second is a jump.
+    ts = np.array([0.0, 1.0, 1.0, 2.0])
+    x = np.array([5.0, 6.0, 7.0, 7.5])
+    for rate, want in ((math.inf, [1, 1, 1, 1]), (1e9, [1, 1, 0, 1])):
+        np.testing.assert_array_equal(filters.validity(ts, x, -math.inf, math.inf, rate),
+                                      want, err_msg=f"rate={rate}")
+        np.testing.assert_array_equal(ref.ref_validity(ts, x, -math.inf, math.inf, rate),
+                                      want, err_msg=f"reference rate={rate}")
+
+
 # --- Hampel -------------------------------------------------------------------
 
 @pytest.mark.parametrize("pattern", PATTERNS)

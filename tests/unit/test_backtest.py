@@ -172,3 +172,13 @@ def test_predictions_parquet_has_asset_ts_probability(tmp_path):
     assert [str(t) for t in rel.types] == ["VARCHAR", "TIMESTAMP WITH TIME ZONE", "DOUBLE"]
     assert con.sql(f"SELECT asset, epoch(ts), probability FROM '{path}'").fetchall() == [
         ("a1", 1735689600.0, 0.75), ("a2", 1735689610.0, 0.25)]
+
+
+def test_a_variant_without_cleaning_also_bypasses_a_sensors_own_cleaning():
+    cfg = config.from_dict({"pipeline": {"clean": False, "sensors": {
+        "temp": {"clean": True, "valid_max": 100.0}, "vib": {"hampel_k": 5.0}}}})
+    full, no_filter = backtest.resolve_variants(cfg, ["full", "no_filter"])
+    assert full.spec.sensor("temp").clean is not None  # the sensor's own clean = true
+    assert full.spec.sensor("vib").clean is None  # hampel_k alone does not turn it on
+    assert no_filter.spec.sensor("temp").clean is None
+    assert no_filter.spec.sensor("temp").valid_max == 100.0  # its other settings stay

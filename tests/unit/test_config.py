@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,25 @@ def test_empty_file_gives_defaults(tmp_path):
     ("[pipeline]\nwindows_s = [1]\n", "shorter than cadence_s"),
     ("[pipline]\n", "unknown section [pipline]"),
     ("[mqtt]\nhost = \n", "not valid TOML"),
+    ("[pipeline.sensors.lube_temp]\nvalid_min = 200\nvalid_max = -20\n",
+     "[pipeline.sensors.lube_temp] valid_min must be < valid_max"),
+    ("[pipeline.sensors.lube_temp]\nvalid_min = 5\nvalid_max = 5\n",
+     "[pipeline.sensors.lube_temp] valid_min must be < valid_max"),
+    ("[pipeline.sensors.lube_temp]\nvalid_mx = 5\n",
+     "unknown key 'valid_mx' in [pipeline.sensors.lube_temp]"),
+    ("[pipeline.sensors.lube_temp]\nmax_rate_per_s = 0\n",
+     "[pipeline.sensors.lube_temp] max_rate_per_s: expected a value > 0.0"),
+    ("[pipeline.sensors.lube_temp]\nvalid_max = inf\n",
+     "[pipeline.sensors.lube_temp] valid_max: expected a finite number"),
+    ("[pipeline.sensors.lube_temp]\nhampel_k = -1\n",
+     "[pipeline.sensors.lube_temp] hampel_k: expected a value > 0.0"),
+    ("[pipeline.sensors.lube_temp]\nclean = 1\n",
+     "[pipeline.sensors.lube_temp] clean: expected true or false"),
+    ("[pipeline.sensors.lube_temp]\nmax_gap_s = -1\n",
+     "[pipeline.sensors.lube_temp] max_gap_s: expected a value >= 0.0"),
+    ("[pipeline.sensors.\"lube temp\"]\n", "[pipeline.sensors.lube temp]: a sensor name is"),
+    ("[pipeline]\nsensors = 3\n", "[pipeline] sensors must be a table"),
+    ("[pipeline.sensors]\nlube_temp = 3\n", "[pipeline.sensors] lube_temp must be a table"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -58,3 +78,31 @@ def test_config_is_frozen():
 def test_windows_default_scale_with_horizon():
     cfg = config.from_dict({"pipeline": {"horizon_s": 600}})
     assert cfg.pipeline.effective_windows() == (100.0, 600.0)
+
+
+def test_sensor_tables_are_read_typed_in_file_order(tmp_path):
+    cfg = config.load(write(tmp_path, """
+[pipeline]
+max_gap_s = 120
+[pipeline.sensors.vibration]
+max_rate_per_s = 2.5
+clean = false
+[pipeline.sensors."lube.temp"]
+valid_min = -20
+valid_max = 150
+hampel_window_s = 300
+hampel_k = 4
+max_gap_s = 600
+"""))
+    assert cfg.pipeline.max_gap_s == 120
+    assert [n for n, _ in cfg.pipeline.sensors] == ["vibration", "lube.temp"]
+    vib, lube = (s for _, s in cfg.pipeline.sensors)
+    assert vib == config.SensorConfig(max_rate_per_s=2.5, clean=False)
+    assert (vib.valid_min, vib.valid_max, vib.max_gap_s) == (-math.inf, math.inf, None)
+    assert lube == config.SensorConfig(valid_min=-20.0, valid_max=150.0, hampel_window_s=300.0,
+                                       hampel_k=4.0, max_gap_s=600.0)
+    assert lube.max_rate_per_s == math.inf and lube.clean is None
+
+
+def test_no_sensor_tables_means_none_configured(tmp_path):
+    assert config.load(write(tmp_path, "[pipeline]\ncadence_s = 5\n")).pipeline.sensors == ()

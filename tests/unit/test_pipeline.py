@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import queue
 
 import numpy as np
 import pytest
+from appliance.kernels import reference as ref
 
+from appliance import config
 from appliance.config import PipelineConfig
+from appliance.messages import EndOfStream, SeriesKey, StoredReadings
 from appliance.pipeline.batch import asset_features, grid_values
 from appliance.pipeline.live import AssetFeatures, FeatureBanks
-from appliance.pipeline.spec import PipelineSpec
+from appliance.pipeline.spec import CleanSpec, PipelineSpec, SensorSpec
+from appliance.stages.base import StopSignals
+from appliance.stages.features import FeaturesStage
 
 SPEC = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60))
 
@@ -147,3 +153,152 @@ def test_differences_stuck_and_missing_in_both_drivers():
     assert np.isnan(col["diff__lube__ambient"][at(1300)])  # ambient missing → no difference
     assert col["lube__stuck"][at(1900)] == 0 and col["lube__stuck"][at(2990)] == 1
     assert col["ambient__missing"][at(900)] == 0 and col["ambient__missing"][at(1490)] > 0.5
+
+
+# --- per-sensor settings: validity and overrides -------------------------------
+
+def sensors_spec(**sensors: config.SensorConfig) -> PipelineSpec:
+    return PipelineSpec.from_config(PipelineConfig(
+        cadence_s=10, horizon_s=600, max_gap_s=60, sensors=tuple(sensors.items())))
+
+
+#: temp: range and rate limits, its own Hampel; vib: a range, no cleaning, a short
+#: gap; other: nobody configured it.
+CONFIGURED = sensors_spec(
+    temp=config.SensorConfig(valid_min=0.0, valid_max=100.0, max_rate_per_s=0.5,
+                             hampel_window_s=60.0, hampel_k=2.5),
+    vib=config.SensorConfig(valid_max=30.0, clean=False, max_gap_s=15.0))
+
+
+def violating_series(rng: np.random.Generator, t0: float) -> dict:
+    series = {"temp": irregular_series(rng, t0, 9000, 1.3),
+              "vib": irregular_series(rng, t0 + 1, 9000, 7.0),
+              "other": irregular_series(rng, t0 + 2, 9000, 3.0)}
+    ts, temp = series["temp"]
+    hit = rng.choice(len(temp), 200, replace=False)
+    temp[hit[:80]] = rng.choice([-5.0, 150.0], 80)  # out of range
+    temp[hit[80:]] += rng.choice([-1.0, 1.0], 120) * rng.uniform(3, 20, 120)  # too fast
+    temp[(ts > t0 + 4000) & (ts < t0 + 4400)] = 500.0  # a stretch with nothing valid
+    _, vib = series["vib"]
+    vib[rng.random(len(vib)) < 0.05] = 31.0
+    return series
+
+
+@pytest.mark.parametrize("spec", [CONFIGURED,
+                                  dataclasses.replace(CONFIGURED, windows_s=(100.0, 3600.0))],
+                         ids=["short-windows", "coarse-window"])
+def test_live_rows_equal_batch_rows_with_sensor_settings(spec):
+    rng = np.random.default_rng(20260102)
+    t0 = 1_700_000_003.7
+    series = violating_series(rng, t0)
+    rows, state = live_rows(series, spec)
+    first = min(ts[0] for ts, _ in series.values())
+    names, ticks, X = asset_features(spec, series, first - 1e-6, rows[-1][0])
+    assert [r[0] for r in rows] == ticks.tolist()
+    full = [i for i, r in enumerate(rows) if r[1] == names]
+    np.testing.assert_allclose(np.vstack([rows[i][2] for i in full]), X[full],
+                               rtol=1e-9, atol=1e-12, equal_nan=True)
+    # The count is the NumPy reference's verdict, not the kernel's own.
+    want = sum(int((ref.ref_validity(ts, vs, s.valid_min, s.valid_max, s.max_rate_per_s)
+                    == 0).sum())
+               for s, (ts, vs) in ((spec.sensor(n), series[n]) for n in series))
+    assert state.invalid == want and state.late == 0
+    assert want > 250  # the injected faults (and NaN) plus the 400 s stretch
+
+
+def test_invalid_readings_are_left_out_of_the_features():
+    t0 = 1_700_000_000.0
+    ts = t0 + np.arange(0, 900, 1.0)
+    values = np.full(len(ts), 20.0)
+    values[(ts > t0 + 300) & (ts <= t0 + 400)] = 500.0  # 100 s out of range
+    series = {"temp": (ts, values)}
+    limited = sensors_spec(temp=config.SensorConfig(valid_max=100.0, clean=False,
+                                                    max_gap_s=25.0))
+    unlimited = sensors_spec(temp=config.SensorConfig(clean=False, max_gap_s=25.0))
+    for spec, spike_seen in ((limited, False), (unlimited, True)):
+        names, ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 890)
+        last = X[:, names.index("temp__last")]
+        at = (ticks > t0 + 300) & (ticks <= t0 + 400)
+        assert (last[at] == 500.0).all() == spike_seen
+        if not spike_seen:
+            # Carried 25 s from the last valid reading, then missing until valid again.
+            assert (last[at & (ticks <= t0 + 325)] == 20.0).all()
+            assert np.isnan(last[at & (ticks > t0 + 325)]).all()
+        assert (last[ticks > t0 + 410] == 20.0).all()
+        rows, state = live_rows(series, spec)
+        np.testing.assert_array_equal(np.array([r[2][0] for r in rows]), last[:len(rows)])
+        assert state.invalid == (0 if spike_seen else 100)
+
+
+def test_a_sensor_sending_only_invalid_readings_is_present_and_missing():
+    t0 = 1_700_000_000.0
+    ts = t0 + np.arange(0, 600, 1.0)
+    series = {"a": (ts, np.full(len(ts), 1.0)), "b": (ts, np.full(len(ts), -1.0))}
+    spec = sensors_spec(b=config.SensorConfig(valid_min=0.0, valid_max=10.0))
+    names, _ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 590)
+    rows, state = live_rows(series, spec)
+    assert rows[-1][1] == names and "b__missing" in names
+    assert np.isnan(X[:, names.index("b__last")]).all()
+    assert X[-1, names.index("b__missing")] == pytest.approx(1.0)
+    assert state.invalid == len(ts)
+    np.testing.assert_allclose(rows[-1][2], X[len(rows) - 1], rtol=1e-9, equal_nan=True)
+
+
+def test_an_unconfigured_sensor_gets_the_pipeline_defaults():
+    assert CONFIGURED.sensor("pressure") == SensorSpec(max_gap_s=60.0, clean=CONFIGURED.clean)
+    assert CONFIGURED.sensor("temp") != CONFIGURED.sensor("pressure")
+    temp = CONFIGURED.sensor("temp")
+    assert (temp.valid_min, temp.valid_max, temp.max_rate_per_s) == (0.0, 100.0, 0.5)
+    assert temp.clean == CleanSpec(60.0, 2.5) and temp.max_gap_s == 60.0
+    assert CONFIGURED.sensor("vib").clean is None and CONFIGURED.sensor("vib").max_gap_s == 15
+    # An unconfigured sensor's features are those of a spec with no sensors configured,
+    # its wild values (no limits) included.
+    rng = np.random.default_rng(11)
+    ts, values = irregular_series(rng, 1_700_000_000.0, 3000, 2.0)
+    values[::50] = 1e6
+    series = {"pressure": (ts, values)}
+    plain = dataclasses.replace(CONFIGURED, sensors=())
+    _, _, want = asset_features(plain, series, ts[0] - 1e-6, ts[-1])
+    _, _, got = asset_features(CONFIGURED, series, ts[0] - 1e-6, ts[-1])
+    np.testing.assert_array_equal(got, want)
+    assert np.nanmax(want[:, 0]) > 1000  # the wild values were used, not judged invalid
+
+
+def test_sensor_settings_enter_the_hash_only_when_they_change_something():
+    plain = PipelineSpec.from_config(PipelineConfig())
+    assert PipelineSpec.from_config(PipelineConfig(sensors=(
+        ("temp", config.SensorConfig()),
+        ("vib", config.SensorConfig(clean=True, max_gap_s=300.0, hampel_k=3.0)),
+    ))).hash == plain.hash
+    changed = [config.SensorConfig(valid_min=-1.0), config.SensorConfig(valid_max=1.0),
+               config.SensorConfig(max_rate_per_s=1.0), config.SensorConfig(hampel_k=2.0),
+               config.SensorConfig(hampel_window_s=60.0), config.SensorConfig(clean=False),
+               config.SensorConfig(max_gap_s=30.0)]
+    hashes = {PipelineSpec.from_config(PipelineConfig(sensors=(("temp", s),))).hash
+              for s in changed}
+    assert len(hashes) == len(changed) and plain.hash not in hashes
+    # The same settings under another sensor name are another spec.
+    assert PipelineSpec.from_config(PipelineConfig(sensors=(("vib", changed[0]),))).hash \
+        not in hashes
+    # File order does not matter: the spec sorts sensors by name.
+    a, b = ("a", changed[0]), ("b", changed[1])
+    assert PipelineSpec.from_config(PipelineConfig(sensors=(a, b))) == \
+        PipelineSpec.from_config(PipelineConfig(sensors=(b, a)))
+
+
+def test_features_stage_reports_invalid_and_late_readings():
+    cfg = config.from_dict({"pipeline": {"sensors": {"temp": {"valid_max": 100.0}}}})
+    inbox: queue.Queue = queue.Queue()
+    out: queue.Queue = queue.Queue()
+    stage = FeaturesStage(cfg, inbox, out)
+    keys = (SeriesKey("l1", "a1", "temp"), SeriesKey("l1", "a2", "temp"),
+            SeriesKey("l1", "a1", "temp"), SeriesKey("l1", "a2", "vib"),
+            SeriesKey("l1", "a2", "temp"), SeriesKey("l1", "a1", "temp"))
+    # a1: 20, 500 (out of range), then a late reading; a2: 101 (out of range), vib 500
+    # (no limits), 30.
+    inbox.put(StoredReadings(keys, np.array([10.0, 11.0, 12.0, 13.0, 14.0, 25.0]),
+                             np.array([20.0, 101.0, 500.0, 500.0, 30.0, 1.0])))
+    inbox.put(StoredReadings(keys[:1], np.array([5.0]), np.array([20.0])))
+    inbox.put(EndOfStream())
+    stage.run(StopSignals())
+    assert stage.counters.extra == {"invalid_readings": 2, "late_readings": 1}

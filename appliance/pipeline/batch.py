@@ -114,7 +114,8 @@ def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
     absent = np.where(ticks >= first_ts, np.isnan(grid).astype(np.float64), np.nan)
     missing = rolling.ewma(ticks, absent, spec.missing_halflife_s)
     dev = grid - rolling.ewma(ticks, grid, spec.baseline_halflife_s)
-    return np.column_stack([grid, missing, stuck, dev, *stats])
+    change = rolling.move_change(ticks, grid, spec.change_lag)
+    return np.column_stack([grid, missing, stuck, dev, change, *stats])
 
 
 def asset_features(

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from appliance.kernels import filters
-from appliance.kernels.rolling import Ewma, RollingBank
+from appliance.kernels.rolling import Ewma, MoveChange, RollingBank
 from appliance.pipeline.spec import PipelineSpec
 
 #: Series per RollingBank; banks are added as series appear.
@@ -62,8 +62,8 @@ class SensorState:
     """One sensor of one asset: its validity check, the open grid cell, its cleaning
     filter, its bank row."""
 
-    __slots__ = ("baseline", "cell_count", "cell_sum", "hampel", "last_grid", "last_ts",
-                 "last_valid_ts", "max_gap_s", "missing", "row", "validity")
+    __slots__ = ("baseline", "cell_count", "cell_sum", "change", "hampel", "last_grid",
+                 "last_ts", "last_valid_ts", "max_gap_s", "missing", "row", "validity")
 
     def __init__(self, spec: PipelineSpec, sensor: str, row: int) -> None:
         settings = spec.sensor(sensor)
@@ -75,6 +75,7 @@ class SensorState:
         self.max_gap_s = settings.max_gap_s
         self.missing = Ewma(spec.missing_halflife_s)
         self.baseline = Ewma(spec.baseline_halflife_s)
+        self.change = MoveChange(spec.change_lag)
         self.row = row
         self.cell_sum = 0.0
         self.cell_count = 0
@@ -94,9 +95,9 @@ class SensorState:
         self.last_valid_ts = ts
         return True
 
-    def close(self, tick: float) -> tuple[float, float, float]:
-        """(grid value, missing fraction, deviation from baseline) of the cell ending
-        at ``tick``; opens the next cell."""
+    def close(self, tick: float) -> tuple[float, float, float, float]:
+        """(grid value, missing fraction, deviation from baseline, change over the
+        lag) of the cell ending at ``tick``; opens the next cell."""
         if self.cell_count:
             grid = self.last_grid = self.cell_sum / self.cell_count
         elif tick - self.last_valid_ts <= self.max_gap_s:
@@ -108,7 +109,8 @@ class SensorState:
         if self.hampel is not None:
             grid = self.hampel.update(tick, grid).value
         missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
-        return grid, missing, grid - self.baseline.update(tick, grid).value
+        return (grid, missing, grid - self.baseline.update(tick, grid).value,
+                self.change.update(tick, grid).value)
 
 
 class _CoarseWindow:
@@ -214,7 +216,8 @@ class AssetFeatures:
         first_std = blocks[0][:, self.spec.stats.index("std")]
         with np.errstate(invalid="ignore"):
             stuck = np.where(np.isnan(first_std), np.nan, (first_std == 0.0).astype(np.float64))
-        per_sensor = np.column_stack([grid, closed[:, 1], stuck, closed[:, 2], *blocks]).ravel()
+        per_sensor = np.column_stack([grid, closed[:, 1], stuck, closed[:, 2], closed[:, 3],
+                                      *blocks]).ravel()
         if not self.spec.differences:
             return per_sensor
         position = {name: i for i, name in enumerate(self._states)}

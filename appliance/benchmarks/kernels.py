@@ -7,7 +7,9 @@ like-for-like figure, ``ns_per_sample`` and ``ratio``) and with ``ts =
 arange(n)`` given (an event-time window over the same samples: the kernel
 must first prove from ts that every window holds exactly w samples,
 ``event_time_ns_per_sample``).  The outputs are checked against bottleneck's
-first: a benchmark of wrong answers is worthless.  The streaming figure is one tick of the
+first: a benchmark of wrong answers is worthless.  The last figure is the
+service's whole per-sensor chain (``appliance.pipeline.live``) for 10,000
+series, one reading each per tick.  The streaming figure is one tick of the
 ``RollingBank`` (mean, std, min, max, median, slope, EWMA) over 10,000 series,
 one new sample each, windows full.
 
@@ -108,7 +110,42 @@ def bank_tick(n_series: int = BANK_SERIES, window_s: float = BANK_WINDOW_S,
             "ns_per_series": round(med / n_series, 1)}
 
 
-def _table(rows: list[dict[str, Any]], bank: dict[str, float]) -> str:
+def live_chain_tick(n_assets: int = BANK_SERIES // 5, ticks: int = 10) -> dict[str, float]:
+    """Median time of one tick of the service's whole per-sensor chain (validity,
+    grid, Hampel, missing, baseline, change, both windows' statistics) for
+    ``n_assets`` assets of 5 sensors, through ``appliance.pipeline.live``."""
+    from appliance.config import PipelineConfig
+    from appliance.pipeline.live import AssetFeatures, FeatureBanks
+    from appliance.pipeline.spec import PipelineSpec
+
+    spec = PipelineSpec.from_config(PipelineConfig())
+    banks = FeatureBanks(spec)
+    assets = [AssetFeatures(spec, banks) for _ in range(n_assets)]
+    sensors = ("a", "b", "c", "d", "e")
+    rng = np.random.default_rng(7)
+    warm = int(min(spec.windows_s) / spec.cadence_s) + 10   # the short window full
+
+    def tick(k: int) -> None:
+        t = 1.7e9 + (k + 0.5) * spec.cadence_s
+        values = rng.normal(size=(n_assets, len(sensors))).tolist()
+        for asset, row in zip(assets, values, strict=True):
+            for sensor, v in zip(sensors, row, strict=True):
+                asset.push(sensor, t, v)
+
+    for k in range(warm):
+        tick(k)
+    times = []
+    for k in range(warm, warm + ticks):
+        t = time.perf_counter_ns()
+        tick(k)
+        times.append(time.perf_counter_ns() - t)
+    med = float(np.median(times))
+    n_series = n_assets * len(sensors)
+    return {"n_series": n_series, "ms_per_tick": round(med / 1e6, 2),
+            "us_per_series": round(med / n_series / 1e3, 2)}
+
+
+def _table(rows: list[dict[str, Any]], bank: dict[str, float], chain: dict[str, float]) -> str:
     lines = [f"{'kernel':<12} {'window':>6} {'ours ns/s':>10} {'bn ns/s':>9} {'ratio':>6} "
              f"{'event-time ns/s':>15} {'ratio':>6} {'pandas ns/s':>11}  ok"]
     for r in rows:
@@ -120,6 +157,9 @@ def _table(rows: list[dict[str, Any]], bank: dict[str, float]) -> str:
     lines.append(f"streaming bank: {bank['n_series']} series x 7 features, window "
                  f"{bank['window_s']:g} s: {bank['ms_per_tick']:.2f} ms per tick "
                  f"({bank['ns_per_series']:.0f} ns per series update)")
+    lines.append(f"live feature chain: {chain['n_series']} series, every feature of a "
+                 f"sensor: {chain['ms_per_tick']:.1f} ms per tick "
+                 f"({chain['us_per_series']:.1f} us per series)")
     return "\n".join(lines)
 
 
@@ -131,7 +171,7 @@ def run(json_output: bool = False, n: int = 1_000_000) -> int:
     the JSON list (keys ``kernel``, ``window``, ``ns_per_sample``,
     ``bottleneck_ns_per_sample``, ``ratio``, ``event_time_ns_per_sample``,
     ``event_time_ratio``, ``pandas_ns_per_sample``, ``matches_bottleneck``);
-    the streaming-bank line goes to stderr.
+    the streaming-bank and live-chain lines go to stderr.
     """
     try:
         import bottleneck  # noqa: F401
@@ -153,9 +193,11 @@ def run(json_output: bool = False, n: int = 1_000_000) -> int:
         for window in WINDOWS:
             rows.append(_compare(kernel, window, ts, x, out, repeats))
     bank = bank_tick()
+    chain = live_chain_tick()
     if json_output:
         print(json.dumps(rows, indent=2))
         print(f"streaming bank: {json.dumps(bank)}", file=sys.stderr)
+        print(f"live feature chain: {json.dumps(chain)}", file=sys.stderr)
     else:
-        print(_table(rows, bank))
+        print(_table(rows, bank, chain))
     return 0 if all(r["matches_bottleneck"] for r in rows) else 1

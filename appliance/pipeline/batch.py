@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from appliance.kernels import filters, rolling
-from appliance.pipeline.spec import CleanSpec, PipelineSpec, SensorSpec
+from appliance.pipeline.spec import STUCK_MIN_COUNT, CleanSpec, PipelineSpec, SensorSpec
 
 #: The batch kernel of each RollingBank column (the live driver's numbers).
 _BATCH = {
@@ -108,9 +108,7 @@ def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
     from the tick that closes its cell on (before it, the sensor did not exist).
     """
     stats = [col for w in spec.windows_s for col in window_stats(spec, w, ticks, k, grid)]
-    first_std = stats[spec.stats.index("std")]
-    with np.errstate(invalid="ignore"):
-        stuck = np.where(np.isnan(first_std), np.nan, (first_std == 0.0).astype(np.float64))
+    stuck = filters.stuck(ticks, grid, spec.windows_s[0], STUCK_MIN_COUNT).astype(np.float64)
     absent = np.where(ticks >= first_ts, np.isnan(grid).astype(np.float64), np.nan)
     missing = rolling.ewma(ticks, absent, spec.missing_halflife_s)
     dev = grid - rolling.ewma(ticks, grid, spec.baseline_halflife_s)

@@ -16,7 +16,7 @@ import numpy as np
 
 from appliance.kernels import filters
 from appliance.kernels.rolling import Ewma, MoveChange, RollingBank
-from appliance.pipeline.spec import PipelineSpec
+from appliance.pipeline.spec import STUCK_MIN_COUNT, PipelineSpec
 
 #: Series per RollingBank; banks are added as series appear.
 BANK_CHUNK = 256
@@ -63,7 +63,8 @@ class SensorState:
     filter, its bank row."""
 
     __slots__ = ("baseline", "cell_count", "cell_sum", "change", "hampel", "last_grid",
-                 "last_ts", "last_valid_ts", "max_gap_s", "missing", "row", "validity")
+                 "last_ts", "last_valid_ts", "max_gap_s", "missing", "row", "stuck",
+                 "validity")
 
     def __init__(self, spec: PipelineSpec, sensor: str, row: int) -> None:
         settings = spec.sensor(sensor)
@@ -76,6 +77,7 @@ class SensorState:
         self.missing = Ewma(spec.missing_halflife_s)
         self.baseline = Ewma(spec.baseline_halflife_s)
         self.change = MoveChange(spec.change_lag)
+        self.stuck = filters.Stuck(spec.windows_s[0], STUCK_MIN_COUNT)
         self.row = row
         self.cell_sum = 0.0
         self.cell_count = 0
@@ -95,9 +97,9 @@ class SensorState:
         self.last_valid_ts = ts
         return True
 
-    def close(self, tick: float) -> tuple[float, float, float, float]:
+    def close(self, tick: float) -> tuple[float, float, float, float, float]:
         """(grid value, missing fraction, deviation from baseline, change over the
-        lag) of the cell ending at ``tick``; opens the next cell."""
+        lag, stuck flag) of the cell ending at ``tick``; opens the next cell."""
         if self.cell_count:
             grid = self.last_grid = self.cell_sum / self.cell_count
         elif tick - self.last_valid_ts <= self.max_gap_s:
@@ -110,7 +112,8 @@ class SensorState:
             grid = self.hampel.update(tick, grid).value
         missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
         return (grid, missing, grid - self.baseline.update(tick, grid).value,
-                self.change.update(tick, grid).value)
+                self.change.update(tick, grid).value,
+                1.0 if self.stuck.update(tick, grid).value else 0.0)
 
 
 class _CoarseWindow:
@@ -141,7 +144,8 @@ class AssetFeatures:
     reading on (earlier ticks had it missing, as batch does).  A reading in a
     cell already emitted, or older than its sensor's previous reading, is late:
     not used, counted in ``late``.  A reading that fails its sensor's validity
-    check is not used either, and counted in ``invalid``.
+    check is not used either, and counted in ``invalid``.  ``stuck`` names the
+    sensors whose ``stuck`` feature was 1 at the last tick.
     """
 
     def __init__(self, spec: PipelineSpec, banks: FeatureBanks) -> None:
@@ -155,6 +159,7 @@ class AssetFeatures:
         self._next_k: int | None = None
         self.late = 0
         self.invalid = 0
+        self.stuck: frozenset[str] = frozenset()
 
     @property
     def sensors(self) -> tuple[str, ...]:
@@ -213,9 +218,10 @@ class AssetFeatures:
                 coarse.sums[:] = 0.0
                 coarse.counts[:] = 0
             blocks.append(coarse.held)
-        first_std = blocks[0][:, self.spec.stats.index("std")]
-        with np.errstate(invalid="ignore"):
-            stuck = np.where(np.isnan(first_std), np.nan, (first_std == 0.0).astype(np.float64))
+        stuck = closed[:, 4]
+        if stuck.any() or self.stuck:
+            self.stuck = frozenset(s for s, flag in zip(self._states, stuck, strict=True)
+                                   if flag)
         per_sensor = np.column_stack([grid, closed[:, 1], stuck, closed[:, 2], closed[:, 3],
                                       *blocks]).ravel()
         if not self.spec.differences:

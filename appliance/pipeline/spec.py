@@ -20,8 +20,11 @@ alone for a sensor nobody configured):
    sensor would cost 100× more), and a spike still moves its cell's mean;
 3. features: the grid value (``last``); ``missing``, the exponentially
    weighted fraction of ticks without a value (half-life a quarter of the
-   longest window); ``stuck``, 1 when the grid did not move over the first
-   window (its std is 0); ``dev``, the grid value minus its long EWMA baseline;
+   longest window); ``stuck``, 1 when the grid value has not changed for the
+   first window (``appliance.kernels.filters.stuck``: the run of equal values
+   began a window ago and the window holds ``STUCK_MIN_COUNT`` values or
+   more, so a sensor that just started is not stuck); ``dev``, the grid value
+   minus its long EWMA baseline;
    ``change_<lag>s``, the grid value minus the latest grid value at least
    ``change_lag`` old (``appliance.kernels.rolling.move_change``, the same
    step in batch and live); and, over each window, the rolling
@@ -58,6 +61,8 @@ EWMA_HALFLIFE_FRACTION = 0.25
 SENSOR_FEATURES: tuple[str, ...] = ("last", "missing", "stuck", "dev")
 #: About this many grid points per rolling window (see ``PipelineSpec.stride``).
 WINDOW_SAMPLES = 60
+#: A stuck flag needs this many grid values in the first window.
+STUCK_MIN_COUNT = 2
 #: A Hampel window needs this many readings before it judges one.
 HAMPEL_MIN_COUNT = 3
 

@@ -2,11 +2,14 @@
 
 Readings of each asset go through that asset's ``pipeline.live.AssetFeatures``
 (grid + rolling kernels); the rows completed by one input batch are grouped by
-tick so the predict stage makes one model call per tick for all assets.
+tick so the predict stage makes one model call per tick for all assets.  A
+sensor that becomes stuck (or moves again) is logged, and the status counts
+the stuck ones: a stuck sensor is a fault of its own for the line engineer.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 from collections import defaultdict
 
@@ -18,6 +21,7 @@ from appliance.pipeline.live import AssetFeatures, FeatureBanks
 from appliance.pipeline.spec import PipelineSpec
 from appliance.stages.base import Stage, StopSignals, put, take
 
+log = logging.getLogger(__name__)
 
 class FeaturesStage(Stage):
     name = "features"
@@ -45,6 +49,7 @@ class FeaturesStage(Stage):
     def _rows(self, batch: StoredReadings) -> list[FeatureRows]:
         by_tick: dict[tuple[float, tuple[str, ...]], list] = defaultdict(list)
         assets = self._assets
+        stuck_before = {key: a.stuck for key, a in assets.items() if a.stuck}
         for k, ts, value in zip(batch.keys, batch.ts.tolist(), batch.values.tolist(),
                                 strict=True):
             key = (k.line, k.asset)
@@ -56,6 +61,7 @@ class FeaturesStage(Stage):
         self.counters.processed += len(batch.keys)
         self.counters.extra["late_readings"] = sum(a.late for a in assets.values())
         self.counters.extra["invalid_readings"] = sum(a.invalid for a in assets.values())
+        self._report_stuck(stuck_before)
         out = []
         for (tick, names), rows in sorted(by_tick.items(), key=lambda kv: kv[0][0]):
             out.append(FeatureRows(
@@ -66,3 +72,15 @@ class FeaturesStage(Stage):
                 values=np.vstack([row for _, row in rows]).astype(np.float32),
             ))
         return out
+
+    def _report_stuck(self, before: dict[tuple[str, str], frozenset[str]]) -> None:
+        now = {key: a.stuck for key, a in self._assets.items() if a.stuck}
+        window = min(self.spec.windows_s)
+        for key in before.keys() | now.keys():
+            was, is_ = before.get(key, frozenset()), now.get(key, frozenset())
+            for sensor in sorted(is_ - was):
+                log.warning("sensor %s/%s/%s is stuck: no change over %g s",
+                            *key, sensor, window)
+            for sensor in sorted(was - is_):
+                log.info("sensor %s/%s/%s moves again", *key, sensor)
+        self.counters.extra["stuck_sensors"] = sum(len(s) for s in now.values())

@@ -322,4 +322,33 @@ def test_features_stage_reports_invalid_and_late_readings():
     inbox.put(StoredReadings(keys[:1], np.array([5.0]), np.array([20.0])))
     inbox.put(EndOfStream())
     stage.run(StopSignals())
-    assert stage.counters.extra == {"invalid_readings": 2, "late_readings": 1}
+    assert stage.counters.extra == {"invalid_readings": 2, "late_readings": 1,
+                                    "stuck_sensors": 0}
+
+
+def test_features_stage_reports_a_stuck_sensor_and_its_recovery(caplog):
+    cfg = config.from_dict({"pipeline": {"cadence_s": 10, "horizon_s": 600}})
+    inbox: queue.Queue = queue.Queue()
+    stage = FeaturesStage(cfg, inbox, queue.Queue())
+    t0 = 1_700_000_000.0
+    rng = np.random.default_rng(3)
+
+    def send(start: float, end: float, temp: np.ndarray | None = None) -> None:
+        ts = np.arange(start, end, 5.0) + t0
+        temp = rng.normal(50, 1, len(ts)) if temp is None else temp
+        keys = tuple(SeriesKey("l1", "a1", s) for _ in ts for s in ("temp", "vib"))
+        values = np.column_stack([temp, rng.normal(3, 1, len(ts))]).ravel()
+        inbox.put(StoredReadings(keys, np.repeat(ts, 2), values))
+
+    send(0, 200)
+    send(200, 1200, np.full(200, 42.0))          # temp repeats one value for 1000 s
+    with caplog.at_level("INFO", logger="appliance.stages.features"):
+        stage._rows(inbox.get())
+        stage._rows(inbox.get())
+        assert stage.counters.extra["stuck_sensors"] == 1
+        assert "sensor l1/a1/temp is stuck: no change over 100 s" in caplog.text
+        send(1200, 1400)
+        stage._rows(inbox.get())
+    assert stage.counters.extra["stuck_sensors"] == 0
+    assert "sensor l1/a1/temp moves again" in caplog.text
+    assert "vib" not in caplog.text

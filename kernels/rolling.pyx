@@ -34,8 +34,9 @@ Design:
 
     Sample-count windows.  ``ts=None`` stands for ``ts = 0, 1, 2, …``: the
     window is then the last ``ceil(window_s)`` samples (bottleneck's and
-    pandas' integer windows) with the very same results as passing that ts,
-    and the fast paths skip the ts check.
+    pandas' integer windows) with the very same results as passing that ts
+    and ``ceil(window_s)`` as the window, and the fast paths skip the ts
+    check.
 
     Costs per sample (w = samples in the window):
       mean    running sum of x - anchor (anchor = first value of the window),
@@ -469,11 +470,11 @@ cdef bint fixed_window(const double *ts, Py_ssize_t n, double w, Py_ssize_t k) n
     Written so the compiler vectorises it (a count of failures in a double:
     GCC does not vectorise a compare into an integer flag), ~0.9 ns per
     sample; the fast paths' loops then need no checks of their own.
-    Requires 1 <= k.
+    False for k < 1 (a window_s below the resolution of ts holds no sample).
     """
     cdef Py_ssize_t i, m = k if k < n else n
     cdef double t0 = ts[0], c, bad = 0.0
-    if not (isfinite(t0) and isfinite(ts[n - 1])):
+    if k < 1 or not (isfinite(t0) and isfinite(ts[n - 1])):
         return False
     for i in range(1, m):
         bad += 1.0 if (ts[i] < ts[i - 1]) | (not (t0 > ts[i] - w)) else 0.0
@@ -594,6 +595,8 @@ cdef int acc_batch_fixed(Acc *st, const double *ts, const double *x, Py_ssize_t 
     exactly the operations ``acc_batch`` and the streaming driver would apply
     (one fused swap per step, replays on the same schedule), so the outputs
     are identical to theirs — the tests compare them bit for bit.
+    ``st`` only selects the statistic: the result is ``out`` (the mean's
+    interleaved runs leave no single final state).
     Requires 2 <= k and min_count <= k.
     """
     cdef Acc loc
@@ -668,10 +671,7 @@ cdef int acc_batch_fixed(Acc *st, const double *ts, const double *x, Py_ssize_t 
                     acc_replay(sp, ts, x, i - k + 1, i + 1)
                 out[i] = acc_value(sp, min_count, ts[i - k + 1], t)
                 i += 1
-    if not finite_state(sp):
-        return 1
-    st[0] = loc
-    return 0
+    return 0 if finite_state(sp) else 1
 
 
 cdef int acc_stream(Acc *st, Ring *win, double w, double t, double v) noexcept nogil:
@@ -985,6 +985,13 @@ cdef inline Py_ssize_t _samples_in(double w, Py_ssize_t n) noexcept nogil:
     return n if w >= n else <Py_ssize_t> ceil(w)
 
 
+cdef inline double _count_window(double w, Py_ssize_t n) noexcept nogil:
+    """The window (or lag) ``w`` of a ``ts=None`` call: ceil(w) samples, as a
+    whole number of seconds of ts = 0, 1, 2, … (exact arithmetic there, so
+    every window holds that many samples whatever rounding ``i - w`` would do)."""
+    return <double> _samples_in(w, n)
+
+
 cdef object _run_acc(int kind, ts, x, window_s, min_count, out):
     cdef SumState s_sum
     cdef WelfordState s_wel
@@ -1001,6 +1008,8 @@ cdef object _run_acc(int kind, ts, x, window_s, min_count, out):
     cdef int rc = 1
     if n == 0:
         return res
+    if ts is None:
+        w = _count_window(w, n)
     if ts64 is not None:
         tv = ts64
         tp = &tv[0]
@@ -1082,13 +1091,13 @@ cdef object _run_minmax(double sign, ts, x, window_s, min_count, out):
     if n == 0:
         return res
     if ts64 is None:
-        k = _samples_in(w, n)
+        k = _samples_in(w, n)       # the general driver is never needed: NaN is fine here
         rc = 0
     else:
         tv = ts64
         with nogil:
             k = count_at_end(&tv[0], n, w)
-            if fixed_window(&tv[0], n, w, k):
+            if k >= 1 and fixed_window(&tv[0], n, w, k):
                 rc = 0
     if rc == 0:
         with nogil:
@@ -1141,6 +1150,8 @@ cdef object _run_order(ts, x, window_s, q, min_count, out):
     cdef int rc = 0
     if n == 0:
         return res
+    if ts is None:
+        w = _count_window(w, n)
     if ring_init(&win, 64) < 0:
         raise MemoryError("move_quantile: cannot allocate the window")
     if ord_init(&st, &win, qq) < 0:
@@ -1193,6 +1204,8 @@ def move_change(ts, x, lag_s, out=None):
     cdef int rc = 0
     if n == 0:
         return res
+    if ts is None:
+        lag = _count_window(lag, n)
     if ring_init(&past, 64) < 0:
         raise MemoryError("move_change: cannot allocate the lag buffer")
     try:

@@ -168,3 +168,27 @@ def test_grid_properties(data: tuple[np.ndarray, np.ndarray], step: float, gap: 
     emitted += g.close_until(t0 + (n - 1) * step + step / 2)[0].shape[0]
     assert emitted == g.next_index >= n
     assert g.n_late + g.n_outside <= int(np.count_nonzero(~np.isnan(x)))
+
+
+@SETTINGS
+@given(data=series(), lag_s=WINDOWS)
+def test_change_matches_reference_and_stream(data: tuple[np.ndarray, np.ndarray],
+                                             lag_s: float) -> None:
+    ts, x = data
+    got = rolling.move_change(ts, x, lag_s)
+    assert_matches(got, ref.ref_move_change(ts, x, lag_s), 0.0, 0.0, f"lag_s={lag_s}")
+    s = rolling.MoveChange(lag_s)
+    stream = [s.update(float(t), float(v)).value for t, v in zip(ts, x, strict=True)]
+    assert_matches(np.array(stream), got, 0.0, 0.0, f"stream lag_s={lag_s}")
+
+
+@SETTINGS
+@given(data=series(), window_s=WINDOWS, min_count=st.integers(1, 4), case=st.sampled_from(CASES))
+def test_sample_count_window_is_unit_spaced_ts(data: tuple[np.ndarray, np.ndarray],
+                                               window_s: float, min_count: int,
+                                               case: Case) -> None:
+    _, x = data
+    unit = np.arange(x.shape[0], dtype=np.float64)
+    assert_matches(case.batch(None, x, window_s, min_count),
+                   case.batch(unit, x, window_s, min_count), 0.0, 0.0,
+                   f"{case.name} window_s={window_s} min_count={min_count}")

@@ -422,3 +422,14 @@ def test_change_pickles_mid_stream_and_checks_its_lag() -> None:
         rolling.MoveChange(0)
     with pytest.raises(ValueError, match=r"lag_s must be finite and > 0, got -1"):
         rolling.move_change([0.0], [1.0], -1)
+
+
+@pytest.mark.parametrize("kernel", [rolling.move_min, rolling.move_max, rolling.move_mean])
+def test_a_window_below_the_resolution_of_ts_holds_no_sample(kernel) -> None:
+    # ts a slice of a longer regular array: the fixed-window check must not
+    # read beside it (it once did, and looped forever, when no sample fit)
+    day = 1.7e9 + np.arange(100.0)
+    x = np.arange(10.0)
+    assert np.isnan(kernel(day[10:20], x, 1e-7)).all()
+    # with ts=None the window counts samples: ceil(1e-7) = 1, the sample itself
+    np.testing.assert_array_equal(kernel(None, x, 1e-7), x)

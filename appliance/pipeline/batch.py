@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from appliance.kernels import filters, rolling
-from appliance.pipeline.spec import STUCK_MIN_COUNT, CleanSpec, PipelineSpec, SensorSpec
+from appliance.pipeline.spec import (
+    INTERVAL_HALFLIFE_S,
+    STUCK_MIN_COUNT,
+    CleanSpec,
+    PipelineSpec,
+    SensorSpec,
+)
 
 #: The batch kernel of each RollingBank column (the live driver's numbers).
 _BATCH = {
@@ -18,11 +24,21 @@ _BATCH = {
 }
 
 
+def carry_limits(ts: np.ndarray, max_gap_s: float, gap_intervals: float) -> np.ndarray:
+    """How long each reading's value may be carried forward (see ``spec``, step 1)."""
+    limits = np.full(len(ts), max_gap_s)
+    if gap_intervals > 0 and len(ts) > 1:
+        typical = rolling.ewma(ts[1:], np.diff(ts), INTERVAL_HALFLIFE_S)
+        limits[1:] = np.maximum(max_gap_s, gap_intervals * typical)
+    return limits
+
+
 def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s: float,
-                max_gap_s: float) -> np.ndarray:
+                max_gap_s: float, gap_intervals: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Place readings on the tick grid (see ``spec``): mean per cell, bounded carry-forward.
 
-    ``ts`` must be sorted.  NaN readings count as absent.
+    ``ts`` must be sorted.  NaN readings count as absent.  Returns the grid and
+    ``fresh``, True where the cell held a reading (its value is not carried).
     """
     ts = np.asarray(ts, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
@@ -30,7 +46,7 @@ def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s
     ts, values = ts[ok], values[ok]
     out = np.full(len(ticks), np.nan)
     if len(ticks) == 0 or len(ts) == 0:
-        return out
+        return out, np.zeros(len(ticks), dtype=bool)
     # Cell k is (ticks[k] - cadence, ticks[k]]: index of the first tick >= ts.
     cell = np.searchsorted(ticks, ts, side="left")
     inside = (cell < len(ticks)) & (ts > ticks[np.minimum(cell, len(ticks) - 1)] - cadence_s)
@@ -38,13 +54,14 @@ def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s
     counts = np.bincount(cell[inside], minlength=len(ticks))
     has = counts > 0
     out[has] = sums[has] / counts[has]
-    # Carry forward the last cell value while the last reading is at most max_gap_s old.
+    # Carry forward the last cell value while the last reading is within its carry limit.
     last_idx = np.searchsorted(ts, ticks, side="right") - 1  # last reading <= tick
-    age = np.where(last_idx >= 0, ticks - ts[np.maximum(last_idx, 0)], np.inf)
+    last = np.maximum(last_idx, 0)
+    age = np.where(last_idx >= 0, ticks - ts[last], np.inf)
     filled_idx = np.maximum.accumulate(np.where(has, np.arange(len(ticks)), -1))
-    carry = ~has & (filled_idx >= 0) & (age <= max_gap_s)
+    carry = ~has & (filled_idx >= 0) & (age <= carry_limits(ts, max_gap_s, gap_intervals)[last])
     out[carry] = out[filled_idx[carry]]
-    return out
+    return out, has
 
 
 def valid_readings(sensor: SensorSpec, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -101,14 +118,16 @@ def window_stats(spec: PipelineSpec, window_s: float, ticks: np.ndarray, k: np.n
 
 
 def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
-                    grid: np.ndarray, first_ts: float) -> np.ndarray:
+                    grid: np.ndarray, fresh: np.ndarray, first_ts: float) -> np.ndarray:
     """Feature columns of one sensor from its grid values, shape (len(ticks), n).
 
-    ``first_ts`` is the sensor's first reading: the missing fraction counts
-    from the tick that closes its cell on (before it, the sensor did not exist).
+    ``fresh`` marks the ticks whose cell held a reading; ``first_ts`` is the
+    sensor's first reading: the missing fraction counts from the tick that
+    closes its cell on (before it, the sensor did not exist).
     """
     stats = [col for w in spec.windows_s for col in window_stats(spec, w, ticks, k, grid)]
-    stuck = filters.stuck(ticks, grid, spec.windows_s[0], STUCK_MIN_COUNT).astype(np.float64)
+    stuck = filters.stuck(ticks, np.where(fresh, grid, np.nan), spec.windows_s[0],
+                          STUCK_MIN_COUNT).astype(np.float64)
     absent = np.where(ticks >= first_ts, np.isnan(grid).astype(np.float64), np.nan)
     missing = rolling.ewma(ticks, absent, spec.missing_halflife_s)
     dev = grid - rolling.ewma(ticks, grid, spec.baseline_halflife_s)
@@ -146,13 +165,14 @@ def asset_features(
         ts, values = (np.asarray(a, dtype=np.float64) for a in series[s])
         settings = spec.sensor(s)
         ok = valid_readings(settings, ts, values)
-        grid = grid_values(ts[ok], values[ok], ticks, c, settings.max_gap_s)
+        grid, fresh = grid_values(ts[ok], values[ok], ticks, c, settings.max_gap_s,
+                                  spec.max_gap_intervals)
         if settings.clean is not None:
             grid = clean_values(settings.clean, ticks, grid)
         grids[s] = grid
         # Invalid readings included: the sensor exists from its first reading (see spec).
         first_ts = float(ts[0]) if len(ts) else np.inf
-        blocks.append(sensor_features(spec, ticks, k, grids[s], first_ts))
+        blocks.append(sensor_features(spec, ticks, k, grids[s], fresh, first_ts))
     missing = np.full(n, np.nan)
     blocks.extend((grids.get(a, missing) - grids.get(b, missing))[:, None]
                   for a, b in spec.differences)

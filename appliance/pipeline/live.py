@@ -16,7 +16,7 @@ import numpy as np
 
 from appliance.kernels import filters
 from appliance.kernels.rolling import Ewma, MoveChange, RollingBank
-from appliance.pipeline.spec import STUCK_MIN_COUNT, PipelineSpec
+from appliance.pipeline.spec import INTERVAL_HALFLIFE_S, STUCK_MIN_COUNT, PipelineSpec
 
 #: Series per RollingBank; banks are added as series appear.
 BANK_CHUNK = 256
@@ -62,9 +62,9 @@ class SensorState:
     """One sensor of one asset: its validity check, the open grid cell, its cleaning
     filter, its bank row."""
 
-    __slots__ = ("baseline", "cell_count", "cell_sum", "change", "hampel", "last_grid",
-                 "last_ts", "last_valid_ts", "max_gap_s", "missing", "row", "stuck",
-                 "validity")
+    __slots__ = ("baseline", "carry_s", "cell_count", "cell_sum", "change", "gap_intervals",
+                 "hampel", "interval", "last_grid", "last_ts", "last_valid_ts", "max_gap_s",
+                 "missing", "row", "stuck", "validity")
 
     def __init__(self, spec: PipelineSpec, sensor: str, row: int) -> None:
         settings = spec.sensor(sensor)
@@ -74,6 +74,10 @@ class SensorState:
         self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
                                       clean.hampel_min_count) if clean else None)
         self.max_gap_s = settings.max_gap_s
+        self.gap_intervals = spec.max_gap_intervals
+        #: The typical interval between valid readings, and the carry limit it gives.
+        self.interval = Ewma(INTERVAL_HALFLIFE_S)
+        self.carry_s = settings.max_gap_s
         self.missing = Ewma(spec.missing_halflife_s)
         self.baseline = Ewma(spec.baseline_halflife_s)
         self.change = MoveChange(spec.change_lag)
@@ -84,7 +88,7 @@ class SensorState:
         self.last_grid = math.nan
         #: The newest reading, valid or not: an older one is late.
         self.last_ts = -math.inf
-        #: The newest valid reading: the value is carried at most max_gap_s from it.
+        #: The newest valid reading: the value is carried at most carry_s from it.
         self.last_valid_ts = -math.inf
 
     def add(self, ts: float, value: float) -> bool:
@@ -94,15 +98,19 @@ class SensorState:
             return False
         self.cell_sum += value
         self.cell_count += 1
+        if self.gap_intervals > 0 and self.last_valid_ts > -math.inf:
+            typical = self.interval.update(ts, ts - self.last_valid_ts).value
+            self.carry_s = max(self.max_gap_s, self.gap_intervals * typical)
         self.last_valid_ts = ts
         return True
 
     def close(self, tick: float) -> tuple[float, float, float, float, float]:
         """(grid value, missing fraction, deviation from baseline, change over the
         lag, stuck flag) of the cell ending at ``tick``; opens the next cell."""
-        if self.cell_count:
+        fresh = self.cell_count > 0
+        if fresh:
             grid = self.last_grid = self.cell_sum / self.cell_count
-        elif tick - self.last_valid_ts <= self.max_gap_s:
+        elif tick - self.last_valid_ts <= self.carry_s:
             grid = self.last_grid
         else:
             grid = math.nan
@@ -113,7 +121,7 @@ class SensorState:
         missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
         return (grid, missing, grid - self.baseline.update(tick, grid).value,
                 self.change.update(tick, grid).value,
-                1.0 if self.stuck.update(tick, grid).value else 0.0)
+                1.0 if self.stuck.update(tick, grid if fresh else math.nan).value else 0.0)
 
 
 class _CoarseWindow:

@@ -12,7 +12,12 @@ alone for a sensor nobody configured):
    shows as missing;
 1. grid: valid readings are placed on a grid of ``cadence_s`` event-time seconds
    (their mean in (t - cadence_s, t]; the previous grid value carried
-   forward while the last valid reading is at most ``max_gap_s`` old; else missing);
+   forward while the last valid reading is at most its carry limit old, else
+   missing).  The limit is ``max_gap_s``, or ``max_gap_intervals`` times the
+   sensor's typical interval between valid readings (an EWMA of the intervals,
+   half-life ``INTERVAL_HALFLIFE_S``, as of that reading) when that is longer:
+   any sampling rate from 10 Hz to hourly gets a sensible carry with no
+   per-sensor setting;
 2. clean (optional, ``SensorSpec.clean``): a Hampel filter on the grid
    replaces a value more than k scaled MADs from the median of its trailing
    window by that median (``appliance.kernels.filters.hampel``).  On the grid,
@@ -21,9 +26,10 @@ alone for a sensor nobody configured):
 3. features: the grid value (``last``); ``missing``, the exponentially
    weighted fraction of ticks without a value (half-life a quarter of the
    longest window); ``stuck``, 1 when the grid value has not changed for the
-   first window (``appliance.kernels.filters.stuck``: the run of equal values
-   began a window ago and the window holds ``STUCK_MIN_COUNT`` values or
-   more, so a sensor that just started is not stuck); ``dev``, the grid value
+   first window (``appliance.kernels.filters.stuck`` over the ticks whose cell
+   held a reading — carried values do not count: the run of equal values
+   began a window ago and the window holds ``STUCK_MIN_COUNT`` such ticks or
+   more, so neither a sensor that just started nor a slow one is stuck); ``dev``, the grid value
    minus its long EWMA baseline;
    ``change_<lag>s``, the grid value minus the latest grid value at least
    ``change_lag`` old (``appliance.kernels.rolling.move_change``, the same
@@ -63,6 +69,8 @@ SENSOR_FEATURES: tuple[str, ...] = ("last", "missing", "stuck", "dev")
 WINDOW_SAMPLES = 60
 #: A stuck flag needs this many grid values in the first window.
 STUCK_MIN_COUNT = 2
+#: Half-life of the typical interval between a sensor's readings (carry limit).
+INTERVAL_HALFLIFE_S = 3600.0
 #: A Hampel window needs this many readings before it judges one.
 HAMPEL_MIN_COUNT = 3
 
@@ -105,6 +113,8 @@ class PipelineSpec:
     horizon_s: float
     max_gap_s: float
     windows_s: tuple[float, ...]
+    #: The carry limit in typical intervals between readings (see step 1).
+    max_gap_intervals: float = 3.0
     stats: tuple[str, ...] = STATS
     #: The cleaning step before the grid; None = no cleaning (e.g. variant no_filter).
     clean: CleanSpec | None = None
@@ -124,6 +134,7 @@ class PipelineSpec:
             horizon_s=cfg.horizon_s,
             max_gap_s=cfg.max_gap_s,
             windows_s=tuple(float(w) for w in cfg.effective_windows()),
+            max_gap_intervals=cfg.max_gap_intervals,
             clean=clean,
             baseline_halflife_s=cfg.baseline_halflife_s,
             differences=tuple((a, b) for a, b in cfg.differences),

@@ -87,7 +87,7 @@ def test_grid_mean_per_cell_and_bounded_carry_forward():
     ticks = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
     ts = np.array([1.0, 9.0, 10.0, 12.0])  # cell 10 holds 1, 9, 10; cell 20 holds 12
     values = np.array([1.0, 2.0, 3.0, 10.0])
-    grid = grid_values(ts, values, ticks, cadence_s=10, max_gap_s=25)
+    grid, _ = grid_values(ts, values, ticks, cadence_s=10, max_gap_s=25)
     # 20 → 10; 30, 20 s after the last reading → carried; 40 → 28 s > 25 → missing
     np.testing.assert_array_equal(grid, [2.0, 10.0, 10.0, np.nan, np.nan, np.nan])
 
@@ -174,6 +174,35 @@ def test_change_over_the_lag_in_both_drivers(lag_s):
     full_cell = ticks - lag >= ticks[1]         # the first cell holds only part of 10 s
     assert full_cell.sum() > 200
     np.testing.assert_allclose(change[full_cell], 0.01 * lag, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gap_intervals", [3.0, 0.0])
+def test_an_hourly_sensor_is_carried_between_readings_and_not_stuck(gap_intervals):
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=60, horizon_s=3600,
+                                                   max_gap_intervals=gap_intervals))
+    t0 = 1_700_000_000.0
+    rng = np.random.default_rng(9)
+    hourly = t0 + np.arange(0, 86400, 3600.0) + rng.uniform(0, 60, 24)
+    fast = t0 + np.arange(0, 86400, 5.0)
+    series = {"level": (hourly, np.round(rng.normal(5, 1, 24), 1)),
+              "speed": (fast, np.full(len(fast), 1500.0))}      # a fast sensor, stuck
+    names, ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 86340)
+    rows, _ = live_rows(series, spec)
+    # rows once "level" has joined, at the ticks batch computed
+    both = [r for r in rows if r[1] == names and r[0] <= ticks[-1]]
+    assert len(both) > 1400
+    at = np.searchsorted(ticks, [r[0] for r in both])
+    np.testing.assert_allclose(np.vstack([r[2] for r in both]), X[at], rtol=1e-9,
+                               equal_nan=True)
+    col = {n: X[:, i] for i, n in enumerate(names)}
+    later = ticks > t0 + 7200         # after the second reading: an interval is known
+    missing_share = np.isnan(col["level__last"][later]).mean()
+    if gap_intervals:
+        assert missing_share == 0.0   # carried up to 3 hours
+    else:
+        assert missing_share > 0.9    # max_gap_s (300 s) alone: missing most of each hour
+    assert (col["level__stuck"] == 0).all()
+    assert col["speed__stuck"][ticks > t0 + 3700].min() == 1.0
 
 
 # --- per-sensor settings: validity and overrides -------------------------------

@@ -97,9 +97,6 @@ class PipelineConfig:
     hampel_k: float = field(default=3.0, metadata=_range(0.0, lo_open=True))
     #: Half-life of the long baseline a sensor's deviation is measured from.
     baseline_halflife_s: float = field(default=6 * 3600.0, metadata=_range(0.0, lo_open=True))
-    #: The lag of each sensor's ``change`` feature (grid value minus its value this
-    #: long ago); 0 means the shortest window.
-    change_lag_s: float = field(default=0.0, metadata=_range(0.0))
     #: Cross-sensor differences, e.g. [["lube_temp", "ambient_temp"]].
     differences: tuple[tuple[str, ...], ...] = ()
     #: ``[pipeline.sensors.<name>]`` tables, as (sensor, settings) pairs in file order;

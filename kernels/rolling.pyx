@@ -69,8 +69,8 @@ Design:
     and slope; that range is not supported.
 
     RollingBank runs the streaming steps of mean, std, min, max, median,
-    slope and EWMA for many series in one nogil loop sharing one ring per
-    series (same numbers as the single objects).
+    slope, change and EWMA for many series in one nogil loop sharing one ring
+    per series (same numbers as the single objects).
 """
 
 cimport cython
@@ -1647,12 +1647,14 @@ cdef struct SeriesState:
     OrderState med
     EwmaState ew
     double last_t
-    double row[7]       # values after the latest step (BANK_COLUMNS order)
+    double last_x       # the latest sample, NaN included
+    double old_x        # the latest sample to have left the window (NaN: none yet)
+    double row[8]       # values after the latest step (BANK_COLUMNS order)
 
 
-BANK_COLUMNS = ("mean", "std", "min", "max", "median", "slope", "ewma")
+BANK_COLUMNS = ("mean", "std", "min", "max", "median", "slope", "change", "ewma")
 cdef enum:
-    N_COLS = 7
+    N_COLS = 8
 
 
 cdef void series_free(SeriesState *s) noexcept nogil:
@@ -1695,7 +1697,9 @@ cdef void series_clear(SeriesState *s) noexcept nogil:
     ord_clear(&s.med)
     ewma_clear(&s.ew)
     s.last_t = -INFINITY
-    for j in range(7):
+    s.last_x = NAN
+    s.old_x = NAN
+    for j in range(N_COLS):
         s.row[j] = NAN
 
 
@@ -1704,7 +1708,9 @@ cdef int series_step(SeriesState *s, double w, double t, double v) noexcept nogi
 
     Each statistic sees exactly the operations its own streaming driver
     (acc_stream, minq_stream, ord_stream, ewma_add) would apply, so the bank's
-    values equal the single-series objects' and the batch functions'.
+    values equal the single-series objects' and the batch functions'.  The
+    change over the window needs no state of its own: the latest sample to
+    leave the window is the latest at or before t - w (``change_step``'s).
     """
     cdef double cutoff = t - w, pt = 0.0, pv = 0.0, raw = v
     cdef bint pending = False
@@ -1726,6 +1732,8 @@ cdef int series_step(SeriesState *s, double w, double t, double v) noexcept nogi
         pslot = win.head
         pending = True
         ring_pop_front(win)
+    if pending:
+        s.old_x = pv
     minq_expire(&s.mn, cutoff)
     minq_expire(&s.mx, cutoff)
     if v == v:
@@ -1762,6 +1770,7 @@ cdef int series_step(SeriesState *s, double w, double t, double v) noexcept nogi
             acc_add(&s.slope, ring_ts_at(win, j), ring_x_at(win, j))
     ewma_add(&s.ew, t, raw)
     s.last_t = t
+    s.last_x = raw
     return 0
 
 
@@ -1777,14 +1786,16 @@ cdef void series_values(SeriesState *s, Py_ssize_t min_count, double *row) noexc
     row[3] = minq_value(&s.mx, win.size, min_count)
     row[4] = ord_value(&s.med, min_count)
     row[5] = acc_stream_value(&s.slope, win, min_count)
-    row[6] = s.ew.s
+    row[6] = s.last_x - s.old_x
+    row[7] = s.ew.s
 
 
 cdef class RollingBank:
     """The rolling feature set of many series, updated one tick at a time.
 
-    Per series: mean, std, min, max, median and slope over ``window_s``, and
-    an EWMA with ``halflife_s`` (``BANK_COLUMNS``).  ``update(idx, ts, x)``
+    Per series: mean, std, min, max, median and slope over ``window_s``, the
+    change over ``window_s`` (``move_change``), and an EWMA with
+    ``halflife_s`` (``BANK_COLUMNS``).  ``update(idx, ts, x)``
     pushes one sample into each listed series in one nogil loop — the
     per-sample Python call of the single-series objects would dominate at
     10,000 series — and every value equals the single-series objects' and
@@ -1909,7 +1920,7 @@ cdef class RollingBank:
         return self
 
     def values(self, idx=None, out=None):
-        """Current values, shape (len(idx), 7) (all series when idx is None)."""
+        """Current values, shape (len(idx), 8) (all series when idx is None)."""
         idx64 = np.arange(self._n, dtype=np.intp) if idx is None else \
             np.ascontiguousarray(idx, dtype=np.intp).reshape(-1)
         if idx64.shape[0] and (idx64.min() < 0 or idx64.max() >= self._n):
@@ -1939,13 +1950,14 @@ cdef class RollingBank:
             s = &self._s[i]
             ts = np.array([ring_ts_at(&s.win, j) for j in range(s.win.size)], dtype=np.float64)
             xs = np.array([ring_x_at(&s.win, j) for j in range(s.win.size)], dtype=np.float64)
-            series.append((ts, xs, s.mean, s.std, s.slope, s.ew, s.last_t))
+            series.append((ts, xs, s.mean, s.std, s.slope, s.ew, s.last_t, s.last_x, s.old_x))
         return {"series": series}
 
     def __setstate__(self, state):
         cdef Py_ssize_t i, j
         cdef SeriesState *s
-        for i, (ts, xs, mean, std, slope, ew, last_t) in enumerate(state["series"]):
+        for i, (ts, xs, mean, std, slope, ew, last_t, last_x, old_x) in enumerate(
+                state["series"]):
             s = &self._s[i]
             series_clear(s)
             for j in range(len(ts)):
@@ -1961,6 +1973,8 @@ cdef class RollingBank:
             s.slope = slope
             s.ew = ew
             s.last_t = last_t
+            s.last_x = last_x
+            s.old_x = old_x
             series_refresh(s, self._min_count)
 
     def __reduce__(self):

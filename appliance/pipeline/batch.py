@@ -21,6 +21,7 @@ _BATCH = {
     "max": rolling.move_max,
     "median": rolling.move_median,
     "slope": rolling.move_slope,
+    "change": rolling.move_change,
 }
 
 
@@ -131,8 +132,7 @@ def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
     absent = np.where(ticks >= first_ts, np.isnan(grid).astype(np.float64), np.nan)
     missing = rolling.ewma(ticks, absent, spec.missing_halflife_s)
     dev = grid - rolling.ewma(ticks, grid, spec.baseline_halflife_s)
-    change = rolling.move_change(ticks, grid, spec.change_lag)
-    return np.column_stack([grid, missing, stuck, dev, change, *stats])
+    return np.column_stack([grid, missing, stuck, dev, *stats])
 
 
 def asset_features(

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from appliance.kernels import filters
-from appliance.kernels.rolling import Ewma, MoveChange, RollingBank
+from appliance.kernels.rolling import Ewma, RollingBank
 from appliance.pipeline.spec import INTERVAL_HALFLIFE_S, STUCK_MIN_COUNT, PipelineSpec
 
 #: Series per RollingBank; banks are added as series appear.
@@ -62,7 +62,7 @@ class SensorState:
     """One sensor of one asset: its validity check, the open grid cell, its cleaning
     filter, its bank row."""
 
-    __slots__ = ("baseline", "carry_s", "cell_count", "cell_sum", "change", "gap_intervals",
+    __slots__ = ("baseline", "carry_s", "cell_count", "cell_sum", "gap_intervals",
                  "hampel", "interval", "last_grid", "last_ts", "last_valid_ts", "max_gap_s",
                  "missing", "row", "stuck", "validity")
 
@@ -80,7 +80,6 @@ class SensorState:
         self.carry_s = settings.max_gap_s
         self.missing = Ewma(spec.missing_halflife_s)
         self.baseline = Ewma(spec.baseline_halflife_s)
-        self.change = MoveChange(spec.change_lag)
         self.stuck = filters.Stuck(spec.windows_s[0], STUCK_MIN_COUNT)
         self.row = row
         self.cell_sum = 0.0
@@ -104,9 +103,9 @@ class SensorState:
         self.last_valid_ts = ts
         return True
 
-    def close(self, tick: float) -> tuple[float, float, float, float, float]:
-        """(grid value, missing fraction, deviation from baseline, change over the
-        lag, stuck flag) of the cell ending at ``tick``; opens the next cell."""
+    def close(self, tick: float) -> tuple[float, float, float, float]:
+        """(grid value, missing fraction, deviation from baseline, stuck flag) of the
+        cell ending at ``tick``; opens the next cell."""
         fresh = self.cell_count > 0
         if fresh:
             grid = self.last_grid = self.cell_sum / self.cell_count
@@ -120,7 +119,6 @@ class SensorState:
             grid = self.hampel.update(tick, grid).value
         missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
         return (grid, missing, grid - self.baseline.update(tick, grid).value,
-                self.change.update(tick, grid).value,
                 1.0 if self.stuck.update(tick, grid if fresh else math.nan).value else 0.0)
 
 
@@ -226,12 +224,11 @@ class AssetFeatures:
                 coarse.sums[:] = 0.0
                 coarse.counts[:] = 0
             blocks.append(coarse.held)
-        stuck = closed[:, 4]
+        stuck = closed[:, 3]
         if stuck.any() or self.stuck:
             self.stuck = frozenset(s for s, flag in zip(self._states, stuck, strict=True)
                                    if flag)
-        per_sensor = np.column_stack([grid, closed[:, 1], stuck, closed[:, 2], closed[:, 3],
-                                      *blocks]).ravel()
+        per_sensor = np.column_stack([grid, closed[:, 1], stuck, closed[:, 2], *blocks]).ravel()
         if not self.spec.differences:
             return per_sensor
         position = {name: i for i, name in enumerate(self._states)}

@@ -31,9 +31,7 @@ alone for a sensor nobody configured):
    began a window ago and the window holds ``STUCK_MIN_COUNT`` such ticks or
    more, so neither a sensor that just started nor a slow one is stuck); ``dev``, the grid value
    minus its long EWMA baseline;
-   ``change_<lag>s``, the grid value minus the latest grid value at least
-   ``change_lag`` old (``appliance.kernels.rolling.move_change``, the same
-   step in batch and live); and, over each window, the rolling
+   and, over each window, the rolling
    statistics of ``STATS`` — the columns of ``appliance.kernels.rolling.RollingBank``,
    which the live driver runs for all series at once and the batch driver
    reproduces with the batch kernels.  A window sees at most about
@@ -63,7 +61,7 @@ from appliance.kernels.rolling import BANK_COLUMNS
 STATS: tuple[str, ...] = tuple(BANK_COLUMNS)
 #: The EWMA column's half-life, as a fraction of its window.
 EWMA_HALFLIFE_FRACTION = 0.25
-#: The per-sensor features before ``change`` and the window statistics, in order.
+#: The per-sensor features before the window statistics, in order.
 SENSOR_FEATURES: tuple[str, ...] = ("last", "missing", "stuck", "dev")
 #: About this many grid points per rolling window (see ``PipelineSpec.stride``).
 WINDOW_SAMPLES = 60
@@ -120,8 +118,6 @@ class PipelineSpec:
     clean: CleanSpec | None = None
     baseline_halflife_s: float = 6 * 3600.0
     differences: tuple[tuple[str, str], ...] = ()
-    #: Lag of the ``change`` feature; 0 = the shortest window (see ``change_lag``).
-    change_lag_s: float = 0.0
     #: Sensors whose settings differ from the defaults above, sorted by name; resolved
     #: when built (``from_config``), so replacing a field above does not reach them.
     sensors: tuple[tuple[str, SensorSpec], ...] = ()
@@ -138,7 +134,6 @@ class PipelineSpec:
             clean=clean,
             baseline_halflife_s=cfg.baseline_halflife_s,
             differences=tuple((a, b) for a, b in cfg.differences),
-            change_lag_s=cfg.change_lag_s,
         )
         default = spec.sensor("")
         resolved = ((name, _resolve(cfg, s)) for name, s in sorted(cfg.sensors))
@@ -179,14 +174,8 @@ class PipelineSpec:
     def missing_halflife_s(self) -> float:
         return max(self.windows_s) * EWMA_HALFLIFE_FRACTION
 
-    @property
-    def change_lag(self) -> float:
-        """Seconds between the two grid values the ``change`` feature subtracts."""
-        return self.change_lag_s or min(self.windows_s)
-
     def sensor_feature_names(self, sensor: str) -> tuple[str, ...]:
         names = [f"{sensor}__{f}" for f in SENSOR_FEATURES]
-        names.append(f"{sensor}__change_{self.change_lag:g}s")
         for w in self.windows_s:
             names.extend(f"{sensor}__{stat}_{w:g}s" for stat in self.stats)
         return tuple(names)

@@ -12,6 +12,7 @@ from kernel_cases import assert_matches
 BATCH = {
     "mean": rolling.move_mean, "std": rolling.move_std, "min": rolling.move_min,
     "max": rolling.move_max, "median": rolling.move_median, "slope": rolling.move_slope,
+    "change": lambda ts, x, window, _min_count: rolling.move_change(ts, x, window),
 }
 
 
@@ -39,7 +40,7 @@ def test_bank_equals_single_series_objects_and_batch(min_count: int) -> None:
     singles = [[rolling.MoveMean(window, min_count), rolling.MoveStd(window, min_count),
                 rolling.MoveMin(window, min_count), rolling.MoveMax(window, min_count),
                 rolling.MoveMedian(window, min_count), rolling.MoveSlope(window, min_count),
-                rolling.Ewma(halflife)] for _ in range(n_series)]
+                rolling.MoveChange(window), rolling.Ewma(halflife)] for _ in range(n_series)]
     history: list[list[tuple[float, float, np.ndarray]]] = [[] for _ in range(n_series)]
     for tick, (idx, ts, x) in enumerate(_ticks(rng, n_series, 150)):
         if tick == 75:
@@ -78,5 +79,5 @@ def test_bank_checks_the_whole_tick_before_applying_it() -> None:
     assert_matches(bank.values(), before, 0.0, 0.0, "untouched after refused ticks")
     with pytest.raises(ValueError, match=r"n_series must be >= 1, got 0"):
         rolling.RollingBank(0, 1.0, 1.0)
-    assert bank.reset().values().shape == (3, 7)
+    assert bank.reset().values().shape == (3, len(rolling.BANK_COLUMNS))
     assert np.isnan(bank.values()).all()

@@ -155,17 +155,17 @@ def test_differences_stuck_and_missing_in_both_drivers():
     assert col["ambient__missing"][at(900)] == 0 and col["ambient__missing"][at(1490)] > 0.5
 
 
-@pytest.mark.parametrize("lag_s", [0.0, 250.0])
-def test_change_over_the_lag_in_both_drivers(lag_s):
-    # a ramp of 0.01 per second: the change over the lag is 0.01 × lag once a grid
-    # value that old exists, NaN before (and across a gap with nothing that old)
-    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=30,
-                                                   clean=False, change_lag_s=lag_s))
-    lag = lag_s or min(spec.windows_s)
+@pytest.mark.parametrize("horizon_s", [600.0, 3600.0], ids=["short-windows", "coarse-window"])
+def test_change_over_each_window_in_both_drivers(horizon_s):
+    # a ramp of 0.01 per second: the change over a window is 0.01 × window once a
+    # point that old exists, NaN before
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=horizon_s,
+                                                   max_gap_s=30, clean=False))
+    lag = min(spec.windows_s)
     t0 = 1_700_000_000.0
-    ts = t0 + np.arange(0, 3000, 2.0)
+    ts = t0 + np.arange(0, 9000, 2.0)
     series = {"temp": (ts, 20 + 0.01 * (ts - t0))}
-    names, ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 2990)
+    names, ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 8990)
     rows, _ = live_rows(series, spec)
     live = np.vstack([r[2] for r in rows])
     np.testing.assert_allclose(live, X[:len(live)], rtol=1e-9, equal_nan=True)
@@ -174,6 +174,10 @@ def test_change_over_the_lag_in_both_drivers(lag_s):
     full_cell = ticks - lag >= ticks[1]         # the first cell holds only part of 10 s
     assert full_cell.sum() > 200
     np.testing.assert_allclose(change[full_cell], 0.01 * lag, rtol=1e-6)
+    # the long window's change runs on its coarse grid: 0.01 × window all the same
+    long = X[:, names.index(f"temp__change_{max(spec.windows_s):g}s")]
+    settled = ticks - max(spec.windows_s) >= ticks[0] + 2 * spec.stride(max(spec.windows_s)) * 10
+    np.testing.assert_allclose(long[settled], 0.01 * max(spec.windows_s), rtol=1e-6)
 
 
 @pytest.mark.parametrize("gap_intervals", [3.0, 0.0])

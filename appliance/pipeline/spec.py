@@ -65,6 +65,10 @@ EWMA_HALFLIFE_FRACTION = 0.25
 SENSOR_FEATURES: tuple[str, ...] = ("last", "missing", "stuck", "dev")
 #: About this many grid points per rolling window (see ``PipelineSpec.stride``).
 WINDOW_SAMPLES = 60
+#: Raised whenever a feature's definition changes with the settings unchanged (e.g.
+#: the stuck rule), so the hash refuses models computed the old way.  2: validity,
+#: stuck over fresh ticks, change per window, carry in typical intervals.
+SEMANTICS = 2
 #: A stuck flag needs this many grid values in the first window.
 STUCK_MIN_COUNT = 2
 #: Half-life of the typical interval between a sensor's readings (carry limit).
@@ -150,7 +154,7 @@ class PipelineSpec:
 
     @property
     def hash(self) -> str:
-        """sha256 of the canonical JSON of the spec, first 16 hex digits.
+        """sha256 of the canonical JSON of the spec and ``SEMANTICS``, first 16 hex digits.
 
         ``clean`` and ``sensors`` enter the JSON only when set, so a spec without
         them keeps the hash it had before the fields existed.
@@ -159,6 +163,7 @@ class PipelineSpec:
         for optional in ("clean", "sensors"):
             if not fields[optional]:
                 del fields[optional]
+        fields["semantics"] = SEMANTICS
         # Infinite validity limits are written as JSON's usual extension, Infinity.
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

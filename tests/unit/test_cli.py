@@ -81,3 +81,22 @@ def test_sql_is_read_only(tmp_path, capsys):
     assert main(["sql", "--db", str(db),
                  f"COPY faults TO '{tmp_path / 'x.csv'}'"]) == 1
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_status_shows_stage_health_and_each_stage_s_own_counters(tmp_path, capsys):
+    import json
+    import time
+
+    cfg = write(tmp_path, f'[storage]\npath = "{tmp_path / "a.duckdb"}"\n')
+    common = {"state": "running", "restarts": 0, "last_error": "", "errors": 0,
+              "rate_per_s": 12.5}
+    (tmp_path / "a.duckdb.status.json").write_text(json.dumps({
+        "state": "running", "version": __version__, "ts": time.time(), "mqtt_connected": True,
+        "model": "starter-x", "queues": {"store": 0},
+        "stages": {"store": {**common, "processed": 10},
+                   "features": {**common, "processed": 9, "late_readings": 2,
+                                "invalid_readings": 1, "stuck_sensors": 3}}}))
+    assert main(["status", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "features: late_readings 2, invalid_readings 1, stuck_sensors 3" in out
+    assert "store:" not in out                 # nothing of its own to show

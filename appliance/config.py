@@ -76,6 +76,7 @@ class SensorConfig:
     hampel_k: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
     clean: bool | None = None
     max_gap_s: float | None = field(default=None, metadata=_range(0.0))
+    max_gap_intervals: float | None = field(default=None, metadata=_range(0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +84,11 @@ class PipelineConfig:
     #: Event-time seconds between two predictions of one asset (the grid step).
     cadence_s: float = field(default=10.0, metadata=_range(0.1, 86400.0))
     horizon_s: float = field(default=3600.0, metadata=_range(1.0))
-    #: A sensor's last value is carried forward at most this long, then it is missing ...
+    #: A sensor's last value is carried forward this long, then it is missing ...
     max_gap_s: float = field(default=300.0, metadata=_range(0.0))
-    #: ... or this many of its typical intervals between readings, if longer (so a
-    #: sensor reading once an hour is not missing most of the hour); 0 = max_gap_s alone.
+    #: ... or this many of its typical intervals between readings (the median of its
+    #: last five) when that is longer, so a sensor read once an hour is not missing
+    #: most of the hour; 0 = max_gap_s alone.
     max_gap_intervals: float = field(default=3.0, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()

@@ -843,7 +843,9 @@ def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
     series = {sid: (asset, sensor) for sid, _line, asset, sensor in
               con.execute("SELECT id, line, asset, sensor FROM series").fetchall()}
     data = con.execute("SELECT series_id, epoch_us(ts) AS t, value FROM readings_raw "
-                       "ORDER BY series_id, ts").fetchnumpy()
+                       # rowid: readings at one timestamp in the order they were
+                       # stored, as the service saw them (validity depends on it)
+                       "ORDER BY series_id, ts, rowid").fetchnumpy()
     sid = np.asarray(data["series_id"], dtype=np.int64)
     ts = np.asarray(data["t"], dtype=np.float64) / 1e6
     values = np.asarray(data["value"], dtype=np.float64)

@@ -113,7 +113,7 @@ def bank_tick(n_series: int = BANK_SERIES, window_s: float = BANK_WINDOW_S,
 
 def live_chain_tick(n_assets: int = BANK_SERIES // 5, ticks: int = 10) -> dict[str, float]:
     """Median time of one tick of the service's whole per-sensor chain (validity,
-    grid, Hampel, missing, baseline, change, both windows' statistics) for
+    grid, Hampel, missing, baseline, stuck, both windows' statistics) for
     ``n_assets`` assets of 5 sensors, through ``appliance.pipeline.live``."""
     from appliance.config import PipelineConfig
     from appliance.pipeline.live import AssetFeatures, FeatureBanks

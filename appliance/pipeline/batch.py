@@ -6,7 +6,7 @@ import numpy as np
 
 from appliance.kernels import filters, rolling
 from appliance.pipeline.spec import (
-    INTERVAL_HALFLIFE_S,
+    INTERVAL_COUNT,
     STUCK_MIN_COUNT,
     CleanSpec,
     PipelineSpec,
@@ -29,13 +29,13 @@ def carry_limits(ts: np.ndarray, max_gap_s: float, gap_intervals: float) -> np.n
     """How long each reading's value may be carried forward (see ``spec``, step 1)."""
     limits = np.full(len(ts), max_gap_s)
     if gap_intervals > 0 and len(ts) > 1:
-        typical = rolling.ewma(ts[1:], np.diff(ts), INTERVAL_HALFLIFE_S)
+        typical = rolling.move_median(None, np.diff(ts), INTERVAL_COUNT)
         limits[1:] = np.maximum(max_gap_s, gap_intervals * typical)
     return limits
 
 
 def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s: float,
-                max_gap_s: float, gap_intervals: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                max_gap_s: float, gap_intervals: float) -> tuple[np.ndarray, np.ndarray]:
     """Place readings on the tick grid (see ``spec``): mean per cell, bounded carry-forward.
 
     ``ts`` must be sorted.  NaN readings count as absent.  Returns the grid and
@@ -127,8 +127,10 @@ def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
     closes its cell on (before it, the sensor did not exist).
     """
     stats = [col for w in spec.windows_s for col in window_stats(spec, w, ticks, k, grid)]
-    stuck = filters.stuck(ticks, np.where(fresh, grid, np.nan), spec.windows_s[0],
+    stuck = filters.stuck(ticks, np.where(fresh, grid, np.nan), spec.stuck_window_s,
                           STUCK_MIN_COUNT).astype(np.float64)
+    # before its first reading the sensor has no column live: NaN here too
+    stuck[ticks < first_ts] = np.nan
     absent = np.where(ticks >= first_ts, np.isnan(grid).astype(np.float64), np.nan)
     missing = rolling.ewma(ticks, absent, spec.missing_halflife_s)
     dev = grid - rolling.ewma(ticks, grid, spec.baseline_halflife_s)
@@ -166,7 +168,7 @@ def asset_features(
         settings = spec.sensor(s)
         ok = valid_readings(settings, ts, values)
         grid, fresh = grid_values(ts[ok], values[ok], ticks, c, settings.max_gap_s,
-                                  spec.max_gap_intervals)
+                                  settings.max_gap_intervals)
         if settings.clean is not None:
             grid = clean_values(settings.clean, ticks, grid)
         grids[s] = grid

@@ -2,9 +2,9 @@
 
 The same steps as ``batch`` with the streaming halves of the same kernels:
 ``filters.Validity`` per sensor on its readings, the grid rule, ``filters.Hampel``
-per sensor on the grid, and the rolling statistics of all
+and ``filters.Stuck`` per sensor on the grid, and the rolling statistics of all
 series in ``RollingBank`` chunks (one ring of samples per series and window,
-shared by every statistic: ~3 KB per series and window instead of one ring per
+shared by every statistic: ~6 KB per series and window instead of one ring per
 statistic).
 """
 
@@ -15,8 +15,8 @@ import math
 import numpy as np
 
 from appliance.kernels import filters
-from appliance.kernels.rolling import Ewma, RollingBank
-from appliance.pipeline.spec import INTERVAL_HALFLIFE_S, STUCK_MIN_COUNT, PipelineSpec
+from appliance.kernels.rolling import Ewma, MoveMedian, RollingBank
+from appliance.pipeline.spec import INTERVAL_COUNT, STUCK_MIN_COUNT, PipelineSpec
 
 #: Series per RollingBank; banks are added as series appear.
 BANK_CHUNK = 256
@@ -63,8 +63,8 @@ class SensorState:
     filter, its bank row."""
 
     __slots__ = ("baseline", "carry_s", "cell_count", "cell_sum", "gap_intervals",
-                 "hampel", "interval", "last_grid", "last_ts", "last_valid_ts", "max_gap_s",
-                 "missing", "row", "stuck", "validity")
+                 "hampel", "intervals", "last_grid", "last_ts", "last_valid_ts", "max_gap_s",
+                 "missing", "n_intervals", "row", "stuck", "validity")
 
     def __init__(self, spec: PipelineSpec, sensor: str, row: int) -> None:
         settings = spec.sensor(sensor)
@@ -74,13 +74,15 @@ class SensorState:
         self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
                                       clean.hampel_min_count) if clean else None)
         self.max_gap_s = settings.max_gap_s
-        self.gap_intervals = spec.max_gap_intervals
-        #: The typical interval between valid readings, and the carry limit it gives.
-        self.interval = Ewma(INTERVAL_HALFLIFE_S)
+        self.gap_intervals = settings.max_gap_intervals
+        #: The last intervals between valid readings (a count window: "ts" is the
+        #: interval's number), and the carry limit their median gives.
+        self.intervals = MoveMedian(INTERVAL_COUNT)
+        self.n_intervals = 0
         self.carry_s = settings.max_gap_s
         self.missing = Ewma(spec.missing_halflife_s)
         self.baseline = Ewma(spec.baseline_halflife_s)
-        self.stuck = filters.Stuck(spec.windows_s[0], STUCK_MIN_COUNT)
+        self.stuck = filters.Stuck(spec.stuck_window_s, STUCK_MIN_COUNT)
         self.row = row
         self.cell_sum = 0.0
         self.cell_count = 0
@@ -98,7 +100,8 @@ class SensorState:
         self.cell_sum += value
         self.cell_count += 1
         if self.gap_intervals > 0 and self.last_valid_ts > -math.inf:
-            typical = self.interval.update(ts, ts - self.last_valid_ts).value
+            typical = self.intervals.update(self.n_intervals, ts - self.last_valid_ts).value
+            self.n_intervals += 1
             self.carry_s = max(self.max_gap_s, self.gap_intervals * typical)
         self.last_valid_ts = ts
         return True

@@ -14,10 +14,10 @@ alone for a sensor nobody configured):
    (their mean in (t - cadence_s, t]; the previous grid value carried
    forward while the last valid reading is at most its carry limit old, else
    missing).  The limit is ``max_gap_s``, or ``max_gap_intervals`` times the
-   sensor's typical interval between valid readings (an EWMA of the intervals,
-   half-life ``INTERVAL_HALFLIFE_S``, as of that reading) when that is longer:
-   any sampling rate from 10 Hz to hourly gets a sensible carry with no
-   per-sensor setting;
+   sensor's typical interval between valid readings (the median of the last
+   ``INTERVAL_COUNT`` intervals, as of that reading: one outage does not
+   stretch it) when that is longer.  Any sampling rate from 10 Hz to hourly
+   gets a sensible carry with no per-sensor setting;
 2. clean (optional, ``SensorSpec.clean``): a Hampel filter on the grid
    replaces a value more than k scaled MADs from the median of its trailing
    window by that median (``appliance.kernels.filters.hampel``).  On the grid,
@@ -38,13 +38,13 @@ alone for a sensor nobody configured):
    ``WINDOW_SAMPLES`` points: a long window runs on a coarser grid whose cell
    is ``stride`` ticks (the mean of the finite tick values in it), and its
    statistics are those of the last closed coarse cell.  That bounds memory per
-   series and window (~3 KB) whatever the window, at the cost of long-window
-   statistics moving once per coarse cell.
+   series and window (~6 KB, see ``RollingBank``) whatever the window, at the
+   cost of long-window statistics moving once per coarse cell.
 4. differences: for each configured pair (a, b), grid(a) − grid(b) per tick.
 
-The hash covers every setting above, the per-sensor ones included; a sensor whose
-settings equal the pipeline's adds nothing, so a spec without per-sensor settings
-keeps the hash it had before they existed.
+The hash covers every setting above, the per-sensor ones included (a sensor whose
+settings equal the pipeline's adds nothing), and ``SEMANTICS``, the version of
+the definitions themselves.
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ WINDOW_SAMPLES = 60
 #: the stuck rule), so the hash refuses models computed the old way.  2: validity,
 #: stuck over fresh ticks, change per window, carry in typical intervals.
 SEMANTICS = 2
-#: A stuck flag needs this many grid values in the first window.
+#: A stuck flag needs this many ticks with a reading in the first window.
 STUCK_MIN_COUNT = 2
-#: Half-life of the typical interval between a sensor's readings (carry limit).
-INTERVAL_HALFLIFE_S = 3600.0
+#: A sensor's typical interval is the median of its last this many (carry limit).
+INTERVAL_COUNT = 5
 #: A Hampel window needs this many readings before it judges one.
 HAMPEL_MIN_COUNT = 3
 
@@ -96,6 +96,7 @@ class SensorSpec:
     """One sensor's settings, resolved: its validity limits, grid gap and cleaning."""
 
     max_gap_s: float
+    max_gap_intervals: float = 0.0
     #: The cleaning step on this sensor's grid; None = not cleaned.
     clean: CleanSpec | None = None
     valid_min: float = -math.inf
@@ -104,9 +105,9 @@ class SensorSpec:
 
     def __post_init__(self) -> None:
         if not (self.valid_min < self.valid_max and self.max_rate_per_s > 0
-                and self.max_gap_s >= 0):
-            raise ValueError(f"sensor: need valid_min < valid_max, max_rate_per_s > 0 and "
-                             f"max_gap_s >= 0, got {self!r}")
+                and self.max_gap_s >= 0 and self.max_gap_intervals >= 0):
+            raise ValueError(f"sensor: need valid_min < valid_max, max_rate_per_s > 0, "
+                             f"max_gap_s >= 0 and max_gap_intervals >= 0, got {self!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class PipelineSpec:
             baseline_halflife_s=cfg.baseline_halflife_s,
             differences=tuple((a, b) for a, b in cfg.differences),
         )
-        default = spec.sensor("")
+        default = spec.default_sensor()
         resolved = ((name, _resolve(cfg, s)) for name, s in sorted(cfg.sensors))
         # A table that changes nothing must not change the hash a model is checked by.
         sensors = tuple((name, s) for name, s in resolved if s != default)
@@ -150,19 +151,22 @@ class PipelineSpec:
         for configured, settings in self.sensors:
             if configured == name:
                 return settings
-        return SensorSpec(max_gap_s=self.max_gap_s, clean=self.clean)
+        return self.default_sensor()
+
+    def default_sensor(self) -> SensorSpec:
+        """The settings of a sensor nobody configured: the pipeline's, no limits."""
+        return SensorSpec(max_gap_s=self.max_gap_s, max_gap_intervals=self.max_gap_intervals,
+                          clean=self.clean)
+
+    @property
+    def stuck_window_s(self) -> float:
+        """The window the stuck flag looks back over: the first one."""
+        return self.windows_s[0]
 
     @property
     def hash(self) -> str:
-        """sha256 of the canonical JSON of the spec and ``SEMANTICS``, first 16 hex digits.
-
-        ``clean`` and ``sensors`` enter the JSON only when set, so a spec without
-        them keeps the hash it had before the fields existed.
-        """
+        """sha256 of the canonical JSON of the spec and ``SEMANTICS``, first 16 hex digits."""
         fields = asdict(self)
-        for optional in ("clean", "sensors"):
-            if not fields[optional]:
-                del fields[optional]
         fields["semantics"] = SEMANTICS
         # Infinite validity limits are written as JSON's usual extension, Infinity.
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -209,6 +213,8 @@ def _resolve(cfg: PipelineConfig, s: SensorConfig) -> SensorSpec:
     if pick(s.clean, cfg.clean):
         clean = CleanSpec(pick(s.hampel_window_s, cfg.hampel_window_s),
                           pick(s.hampel_k, cfg.hampel_k))
-    return SensorSpec(max_gap_s=pick(s.max_gap_s, cfg.max_gap_s), clean=clean,
+    return SensorSpec(max_gap_s=pick(s.max_gap_s, cfg.max_gap_s),
+                      max_gap_intervals=pick(s.max_gap_intervals, cfg.max_gap_intervals),
+                      clean=clean,
                       valid_min=s.valid_min, valid_max=s.valid_max,
                       max_rate_per_s=s.max_rate_per_s)

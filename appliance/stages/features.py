@@ -23,6 +23,7 @@ from appliance.stages.base import Stage, StopSignals, put, take
 
 log = logging.getLogger(__name__)
 
+
 class FeaturesStage(Stage):
     name = "features"
     essential = False  # the readings keep being stored without it
@@ -75,12 +76,13 @@ class FeaturesStage(Stage):
 
     def _report_stuck(self, before: dict[tuple[str, str], frozenset[str]]) -> None:
         now = {key: a.stuck for key, a in self._assets.items() if a.stuck}
-        window = min(self.spec.windows_s)
+        window = self.spec.stuck_window_s
         for key in before.keys() | now.keys():
             was, is_ = before.get(key, frozenset()), now.get(key, frozenset())
             for sensor in sorted(is_ - was):
                 log.warning("sensor %s/%s/%s is stuck: no change over %g s",
                             *key, sensor, window)
+            # it moved, or fell silent (then its missing feature says so)
             for sensor in sorted(was - is_):
-                log.info("sensor %s/%s/%s moves again", *key, sensor)
+                log.info("sensor %s/%s/%s is no longer stuck", *key, sensor)
         self.counters.extra["stuck_sensors"] = sum(len(s) for s in now.values())

@@ -89,3 +89,23 @@ def test_live_replay_of_a_stored_day_equals_batch(tmp_path):
                                        equal_nan=True, err_msg=f"{h.asset} tick {tick}")
         assert got[-1][1] == names
         assert np.isfinite(X[-1]).sum() > len(names) // 2
+
+
+def test_readings_at_one_timestamp_come_back_in_the_order_they_were_stored(tmp_path):
+    # validity with a rate limit keeps the first of two readings at one timestamp,
+    # as live does in arrival order: training must read them back in that order
+    key = SeriesKey("l1", "a1", "temp")
+    for order in ([10.0, 50.0, 30.0], [50.0, 30.0, 10.0]):
+        path = tmp_path / f"{order[0]:g}.duckdb"
+        con, _ = connect(path)
+        registry = tables.SeriesRegistry(con)
+        ts = np.array([1.7e9, 1.7e9 + 5, 1.7e9 + 5, 1.7e9 + 5, 1.7e9 + 10])
+        values = np.array([20.0, *order, 21.0])
+        con.execute("BEGIN")
+        tables.insert_readings(con, registry.ids(con, [key] * 5), to_timestamp_us(ts), values)
+        con.execute("COMMIT")
+        con.close()
+        con = history.open_database(path, read_only=True)
+        (h,) = history.load_histories(con).histories
+        con.close()
+        np.testing.assert_array_equal(h.series["temp"][1], [20.0, *order, 21.0])

@@ -52,6 +52,10 @@ def test_empty_file_gives_defaults(tmp_path):
      "[pipeline.sensors.lube_temp] clean: expected true or false"),
     ("[pipeline.sensors.lube_temp]\nmax_gap_s = -1\n",
      "[pipeline.sensors.lube_temp] max_gap_s: expected a value >= 0.0"),
+    ("[pipeline.sensors.lube_temp]\nmax_gap_intervals = -2\n",
+     "[pipeline.sensors.lube_temp] max_gap_intervals: expected a value >= 0.0"),
+    ("[pipeline]\nmax_gap_intervals = -1\n",
+     "[pipeline] max_gap_intervals: expected a value >= 0.0"),
     ("[pipeline.sensors.\"lube temp\"]\n", "[pipeline.sensors.lube temp]: a sensor name is"),
     ("[pipeline]\nsensors = 3\n", "[pipeline] sensors must be a table"),
     ("[pipeline.sensors]\nlube_temp = 3\n", "[pipeline.sensors] lube_temp must be a table"),
@@ -93,6 +97,7 @@ valid_max = 150
 hampel_window_s = 300
 hampel_k = 4
 max_gap_s = 600
+max_gap_intervals = 0
 """))
     assert cfg.pipeline.max_gap_s == 120
     assert [n for n, _ in cfg.pipeline.sensors] == ["vibration", "lube.temp"]
@@ -100,7 +105,7 @@ max_gap_s = 600
     assert vib == config.SensorConfig(max_rate_per_s=2.5, clean=False)
     assert (vib.valid_min, vib.valid_max, vib.max_gap_s) == (-math.inf, math.inf, None)
     assert lube == config.SensorConfig(valid_min=-20.0, valid_max=150.0, hampel_window_s=300.0,
-                                       hampel_k=4.0, max_gap_s=600.0)
+                                       hampel_k=4.0, max_gap_s=600.0, max_gap_intervals=0.0)
     assert lube.max_rate_per_s == math.inf and lube.clean is None
 
 

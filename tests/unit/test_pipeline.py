@@ -78,6 +78,9 @@ def test_a_sensor_joining_late_has_missing_features_before_in_both_drivers():
     b_last = names.index("b__last")
     early = ticks < t0 + 990
     assert np.all(np.isnan(X[early, b_last])) and np.isfinite(X[-1, b_last])
+    # every feature of b, stuck included, is NaN before b exists: live has no column
+    b_cols = [i for i, n in enumerate(names) if n.startswith("b__") and n != "b__missing"]
+    assert np.isnan(X[np.ix_(early, b_cols)]).all()
     live_late = [r for r in rows if r[0] > t0 + 1100]
     np.testing.assert_allclose(np.vstack([r[2] for r in live_late]), X[-len(live_late):],
                                rtol=1e-9, equal_nan=True)
@@ -87,7 +90,7 @@ def test_grid_mean_per_cell_and_bounded_carry_forward():
     ticks = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
     ts = np.array([1.0, 9.0, 10.0, 12.0])  # cell 10 holds 1, 9, 10; cell 20 holds 12
     values = np.array([1.0, 2.0, 3.0, 10.0])
-    grid, _ = grid_values(ts, values, ticks, cadence_s=10, max_gap_s=25)
+    grid, _ = grid_values(ts, values, ticks, cadence_s=10, max_gap_s=25, gap_intervals=0.0)
     # 20 → 10; 30, 20 s after the last reading → carried; 40 → 28 s > 25 → missing
     np.testing.assert_array_equal(grid, [2.0, 10.0, 10.0, np.nan, np.nan, np.nan])
 
@@ -180,6 +183,21 @@ def test_change_over_each_window_in_both_drivers(horizon_s):
     np.testing.assert_allclose(long[settled], 0.01 * max(spec.windows_s), rtol=1e-6)
 
 
+def test_one_outage_does_not_stretch_the_carry_limit():
+    # 1 Hz, a 30-minute outage, an hour of readings, then the sensor dies: its value
+    # is carried max_gap_s (the median interval is still 1 s), not hours
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60))
+    t0 = 1_700_000_000.0
+    ts = t0 + np.r_[np.arange(0, 3000, 1.0), np.arange(4800, 8400, 1.0)]
+    series = {"temp": (ts, 20 + np.sin(ts / 100))}
+    names, ticks, X = asset_features(spec, series, t0 - 1e-6, t0 + 12000)
+    last = X[:, names.index("temp__last")]
+    assert np.isnan(last[(ticks > t0 + 3000 + 60 + 10) & (ticks < t0 + 4800)]).all()
+    end = ts[-1]
+    assert np.isnan(last[ticks > end + 60]).all()
+    assert np.isfinite(last[(ticks > end) & (ticks <= end + 60)]).all()
+
+
 @pytest.mark.parametrize("gap_intervals", [3.0, 0.0])
 def test_an_hourly_sensor_is_carried_between_readings_and_not_stuck(gap_intervals):
     spec = PipelineSpec.from_config(PipelineConfig(cadence_s=60, horizon_s=3600,
@@ -205,7 +223,7 @@ def test_an_hourly_sensor_is_carried_between_readings_and_not_stuck(gap_interval
         assert missing_share == 0.0   # carried up to 3 hours
     else:
         assert missing_share > 0.9    # max_gap_s (300 s) alone: missing most of each hour
-    assert (col["level__stuck"] == 0).all()
+    assert (col["level__stuck"][ticks >= hourly[0]] == 0).all()
     assert col["speed__stuck"][ticks > t0 + 3700].min() == 1.0
 
 
@@ -299,7 +317,8 @@ def test_a_sensor_sending_only_invalid_readings_is_present_and_missing():
 
 
 def test_an_unconfigured_sensor_gets_the_pipeline_defaults():
-    assert CONFIGURED.sensor("pressure") == SensorSpec(max_gap_s=60.0, clean=CONFIGURED.clean)
+    assert CONFIGURED.sensor("pressure") == SensorSpec(max_gap_s=60.0, max_gap_intervals=3.0,
+                                                       clean=CONFIGURED.clean)
     assert CONFIGURED.sensor("temp") != CONFIGURED.sensor("pressure")
     temp = CONFIGURED.sensor("temp")
     assert (temp.valid_min, temp.valid_max, temp.max_rate_per_s) == (0.0, 100.0, 0.5)
@@ -383,5 +402,5 @@ def test_features_stage_reports_a_stuck_sensor_and_its_recovery(caplog):
         send(1200, 1400)
         stage._rows(inbox.get())
     assert stage.counters.extra["stuck_sensors"] == 0
-    assert "sensor l1/a1/temp moves again" in caplog.text
+    assert "sensor l1/a1/temp is no longer stuck" in caplog.text
     assert "vib" not in caplog.text

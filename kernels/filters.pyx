@@ -476,7 +476,12 @@ cdef inline void stuck_clear(StuckState *st) noexcept nogil:
 
 
 cdef inline int stuck_step(StuckState *st, Ring *win, double t, double v) noexcept nogil:
-    """Push one sample; -1 (state untouched) on allocation failure."""
+    """Push one sample; -1 (state untouched) on allocation failure.
+
+    ``win`` keeps only the latest ``min_count`` non-NaN samples in the window:
+    the window holds ``min_count`` or more exactly when they are all in it, so
+    the state is O(min_count), not O(window).
+    """
     cdef double cutoff = t - st.window_s
     if v == v and t > cutoff and ring_reserve_one(win) < 0:
         return -1
@@ -491,6 +496,8 @@ cdef inline int stuck_step(StuckState *st, Ring *win, double t, double v) noexce
         st.run_start = t
     if t > cutoff:
         ring_push_unchecked(win, t, v)
+        if win.size > st.min_count:
+            ring_pop_front(win)
     return 0
 
 
@@ -504,7 +511,7 @@ def stuck(ts, x, window_s, min_count=2):
     Precisely: the run of equal non-NaN values that ends at the latest
     non-NaN sample began at or before ts[i] - window_s, and the window
     (ts[i] - window_s, ts[i]] holds at least ``min_count`` non-NaN samples.
-    O(1) amortised per sample.  Returns uint8.
+    O(1) amortised per sample, O(min_count) memory.  Returns uint8.
     """
     cdef StuckState st
     cdef Ring win

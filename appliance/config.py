@@ -90,6 +90,9 @@ class PipelineConfig:
     #: last five) when that is longer, so a sensor read once an hour is not missing
     #: most of the hour; 0 = max_gap_s alone.
     max_gap_intervals: float = field(default=3.0, metadata=_range(0.0))
+    #: An asset silent this long is idle: no rows for the silence, and its features
+    #: start afresh at its next reading (a line stopped over a weekend); 0 = never.
+    idle_gap_s: float = field(default=6 * 3600.0, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()
     #: Cleaning on the grid: a Hampel filter replaces a value more than ``hampel_k``

@@ -1860,9 +1860,17 @@ cdef class RollingBank:
     def min_count(self) -> int:
         return self._min_count
 
-    def reset(self):
+    def reset(self, idx=None):
+        """Forget the samples of the listed series (all when idx is None); returns self."""
         cdef Py_ssize_t i
-        for i in range(self._n):
+        if idx is None:
+            for i in range(self._n):
+                series_clear(&self._s[i])
+            return self
+        idx64 = np.ascontiguousarray(idx, dtype=np.intp).reshape(-1)
+        if idx64.shape[0] and (idx64.min() < 0 or idx64.max() >= self._n):
+            raise ValueError(f"idx must be within [0, {self._n})")
+        for i in idx64.tolist():
             series_clear(&self._s[i])
         return self
 

@@ -143,11 +143,13 @@ def asset_features(
     t_start: float,
     t_end: float,
 ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """Feature rows of one asset at every tick in (t_start, t_end].
+    """Feature rows of one asset at every tick in (t_start, t_end] while it is active.
 
     ``series`` maps sensor name to (sorted ts, values), invalid readings included
-    (they are judged here, as live does).  Returns the feature
-    names, the tick times and the matrix (ticks × features), NaN where missing.
+    (they are judged here, as live does).  Each stretch of activity between two
+    silences longer than ``spec.idle_gap_s`` is computed on its own, as live
+    starts afresh after one (see ``spec``).  Returns the feature names, the tick
+    times and the matrix (ticks × features), NaN where missing.
     """
     c = spec.cadence_s
     first = spec.tick_index(t_start)
@@ -156,17 +158,60 @@ def asset_features(
     last = spec.tick_index(t_end)
     if last * c > t_end:
         last -= 1
-    n = max(0, last - first + 1)
-    k = np.arange(first, first + n, dtype=np.int64)
-    ticks = k * c
     sensors = sorted(series)
     names = spec.feature_names(sensors)
+    arrays = {s: tuple(np.asarray(a, dtype=np.float64) for a in series[s]) for s in sensors}
+    # validity runs over the whole series: live keeps its state across a silence
+    valid = {s: valid_readings(spec.sensor(s), *arrays[s]) for s in sensors}
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for lo_ts, hi_ts, k_first, k_last in _stretches(spec, arrays, first, last):
+        k = np.arange(k_first, k_last + 1, dtype=np.int64)
+        stretch = {}
+        for s in sensors:
+            ts, values = arrays[s]
+            inside = (ts >= lo_ts) & (ts <= hi_ts)
+            stretch[s] = (ts[inside], values[inside], valid[s][inside])
+        parts.append((k * c, _stretch_features(spec, stretch, k)))
+    if not parts:
+        return names, np.empty(0), np.empty((0, len(names)))
+    return (names, np.concatenate([t for t, _ in parts]),
+            np.vstack([m for _, m in parts]))
+
+
+def _stretches(spec: PipelineSpec, arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+               first: int, last: int) -> list[tuple[float, float, int, int]]:
+    """(first reading, last reading, first tick, last tick) of each stretch of
+    activity, its ticks clipped to [first, last]; the first stretch takes every
+    reading before it, the last every reading after."""
+    every = np.sort(np.concatenate([ts for ts, _ in arrays.values()])) if arrays \
+        else np.empty(0)
+    cuts = (np.flatnonzero(np.diff(every) > spec.idle_gap_s) if spec.idle_gap_s > 0
+            else np.empty(0, dtype=np.intp))
+    if len(cuts) == 0:
+        return [(-np.inf, np.inf, first, last)] if last >= first else []
+    starts = [-np.inf, *every[cuts + 1].tolist()]
+    ends = [*every[cuts].tolist(), np.inf]
+    out = []
+    for j, (lo_ts, hi_ts) in enumerate(zip(starts, ends, strict=True)):
+        k_first = first if j == 0 else max(first, spec.tick_index(lo_ts))
+        # live closes the cell of the last reading before it starts afresh
+        k_last = last if j == len(ends) - 1 else min(last, spec.tick_index(hi_ts))
+        if k_last >= k_first:
+            out.append((lo_ts, hi_ts, k_first, k_last))
+    return out
+
+
+def _stretch_features(spec: PipelineSpec,
+                      stretch: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                      k: np.ndarray) -> np.ndarray:
+    """The feature matrix of one stretch: (ts, values, valid) per sensor, ticks k."""
+    c = spec.cadence_s
+    ticks = k * c
+    n = len(k)
     blocks = []
     grids = {}
-    for s in sensors:
-        ts, values = (np.asarray(a, dtype=np.float64) for a in series[s])
+    for s, (ts, values, ok) in stretch.items():
         settings = spec.sensor(s)
-        ok = valid_readings(settings, ts, values)
         grid, fresh = grid_values(ts[ok], values[ok], ticks, c, settings.max_gap_s,
                                   settings.max_gap_intervals)
         if settings.clean is not None:
@@ -174,9 +219,8 @@ def asset_features(
         grids[s] = grid
         # Invalid readings included: the sensor exists from its first reading (see spec).
         first_ts = float(ts[0]) if len(ts) else np.inf
-        blocks.append(sensor_features(spec, ticks, k, grids[s], fresh, first_ts))
+        blocks.append(sensor_features(spec, ticks, k, grid, fresh, first_ts))
     missing = np.full(n, np.nan)
     blocks.extend((grids.get(a, missing) - grids.get(b, missing))[:, None]
                   for a, b in spec.differences)
-    matrix = np.hstack(blocks) if blocks else np.empty((n, 0))
-    return names, ticks, matrix
+    return np.hstack(blocks) if blocks else np.empty((n, 0))

@@ -38,6 +38,13 @@ class FeatureBanks:
         self.n_series += 1
         return self.n_series - 1
 
+    def reset(self, rows: np.ndarray) -> None:
+        """Forget the samples of these rows in every window."""
+        for chunk in np.unique(rows // BANK_CHUNK).tolist():
+            local = rows[rows // BANK_CHUNK == chunk] - chunk * BANK_CHUNK
+            for bank in self._chunks[chunk]:
+                bank.reset(local)
+
     def update(self, window: int, rows: np.ndarray, ts: float, values: np.ndarray
                ) -> np.ndarray:
         """Push one value per row into window ``window``; its statistics, (len(rows), S)."""
@@ -66,10 +73,14 @@ class SensorState:
                  "hampel", "intervals", "last_grid", "last_ts", "last_valid_ts", "max_gap_s",
                  "missing", "n_intervals", "row", "stuck", "validity")
 
-    def __init__(self, spec: PipelineSpec, sensor: str, row: int) -> None:
+    def __init__(self, spec: PipelineSpec, sensor: str, row: int,
+                 validity: filters.Validity | None = None) -> None:
         settings = spec.sensor(sensor)
-        self.validity = filters.Validity(settings.valid_min, settings.valid_max,
-                                         settings.max_rate_per_s)
+        # validity alone outlives an idle asset's fresh start (see spec)
+        if validity is None:
+            validity = filters.Validity(settings.valid_min, settings.valid_max,
+                                        settings.max_rate_per_s)
+        self.validity = validity
         clean = settings.clean
         self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
                                       clean.hampel_min_count) if clean else None)
@@ -154,20 +165,32 @@ class AssetFeatures:
     cell already emitted, or older than its sensor's previous reading, is late:
     not used, counted in ``late``.  A reading that fails its sensor's validity
     check is not used either, and counted in ``invalid``.  ``stuck`` names the
-    sensors whose ``stuck`` feature was 1 at the last tick.
+    sensors whose ``stuck`` feature was 1 at the last tick.  After a silence
+    longer than ``spec.idle_gap_s`` the asset starts afresh (see ``spec``);
+    ``restarts`` counts those.
     """
 
     def __init__(self, spec: PipelineSpec, banks: FeatureBanks) -> None:
         self.spec = spec
         self.banks = banks
+        #: A sensor keeps its bank row and its validity state across fresh starts.
+        self._row_of: dict[str, int] = {}
+        self._validity: dict[str, filters.Validity] = {}
+        self._next_k: int | None = None
+        #: The newest reading of any sensor that was not late.
+        self._last_ts = -math.inf
+        self.late = 0
+        self.invalid = 0
+        self.restarts = 0
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
         self._states: dict[str, SensorState] = {}
         self._rows = np.zeros(0, dtype=np.int64)
         self._names: tuple[str, ...] = ()
-        self._coarse = {w: _CoarseWindow(spec.stride(ws), len(spec.stats))
-                        for w, ws in enumerate(spec.windows_s) if spec.stride(ws) > 1}
-        self._next_k: int | None = None
-        self.late = 0
-        self.invalid = 0
+        self._coarse = {w: _CoarseWindow(self.spec.stride(ws), len(self.spec.stats))
+                        for w, ws in enumerate(self.spec.windows_s)
+                        if self.spec.stride(ws) > 1}
         self.stuck: frozenset[str] = frozenset()
 
     @property
@@ -183,6 +206,16 @@ class AssetFeatures:
         elif ts <= (self._next_k - 1) * c:
             self.late += 1
             return rows
+        elif 0 < self.spec.idle_gap_s < ts - self._last_ts:
+            # the cell of the last reading closes, then everything starts afresh
+            last_k = self.spec.tick_index(self._last_ts)
+            while self._next_k <= last_k:
+                rows.append((self._next_k * c, self._names, self._close(self._next_k)))
+                self._next_k += 1
+            self.banks.reset(self._rows)
+            self._start_afresh()
+            self.restarts += 1
+            self._next_k = self.spec.tick_index(ts)
         while ts > self._next_k * c:
             rows.append((self._next_k * c, self._names, self._close(self._next_k)))
             self._next_k += 1
@@ -192,12 +225,17 @@ class AssetFeatures:
         elif ts < state.last_ts:
             self.late += 1
             return rows
+        self._last_ts = max(self._last_ts, ts)
         if not state.add(ts, value):
             self.invalid += 1
         return rows
 
     def _add_sensor(self, sensor: str) -> SensorState:
-        state = SensorState(self.spec, sensor, self.banks.allocate())
+        row = self._row_of.get(sensor)
+        if row is None:
+            row = self._row_of[sensor] = self.banks.allocate()
+        state = SensorState(self.spec, sensor, row, self._validity.get(sensor))
+        self._validity[sensor] = state.validity
         self._states = dict(sorted({**self._states, sensor: state}.items()))
         at = list(self._states).index(sensor)
         for window in self._coarse.values():

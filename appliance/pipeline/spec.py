@@ -42,6 +42,12 @@ alone for a sensor nobody configured):
    cost of long-window statistics moving once per coarse cell.
 4. differences: for each configured pair (a, b), grid(a) − grid(b) per tick.
 
+An asset none of whose sensors has sent a reading for more than ``idle_gap_s`` is
+idle: the rows end with the tick whose cell holds its last reading, none are
+made for the silence, and at its next reading every step above starts afresh
+(validity alone keeps its state) — a stopped line is not predicted on, and
+a weekend does not come back as 17,000 rows per asset at once.
+
 The hash covers every setting above, the per-sensor ones included (a sensor whose
 settings equal the pipeline's adds nothing), and ``SEMANTICS``, the version of
 the definitions themselves.
@@ -67,7 +73,7 @@ SENSOR_FEATURES: tuple[str, ...] = ("last", "missing", "stuck", "dev")
 WINDOW_SAMPLES = 60
 #: Raised whenever a feature's definition changes with the settings unchanged (e.g.
 #: the stuck rule), so the hash refuses models computed the old way.  2: validity,
-#: stuck over fresh ticks, change per window, carry in typical intervals.
+#: stuck over fresh ticks, change per window, carry in typical intervals, idle restarts.
 SEMANTICS = 2
 #: A stuck flag needs this many ticks with a reading in the first window.
 STUCK_MIN_COUNT = 2
@@ -118,6 +124,8 @@ class PipelineSpec:
     windows_s: tuple[float, ...]
     #: The carry limit in typical intervals between readings (see step 1).
     max_gap_intervals: float = 3.0
+    #: Silence after which an asset's features start afresh; 0 = never.
+    idle_gap_s: float = 6 * 3600.0
     stats: tuple[str, ...] = STATS
     #: The cleaning step before the grid; None = no cleaning (e.g. variant no_filter).
     clean: CleanSpec | None = None
@@ -136,6 +144,7 @@ class PipelineSpec:
             max_gap_s=cfg.max_gap_s,
             windows_s=tuple(float(w) for w in cfg.effective_windows()),
             max_gap_intervals=cfg.max_gap_intervals,
+            idle_gap_s=cfg.idle_gap_s,
             clean=clean,
             baseline_halflife_s=cfg.baseline_halflife_s,
             differences=tuple((a, b) for a, b in cfg.differences),

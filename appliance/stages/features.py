@@ -62,6 +62,7 @@ class FeaturesStage(Stage):
         self.counters.processed += len(batch.keys)
         self.counters.extra["late_readings"] = sum(a.late for a in assets.values())
         self.counters.extra["invalid_readings"] = sum(a.invalid for a in assets.values())
+        self.counters.extra["idle_restarts"] = sum(a.restarts for a in assets.values())
         self._report_stuck(stuck_before)
         out = []
         for (tick, names), rows in sorted(by_tick.items(), key=lambda kv: kv[0][0]):

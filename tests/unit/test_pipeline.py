@@ -183,6 +183,31 @@ def test_change_over_each_window_in_both_drivers(horizon_s):
     np.testing.assert_allclose(long[settled], 0.01 * max(spec.windows_s), rtol=1e-6)
 
 
+def test_an_idle_asset_makes_no_rows_and_starts_afresh_in_both_drivers():
+    # a line that stops for a weekend: no rows for the silence, and the first rows
+    # after it know nothing of before (a window mean of the new readings alone)
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60,
+                                                   idle_gap_s=3600))
+    rng = np.random.default_rng(12)
+    t0 = 1_700_000_000.0
+    before = irregular_series(rng, t0, 3000, 2.0, drop=0.0)
+    after = irregular_series(rng, t0 + 3000 + 2 * 86400, 3000, 2.0, drop=0.0)
+    series = {"temp": (np.r_[before[0], after[0]], np.r_[before[1], after[1] + 100]),
+              "vib": (np.r_[before[0], after[0]], np.r_[before[1], after[1]])}
+    names, ticks, X = asset_features(spec, series, before[0][0] - 1e-6, after[0][-1])
+    rows, state = live_rows(series, spec)
+    assert state.restarts == 1
+    assert [r[0] for r in rows] == ticks[:len(rows)].tolist()
+    assert len(rows) == len(ticks)
+    np.testing.assert_allclose(np.vstack([r[2] for r in rows]), X[:len(rows)], rtol=1e-9,
+                               equal_nan=True)
+    gap = (ticks > before[0][-1] + 10) & (ticks < after[0][0] - 10)
+    assert not gap.any() and len(ticks) < 700          # no rows for two days of silence
+    resumed = np.searchsorted(ticks, after[0][0])
+    mean = X[:, names.index(f"temp__mean_{min(spec.windows_s):g}s")]
+    assert mean[resumed + 2] > 110                     # the old values (~20) are forgotten
+
+
 def test_one_outage_does_not_stretch_the_carry_limit():
     # 1 Hz, a 30-minute outage, an hour of readings, then the sensor dies: its value
     # is carried max_gap_s (the median interval is still 1 s), not hours
@@ -375,7 +400,7 @@ def test_features_stage_reports_invalid_and_late_readings():
     inbox.put(EndOfStream())
     stage.run(StopSignals())
     assert stage.counters.extra == {"invalid_readings": 2, "late_readings": 1,
-                                    "stuck_sensors": 0}
+                                    "stuck_sensors": 0, "idle_restarts": 0}
 
 
 def test_features_stage_reports_a_stuck_sensor_and_its_recovery(caplog):

@@ -102,7 +102,7 @@ class SensorSpec:
     """One sensor's settings, resolved: its validity limits, grid gap and cleaning."""
 
     max_gap_s: float
-    max_gap_intervals: float = 0.0
+    max_gap_intervals: float
     #: The cleaning step on this sensor's grid; None = not cleaned.
     clean: CleanSpec | None = None
     valid_min: float = -math.inf

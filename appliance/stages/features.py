@@ -35,6 +35,8 @@ class FeaturesStage(Stage):
         self.inbox = inbox
         self.out = out
         self._assets: dict[tuple[str, str], AssetFeatures] = {}
+        for counter in ("late_readings", "invalid_readings", "idle_restarts", "stuck_sensors"):
+            self.counters.extra[counter] = 0
 
     def run(self, signals: StopSignals) -> None:
         while True:
@@ -50,20 +52,21 @@ class FeaturesStage(Stage):
     def _rows(self, batch: StoredReadings) -> list[FeatureRows]:
         by_tick: dict[tuple[float, tuple[str, ...]], list] = defaultdict(list)
         assets = self._assets
-        stuck_before = {key: a.stuck for key, a in assets.items() if a.stuck}
+        #: The counters of each asset this batch touches, as they were before it:
+        #: the status is kept up to date from these, not by summing over every asset.
+        before: dict[tuple[str, str], tuple[int, int, int, frozenset[str]]] = {}
         for k, ts, value in zip(batch.keys, batch.ts.tolist(), batch.values.tolist(),
                                 strict=True):
             key = (k.line, k.asset)
             state = assets.get(key)
             if state is None:
                 state = assets[key] = AssetFeatures(self.spec, self.banks)
+            if key not in before:
+                before[key] = (state.late, state.invalid, state.restarts, state.stuck)
             for tick, names, row in state.push(k.sensor, ts, value):
                 by_tick[(tick, names)].append((key, row))
         self.counters.processed += len(batch.keys)
-        self.counters.extra["late_readings"] = sum(a.late for a in assets.values())
-        self.counters.extra["invalid_readings"] = sum(a.invalid for a in assets.values())
-        self.counters.extra["idle_restarts"] = sum(a.restarts for a in assets.values())
-        self._report_stuck(stuck_before)
+        self._report(before)
         out = []
         for (tick, names), rows in sorted(by_tick.items(), key=lambda kv: kv[0][0]):
             out.append(FeatureRows(
@@ -75,15 +78,19 @@ class FeaturesStage(Stage):
             ))
         return out
 
-    def _report_stuck(self, before: dict[tuple[str, str], frozenset[str]]) -> None:
-        now = {key: a.stuck for key, a in self._assets.items() if a.stuck}
+    def _report(self, before: dict[tuple[str, str], tuple[int, int, int, frozenset[str]]]
+                ) -> None:
         window = self.spec.stuck_window_s
-        for key in before.keys() | now.keys():
-            was, is_ = before.get(key, frozenset()), now.get(key, frozenset())
-            for sensor in sorted(is_ - was):
+        bump = self.counters.bump
+        for key, (late, invalid, restarts, was) in before.items():
+            state = self._assets[key]
+            bump("late_readings", state.late - late)
+            bump("invalid_readings", state.invalid - invalid)
+            bump("idle_restarts", state.restarts - restarts)
+            bump("stuck_sensors", len(state.stuck) - len(was))
+            for sensor in sorted(state.stuck - was):
                 log.warning("sensor %s/%s/%s is stuck: no change over %g s",
                             *key, sensor, window)
             # it moved, or fell silent (then its missing feature says so)
-            for sensor in sorted(was - is_):
+            for sensor in sorted(was - state.stuck):
                 log.info("sensor %s/%s/%s is no longer stuck", *key, sensor)
-        self.counters.extra["stuck_sensors"] = sum(len(s) for s in now.values())

@@ -113,13 +113,9 @@ class IngestStage(Stage):
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             self._accept(msg)
-        except Exception as exc:  # paho would re-raise into its network thread
-            log.exception("ingest: unexpected error on a message")
+        except Exception:  # paho would re-raise into its network thread
+            log.exception("ingest: unexpected error after a message was taken")
             self.counters.errors += 1
-            # Its id is already queued for the ack: keep the message, as a dead letter.
-            with self._lock:
-                self._dead(self._batch, self.clock.time(), msg._topic, msg.payload,
-                           f"internal error: {type(exc).__name__}: {exc}"[:500])
 
     # -- parsing (hot path) ------------------------------------------------------------
     def _accept(self, msg: mqtt.MQTTMessage) -> None:
@@ -162,6 +158,13 @@ class IngestStage(Stage):
                 self._parse_batch(batch, routed, msg, doc, now)
         except (UnroutableTopic, payloads.BadPayload) as exc:
             self._dead(batch, now, raw_topic, msg.payload, str(exc))
+        except Exception as exc:
+            # A bug of ours, not bad input: the message's id is already queued for the
+            # ack, so it is kept as a dead letter with the error, not lost.
+            log.exception("ingest: unexpected error parsing a message")
+            self.counters.errors += 1
+            self._dead(batch, now, raw_topic, msg.payload,
+                       f"internal error: {type(exc).__name__}: {exc}"[:500])
 
     def _route(self, raw_topic: bytes) -> tuple[Routed, SeriesKey | None]:
         try:

@@ -231,10 +231,7 @@ def _run_variant(v: Variant, ds: Dataset, t_start: float, train_until: float,
         details["limit"] = f"`{limit.describe()}`"
         details["budget met on the training window"] = fmt(limit.met_budget)
     else:
-        params = TrainParams(family=v.family, train_fraction=1 - training.validation_fraction,
-                             max_false_per_asset_week=budget, clear_ratio=clear_ratio,
-                             cooldown_s=training.cooldown_s, max_iter=training.max_iter,
-                             threads=training.threads or None, seed=seed)
+        params = TrainParams.from_settings(v.family, training, budget, clear_ratio, seed)
         result = fit(fit_ds, v.spec, t_start, fit_until, params, say)
         loaded, agreement = write(result, model_dir / "model.onnx")
         # Scored by the exported model, as the service would run it.

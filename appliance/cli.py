@@ -69,13 +69,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     seed=args.seed, duration_s=args.duration, host=args.host, port=args.port)
 
 
-#: The entries every stage has in the status; the rest are the stage's own counters.
-_STAGE_STATUS_KEYS = frozenset({"state", "restarts", "last_error", "processed", "errors",
-                                "rate_per_s"})
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
-    from appliance.runner import status_file
+    from appliance.runner import STAGE_STATUS_KEYS, status_file
 
     cfg = _load_config(args.config)
     path = status_file(cfg)
@@ -100,7 +95,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"{s['restarts']:>8}  {s['last_error']}")
     for name, s in snap["stages"].items():
         # a stage's own counters (late, invalid, stuck, dead letters ...), where it has any
-        own = {k: v for k, v in s.items() if k not in _STAGE_STATUS_KEYS}
+        own = {k: v for k, v in s.items() if k not in STAGE_STATUS_KEYS}
         if own:
             print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in own.items()))
     return 0 if snap["state"] == "running" and age < 60 else 1

@@ -76,6 +76,11 @@ def build(cfg: Config) -> Pipeline:
     return Pipeline(cfg, db, report, q, stages, supervisor)
 
 
+#: The entries every stage has in the status; the rest are the stage's own counters.
+STAGE_STATUS_KEYS = frozenset({"state", "restarts", "last_error", "processed", "errors",
+                               "rate_per_s"})
+
+
 def status(p: Pipeline, previous: dict | None = None) -> dict:
     """A JSON-able snapshot: stage health, queue depths, rates, last errors."""
     now = time.time()

@@ -26,7 +26,7 @@ from appliance.pipeline.spec import PipelineSpec
 from appliance.registry import Registry
 from appliance.report import Progress, fmt, minutes, table
 from appliance.training.export import rfc3339
-from appliance.training.train import TrainParams, TrainResult, train_families, write
+from appliance.training.train import FAMILIES, TrainParams, TrainResult, train_families, write
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +43,8 @@ class Trained:
 
 def params_for(cfg: Config, families: Sequence[str], seed: int = 0) -> list[TrainParams]:
     """Training parameters of each family from ``[training]`` and ``[alerts]``."""
-    t = cfg.training
-    return [TrainParams(family=f, train_fraction=1.0 - t.validation_fraction,
-                        max_false_per_asset_week=cfg.alerts.max_false_per_asset_week,
-                        clear_ratio=cfg.alerts.clear_ratio, cooldown_s=t.cooldown_s,
-                        max_iter=t.max_iter, stride=t.stride, threads=t.threads or None,
-                        seed=seed)
+    return [TrainParams.from_settings(f, cfg.training, cfg.alerts.max_false_per_asset_week,
+                                      cfg.alerts.clear_ratio, seed)
             for f in families]
 
 
@@ -98,7 +94,7 @@ def _export_and_register(directory: Path, spec: PipelineSpec,
                          say: Progress) -> list[Trained]:
     registry = Registry(directory)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    short = {"hist_gradient_boosting": "gbt", "logistic_regression": "logistic"}
+    short = {family: name for name, family in FAMILIES.items()}
     out = []
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmp:
         folder = out_dir if out_dir is not None else Path(tmp)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.config import TrainingConfig
 from appliance.pipeline.batch import asset_features
 from appliance.pipeline.spec import PipelineSpec
 from appliance.training import export
@@ -233,6 +234,15 @@ class TrainParams:
         if self.stride < 1 or self.max_iter < 1 or self.max_depth < 1:
             raise ValueError("stride, max_iter and max_depth must be >= 1, got "
                              f"{self.stride!r}, {self.max_iter!r}, {self.max_depth!r}")
+
+    @classmethod
+    def from_settings(cls, family: str, training: TrainingConfig, budget: float,
+                      clear_ratio: float, seed: int = 0) -> TrainParams:
+        """A family's parameters from ``[training]`` and the alert budget and hysteresis."""
+        return cls(family=family, train_fraction=1.0 - training.validation_fraction,
+                   max_false_per_asset_week=budget, clear_ratio=clear_ratio,
+                   cooldown_s=training.cooldown_s, max_iter=training.max_iter,
+                   stride=training.stride, threads=training.threads or None, seed=seed)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

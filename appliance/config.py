@@ -291,8 +291,10 @@ def _build(cls: type, table: dict[str, Any], source: str, section: str) -> Any:
     return cls(**kwargs)
 
 
-#: Variant and sensor names: what an MQTT topic level (and a folder name) may hold.
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: Names of lines, assets, sensors and variants: what an MQTT topic level (and a folder
+#: name) may hold; ``appliance.topics`` and the import's SQL use the same.
+NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
+_NAME = re.compile(NAME_PATTERN)
 
 
 def _build_tables(table: dict[str, Any], cls: type, source: str, section: str,

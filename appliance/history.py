@@ -40,16 +40,13 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from appliance.config import NAME_PATTERN
 from appliance.messages import SeriesKey
 from appliance.storage import database
 from appliance.storage.tables import SeriesRegistry
-from appliance.topics import FAULT_SENSOR
+from appliance.topics import FAULT_SENSOR, is_name
 from appliance.training.train import AssetHistory
 
-#: Names of lines, assets and sensors, as on MQTT topics (``appliance.topics.is_name``),
-#: written out for DuckDB's ``regexp_full_match``.
-NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
-_NAME = re.compile(NAME_PATTERN)
 #: A sensor may not be called this: the topic level is taken by fault events.
 RESERVED_SENSOR = FAULT_SENSOR
 #: Column names understood as the time column, in order of preference.
@@ -460,8 +457,16 @@ def _case(branches: Sequence[str]) -> str:
     return "CASE " + " ".join(branches) + " END"
 
 
-def _problems(con: duckdb.DuckDBPyConnection, staged: _Staged, sql: str, limit: int
-              ) -> list[tuple[int, str]]:
+def _judge_rows(con: duckdb.DuckDBPyConnection, staged: _Staged, t: str,
+                checks: Sequence[str], report: ImportReport) -> None:
+    """Table ``{t}_chk`` of (ord, the first failed check or NULL) for every staged
+    row; the bad rows, DuckDB's own rejects included, counted into ``report``."""
+    con.execute(f"CREATE TEMP TABLE {t}_chk AS SELECT ord, {_case(checks)} AS reason FROM {t}")
+    report.bad_rows = len(staged.rejected) + con.execute(
+        f"SELECT count(*) FROM {t}_chk WHERE reason IS NOT NULL").fetchone()[0]
+
+
+def _problems(con: duckdb.DuckDBPyConnection, sql: str, limit: int) -> list[tuple[int, str]]:
     """(ord, reason) of the first ``limit`` problem rows that ``sql`` selects."""
     return [(int(o), r) for o, r in con.execute(f"{sql} ORDER BY ord LIMIT {limit}").fetchall()]
 
@@ -506,7 +511,7 @@ def import_readings(con: duckdb.DuckDBPyConnection, path: str | Path, *,
     if asset is None and "asset" not in lower:
         raise ImportRefused(f"{path}: no asset column; name the asset with --asset NAME")
     for value, what in ((asset, "asset"), (line, "line")):
-        if value is not None and not _NAME.fullmatch(value):
+        if value is not None and not is_name(value):
             raise ImportRefused(f"{what} {value!r} is not a valid name (1-64 characters of "
                                f"A-Z a-z 0-9 _ . -)")
     keys = {ts_col, "line", "asset"}
@@ -524,7 +529,7 @@ def import_readings(con: duckdb.DuckDBPyConnection, path: str | Path, *,
             raise ImportRefused(f"{path}: no sensor columns: expected long form (ts, asset, "
                                f"sensor, value) or wide form (a time column and one column "
                                f"per sensor); the columns are {', '.join(names)}")
-        bad = [s for s in sensors if not _NAME.fullmatch(s) or s == RESERVED_SENSOR]
+        bad = [s for s in sensors if not is_name(s) or s == RESERVED_SENSOR]
         if bad:
             raise ImportRefused(f"{path}: column names that cannot be sensor names: "
                                f"{', '.join(map(repr, bad))} (1-64 characters of A-Z a-z "
@@ -608,12 +613,9 @@ def _check_readings(con: duckdb.DuckDBPyConnection, staged: _Staged, report: Imp
             f"WHEN {value} IS NULL THEN 'value is empty'",
             f"WHEN NOT isfinite({value}) THEN 'value ' || CAST({value} AS VARCHAR) || "
             f"' is not a finite number'"]
-        con.execute(f"CREATE TEMP TABLE {t}_chk AS SELECT ord, {_case(checks)} AS reason "
-                    f"FROM {t}")
-        report.bad_rows = len(staged.rejected) + con.execute(
-            f"SELECT count(*) FROM {t}_chk WHERE reason IS NOT NULL").fetchone()[0]
-        found = _problems(con, staged, f"SELECT ord, reason FROM {t}_chk WHERE reason IS "
-                                       f"NOT NULL", max_problems)
+        _judge_rows(con, staged, t, checks, report)
+        found = _problems(con, f"SELECT ord, reason FROM {t}_chk WHERE reason IS NOT NULL",
+                          max_problems)
         con.execute(
             f"CREATE TEMP TABLE {valid} AS SELECT s.ord, epoch_us({ts}) AS ts_us, "
             f"{line_expr} AS line, {asset_expr} AS asset, {sensor} AS sensor, "
@@ -622,10 +624,7 @@ def _check_readings(con: duckdb.DuckDBPyConnection, staged: _Staged, report: Imp
     else:
         sensors = [c for c in staged.columns if c not in {ts_col, "line", "asset"}]
         on = ", ".join(staged.col(c) for c in sensors)
-        con.execute(f"CREATE TEMP TABLE {t}_chk AS SELECT ord, {_case(row_checks)} AS reason "
-                    f"FROM {t}")
-        report.bad_rows = len(staged.rejected) + con.execute(
-            f"SELECT count(*) FROM {t}_chk WHERE reason IS NOT NULL").fetchone()[0]
+        _judge_rows(con, staged, t, row_checks, report)
         con.execute(
             f"CREATE TEMP TABLE {t}_cells AS SELECT ord, ts_us, line, asset, sensor, value "
             f"FROM (SELECT s.ord, epoch_us({ts}) AS ts_us, {line_expr} AS line, "
@@ -635,7 +634,7 @@ def _check_readings(con: duckdb.DuckDBPyConnection, staged: _Staged, report: Imp
             f"SELECT count(*) FILTER (value IS NULL OR isnan(value)), "
             f"count(*) FILTER (isinf(value)) FROM {t}_cells").fetchone()
         found = _problems(
-            con, staged,
+            con,
             f"SELECT ord, reason FROM {t}_chk WHERE reason IS NOT NULL UNION ALL "
             f"SELECT ord, sensor || ': value ' || CAST(value AS VARCHAR) || "
             f"' is not a finite number' FROM {t}_cells WHERE isinf(value)", max_problems)
@@ -737,7 +736,7 @@ def import_faults(con: duckdb.DuckDBPyConnection, path: str | Path, *,
     ignored = [lower[c] for c in lower if c not in (*FAULT_COLUMNS, "line")]
     if ignored:
         report.notes.append(f"ignored columns: {', '.join(ignored)}")
-    if not _NAME.fullmatch(line):
+    if not is_name(line):
         raise ImportRefused(f"line {line!r} is not a valid name")
     future_us = _future_limit_us(now, max_future_s)
     say(f"reading fault log {path}")
@@ -760,12 +759,9 @@ def import_faults(con: duckdb.DuckDBPyConnection, path: str | Path, *,
         if "line" in lower:
             checks += _name_check(line_expr, "line")
         checks += _name_check(staged.col("asset"), "asset")
-        con.execute(f"CREATE TEMP TABLE {t}_chk AS SELECT ord, {_case(checks)} AS reason "
-                    f"FROM {t}")
-        report.bad_rows = len(staged.rejected) + con.execute(
-            f"SELECT count(*) FROM {t}_chk WHERE reason IS NOT NULL").fetchone()[0]
-        found = _problems(con, staged, f"SELECT ord, reason FROM {t}_chk WHERE reason IS "
-                                       f"NOT NULL", max_problems)
+        _judge_rows(con, staged, t, checks, report)
+        found = _problems(con, f"SELECT ord, reason FROM {t}_chk WHERE reason IS NOT NULL",
+                          max_problems)
         report.problems = _first_problems(staged, found, max_problems)
         # Events: a start per fault, an end where known; the first of repeats is kept.
         con.execute(

@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from appliance.config import Config
+from appliance.config import NAME_PATTERN, Config
 
 FAULT_SENSOR = "fault"
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_NAME = re.compile(NAME_PATTERN)
 
 
 def is_name(text: str) -> bool:

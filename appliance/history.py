@@ -146,10 +146,6 @@ class ImportReport:
     t_to: float = math.nan
     seconds: float = 0.0
 
-    @property
-    def skipped(self) -> int:
-        return self.bad_rows + self.bad_values + self.repeated_in_file + self.already_stored
-
     def summary(self) -> str:
         from appliance.training.export import rfc3339
 

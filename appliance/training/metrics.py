@@ -207,16 +207,13 @@ def best_within_budget(curve: Sequence[EventMetrics], max_false_per_asset_week: 
 
 def choose_threshold(scores: Sequence[AssetScores], horizon_s: float,
                      max_false_per_asset_week: float = 1.0, clear_ratio: float = 0.8,
-                     lo: float = 0.02, hi: float = 0.995,
-                     candidates: np.ndarray | None = None) -> tuple[EventMetrics, bool]:
+                     lo: float = 0.02, hi: float = 0.995) -> tuple[EventMetrics, bool]:
     """The threshold with the best recall whose false alarms stay within the budget.
 
-    Candidates are ``threshold_candidates(scores, lo, hi)`` unless given.  Ties
+    Candidates are ``threshold_candidates(scores, lo, hi)``.  Ties
     go to fewer false alarms, then to the higher threshold.  Returns the metrics
     at the chosen threshold and whether the budget was met (when no candidate
     meets it, the one with the fewest false alarms per asset-week is returned).
     """
-    if candidates is None:
-        candidates = threshold_candidates(scores, lo, hi)
-    curve = metrics_curve(scores, horizon_s, clear_ratio, candidates)
+    curve = metrics_curve(scores, horizon_s, clear_ratio, threshold_candidates(scores, lo, hi))
     return best_within_budget(curve, max_false_per_asset_week)

@@ -100,6 +100,31 @@ def test_rows_already_stored_or_repeated_in_the_file_are_not_stored_twice(tmp_pa
     assert stored(con) == 4
 
 
+def test_an_import_interrupted_while_storing_stores_nothing(tmp_path, con):
+    import io
+
+    from appliance.report import Progress
+
+    class Interrupted(Progress):
+        """Ctrl-C as the first stored chunk's progress is drawn: rows already written."""
+
+        def bar(self, label: str, fraction: float) -> None:
+            if label.startswith("storing"):
+                raise KeyboardInterrupt
+            super().bar(label, fraction)
+
+    first = write(tmp_path / "first.csv", "ts,line,asset,sensor,value\n"
+                  "2025-01-01T00:00:00Z,l1,a1,temp,1\n")
+    history.import_readings(con, first)
+    before = (stored(con), stored(con, "SELECT count(*) FROM series"))
+    more = write(tmp_path / "more.csv", "ts,line,asset,sensor,value\n" + "".join(
+        f"2025-01-01T00:{m:02d}:00Z,l2,b{m % 3},temp,{m}\n" for m in range(1, 60)))
+    with pytest.raises(KeyboardInterrupt):
+        history.import_readings(con, more, progress=Interrupted(io.StringIO()))
+    assert (stored(con), stored(con, "SELECT count(*) FROM series")) == before
+    assert history.import_readings(con, more).stored == 59   # and it can be run again
+
+
 def test_wide_form_with_asset_column_empty_cells_and_infinite_values(tmp_path, con):
     f = write(tmp_path / "w.csv",
               "timestamp,asset,temp,pressure\n"

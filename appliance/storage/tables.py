@@ -96,7 +96,7 @@ def insert_dead_letters(con: duckdb.DuckDBPyConnection, dead: list[DeadLetter]) 
     if not dead:
         return
     batch = {  # noqa: F841 - scanned by DuckDB; columnar: executemany is ~100x slower
-        "ts_us": np.array([round(d.received_at * 1e6) for d in dead], dtype=np.int64),
+        "ts_us": to_timestamp_us(np.array([d.received_at for d in dead])),
         "topic": np.array([d.topic for d in dead], dtype=object),
         "payload": np.array([d.payload for d in dead], dtype=object),
         "reason": np.array([d.reason for d in dead], dtype=object),

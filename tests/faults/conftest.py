@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,34 +17,29 @@ import pytest
 from tests.faults.faultkit import FaultService, ReadingPublisher
 
 
+def _tracked(make: Callable, close: Callable) -> Iterator[Callable]:
+    """A factory fixture's body: ``make``'s results, all closed at the end."""
+    made: list = []
+
+    def tracked(*args, **kw):
+        made.append(make(*args, **kw))
+        return made[-1]
+
+    yield tracked
+    for thing in made:
+        close(thing)
+
+
 @pytest.fixture
 def fault_service() -> Iterator:
     """``make(config, db)`` → a FaultService (not started); all are killed at the end."""
-    made: list[FaultService] = []
-
-    def make(config: Path, db: Path) -> FaultService:
-        svc = FaultService(config, db)
-        made.append(svc)
-        return svc
-
-    yield make
-    for svc in made:
-        svc.kill()
+    yield from _tracked(FaultService, FaultService.kill)
 
 
 @pytest.fixture
 def publishers() -> Iterator:
     """``make(broker, total, **kw)`` → a ReadingPublisher (not started); closed at the end."""
-    made: list[ReadingPublisher] = []
-
-    def make(broker, total: int, **kw) -> ReadingPublisher:
-        pub = ReadingPublisher(broker, total, **kw)
-        made.append(pub)
-        return pub
-
-    yield make
-    for pub in made:
-        pub.close()
+    yield from _tracked(ReadingPublisher, ReadingPublisher.close)
 
 
 @pytest.fixture

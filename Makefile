@@ -34,7 +34,7 @@ demo: install mosquitto
 	$(BIN)/appliance demo
 
 test: install mosquitto
-	$(BIN)/ruff check appliance kernels tests bench
+	$(BIN)/ruff check appliance kernels tests
 	$(BIN)/python -m pytest -q
 
 bench: install
@@ -42,7 +42,7 @@ bench: install
 	$(BIN)/appliance bench ingest
 
 lint: install
-	$(BIN)/ruff check appliance kernels tests bench
+	$(BIN)/ruff check appliance kernels tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info kernels/*.c kernels/*.so

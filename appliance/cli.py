@@ -25,32 +25,48 @@ def _load_config(path: str | None) -> config_mod.Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from appliance.models.contract import ModelError
+
     cfg = _load_config(args.config)
     if args.check_config:
         return _check(cfg)
-    from appliance import runner
+    from appliance.service import runner
 
-    return runner.run(cfg)
+    try:
+        return runner.run(cfg)
+    except ModelError as exc:
+        print(f"appliance run: {cfg.source}: no model can serve ({exc}); promote one "
+              f"(appliance models promote NAME) or set [model] required = false to collect "
+              f"history without one", file=sys.stderr)
+        return 2
 
 
 def _check(cfg: config_mod.Config) -> int:
-    """Validate the config and the model it names, without starting anything."""
-    from appliance.model import ModelError, load_model
-    from appliance.pipeline.spec import PipelineSpec
+    """Validate the config and the model that will serve, without starting anything."""
+    from appliance.models.contract import ModelError
+    from appliance.models.watcher import serving_model
+    from appliance.service.runner import spec_hash
 
-    spec = PipelineSpec.from_config(cfg.pipeline)
     try:
-        model = load_model(cfg.resolve(cfg.model.path), spec.hash)
+        serving = serving_model(cfg)
     except ModelError as exc:
-        print(f"{cfg.source}: [model] path: {exc}", file=sys.stderr)
-        return 2
+        if cfg.model.required:
+            print(f"{cfg.source}: [model]: no model can serve: {exc}", file=sys.stderr)
+            return 2
+        model = f"none ({exc}; [model] required = false: history is collected, nothing " \
+                f"predicted)"
+    else:
+        model = serving.model.name
+        if serving.refused_active:
+            print(f"{cfg.source}: warning: {serving.refused_active}; the fallback serves",
+                  file=sys.stderr)
     print(f"{cfg.source}: OK (broker {cfg.mqtt.host}:{cfg.mqtt.port}, database "
-          f"{cfg.resolve(cfg.storage.path)}, model {model.name}, spec {spec.hash})")
+          f"{cfg.resolve(cfg.storage.path)}, model {model}, spec {spec_hash(cfg)})")
     return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from appliance import simulator
+    from appliance.devtools import simulator
 
     if args.to_files:
         simulator.to_files(args.to_files, days=args.days, assets=args.assets, hz=args.hz,
@@ -63,17 +79,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from appliance import demo
+    from appliance.devtools import demo
 
     return demo.run(data_dir=Path(args.data_dir), assets=args.assets, speedup=args.speedup,
                     seed=args.seed, duration_s=args.duration, host=args.host, port=args.port)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from appliance.runner import STAGE_STATUS_KEYS, status_file
+    from appliance.service import status
 
     cfg = _load_config(args.config)
-    path = status_file(cfg)
+    path = status.status_file(cfg)
     try:
         snap = json.loads(path.read_text())
     except FileNotFoundError:
@@ -81,28 +97,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     age = time.time() - snap["ts"]
-    if args.json:
-        print(json.dumps(snap, indent=2))
-        return 0
-    print(f"state {snap['state']} (as of {age:.0f} s ago), version {snap['version']}, "
-          f"model {snap['model']}, MQTT {'connected' if snap['mqtt_connected'] else 'DOWN'}")
-    if snap.get("damaged_wal"):
-        print(f"!! damaged write-ahead log set aside at {snap['damaged_wal']}")
-    print("queues: " + ", ".join(f"{k} {v}" for k, v in snap["queues"].items()))
-    print(f"{'stage':10} {'state':10} {'processed':>10} {'rate/s':>8} {'restarts':>8}  last error")
-    for name, s in snap["stages"].items():
-        print(f"{name:10} {s['state']:10} {s['processed']:>10} {s.get('rate_per_s', 0):>8} "
-              f"{s['restarts']:>8}  {s['last_error']}")
-    for name, s in snap["stages"].items():
-        # a stage's own counters (late, invalid, stuck, dead letters ...), where it has any
-        own = {k: v for k, v in s.items() if k not in STAGE_STATUS_KEYS}
-        if own:
-            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in own.items()))
+    print(json.dumps(snap, indent=2) if args.json else status.text(snap, age))
     return 0 if snap["state"] == "running" and age < 60 else 1
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
-    from appliance import sql
+    from appliance.storage import query as sql
 
     cfg = _load_config(args.config)
     path = Path(args.db) if args.db else cfg.resolve(cfg.storage.path)
@@ -110,9 +110,9 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from appliance.model import ModelError, load_model
-    from appliance.pipeline.spec import PipelineSpec
-    from appliance.registry import Registry
+    from appliance.features.spec import PipelineSpec
+    from appliance.models.contract import ModelError, load_model
+    from appliance.models.registry import Registry
 
     cfg = _load_config(args.config)
     spec_hash = PipelineSpec.from_config(cfg.pipeline).hash
@@ -165,8 +165,10 @@ def _db_path(cfg: config_mod.Config, db: str | None) -> Path:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
-    from appliance import history
-    from appliance.report import Progress
+    from appliance.console import Progress
+    from appliance.importer.command import import_into
+    from appliance.importer.report import ImportRefused
+    from appliance.storage.database import DatabaseBusy
 
     if not args.file and not args.faults:
         print("appliance import: name a readings file, --faults FILE, or both", file=sys.stderr)
@@ -174,14 +176,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     db = _db_path(cfg, args.db)
     try:
-        reports = history.import_into(
+        reports = import_into(
             db, args.file, args.faults, asset=args.asset, line=args.line,
             max_future_s=cfg.limits.max_future_s, progress=Progress(enabled=not args.quiet),
             max_problems=args.show_bad)
-    except history.DatabaseBusy as exc:
+    except DatabaseBusy as exc:
         print(f"appliance import: {exc}", file=sys.stderr)
         return 1
-    except history.ImportRefused as exc:
+    except ImportRefused as exc:
         print(f"appliance import: {exc}", file=sys.stderr)
         return 2
     for report in reports:
@@ -191,14 +193,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from appliance.history import DatabaseBusy
-    from appliance.report import Progress
-    from appliance.training import run
+    from appliance.console import Progress
+    from appliance.storage.database import DatabaseBusy
+    from appliance.training import command
 
     cfg = _load_config(args.config)
     families = list(config_mod.FAMILIES) if args.family == "both" else [args.family]
     try:
-        trained = run.train_from_database(
+        trained = command.train_from_database(
             cfg, _db_path(cfg, args.db), families,
             Path(args.out_dir) if args.out_dir else None,
             Progress(enabled=not args.quiet), seed=args.seed)
@@ -208,7 +210,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"appliance train: cannot train: {exc}", file=sys.stderr)
         return 1
-    print(run.summary_table(trained))
+    print(command.summary_table(trained))
     print(f"validation metrics at the chosen threshold (budget "
           f"{cfg.alerts.max_false_per_asset_week:g} false alarms per asset-week); "
           f"activate a model with: appliance models promote {trained[0].name}")
@@ -216,9 +218,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
-    from appliance import backtest
-    from appliance.history import DatabaseBusy, ImportRefused
-    from appliance.report import Progress
+    from appliance.console import Progress
+    from appliance.importer.report import ImportRefused
+    from appliance.storage.database import DatabaseBusy
+    from appliance.training import backtest, backtest_report
 
     cfg = _load_config(args.config)
     if args.faults and not args.readings:
@@ -232,6 +235,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             db=None if args.readings else _db_path(cfg, args.db),
             readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
             progress=Progress(enabled=not args.quiet), seed=args.seed)
+        if args.out:
+            backtest_report.write_report(result, Path(args.out))
     except DatabaseBusy as exc:
         print(f"appliance backtest: {exc}", file=sys.stderr)
         return 1
@@ -249,14 +254,14 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "kernels":
-        from appliance.benchmarks import kernels
+        from appliance.devtools.bench import kernels
 
         return kernels.run(json_output=args.json)
     if args.what == "memory":
-        from appliance.benchmarks import memory
+        from appliance.devtools.bench import memory
 
         return memory.run(json_output=args.json, assets=args.assets)
-    from appliance.benchmarks import ingest
+    from appliance.devtools.bench import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
 

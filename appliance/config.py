@@ -116,8 +116,13 @@ class PipelineConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    #: The model served while the registry has no active model.
-    path: str = "models/starter.onnx"
+    #: The model served while the registry has no active model; empty = the starter
+    #: model shipped in the package.
+    path: str = ""
+    #: Refuse to start when no model can be loaded.  false: start anyway, store readings
+    #: and compute features, predict nothing until a model is promoted (a new line
+    #: collecting history before any model exists); the log and the status say so.
+    required: bool = True
     #: The registry folder (``appliance models``); empty = "models" beside the database.
     dir: str = ""
     #: How often the service looks for a newly promoted or dropped-in model.
@@ -157,10 +162,13 @@ class StatusConfig:
     interval_s: float = field(default=5.0, metadata=_range(0.1))
 
 
-#: Model families of ``appliance train`` (``--family``).
-FAMILIES: tuple[str, ...] = ("gbt", "logistic")
-#: Families a backtest variant may use: the trained ones and a tuned single-sensor limit.
-VARIANT_FAMILIES: tuple[str, ...] = (*FAMILIES, "static_threshold")
+#: The model families of ``appliance train`` (``--family``), each with the family name
+#: a model records in its metadata: the one table of families.
+FAMILIES: dict[str, str] = {"gbt": "hist_gradient_boosting", "logistic": "logistic_regression"}
+#: A backtest's tuned single-sensor limit: a variant family, never a trained model.
+STATIC_FAMILY = "static_threshold"
+#: Families a backtest variant may use.
+VARIANT_FAMILIES: tuple[str, ...] = (*FAMILIES, STATIC_FAMILY)
 
 
 @dataclass(frozen=True, slots=True)

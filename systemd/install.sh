@@ -12,7 +12,6 @@ mkdir -p /opt/appliance /etc/appliance /var/lib/appliance/models
 cp -a "$src/." /opt/appliance/
 make -C /opt/appliance install
 cp -n "$src/systemd/appliance.toml" /etc/appliance/appliance.toml
-cp "$src/models/starter.onnx" /var/lib/appliance/models/
 chown -R appliance:appliance /var/lib/appliance
 cp "$src/systemd/appliance.service" /etc/systemd/system/appliance.service
 systemctl daemon-reload

@@ -9,58 +9,24 @@ prediction, on to the record stage.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 
 import paho.mqtt.client as mqtt
 
+from appliance.alarm import AlarmState
 from appliance.config import Config
 from appliance.messages import AlertEvent, Alerts, EndOfStream, Prediction, Predictions
-from appliance.mqtt import connect, make_client
+from appliance.mqtt import payloads
+from appliance.mqtt.client import connect, make_client
+from appliance.mqtt.topics import Topics
 from appliance.stages.base import Stage, StopSignals, put, take
-from appliance.topics import Topics
 
 log = logging.getLogger(__name__)
 
 #: Messages paho may hold while the broker is away; alerts are in DuckDB too.
 MAX_QUEUED_PUBLISHES = 10_000
-
-
-class AlertState:
-    """Hysteresis of one asset: ``update`` returns the new state on a change."""
-
-    __slots__ = ("clear_ratio", "raised")
-
-    def __init__(self, clear_ratio: float) -> None:
-        self.clear_ratio = clear_ratio
-        self.raised = False
-
-    def update(self, probability: float, threshold: float) -> str | None:
-        if not self.raised and probability >= threshold:
-            self.raised = True
-            return "raised"
-        if self.raised and probability < threshold * self.clear_ratio:
-            self.raised = False
-            return "cleared"
-        return None
-
-
-def alert_payload(alert: AlertEvent) -> bytes:
-    """The JSON of the external contract (DESIGN.md, "Alerts")."""
-    return json.dumps({
-        "asset": alert.asset,
-        "line": alert.line,
-        "ts": alert.ts,
-        "state": alert.state,
-        "probability": round(alert.probability, 6),
-        "threshold": alert.threshold,
-        "horizon_s": alert.horizon_s,
-        "model": alert.model,
-        "top_factors": [{"feature": f.feature, "value": f.value,
-                         "contribution": round(f.contribution, 6)} for f in alert.top_factors],
-    }).encode()
 
 
 class AlertStage(Stage):
@@ -73,7 +39,7 @@ class AlertStage(Stage):
         self.topics = Topics.from_config(cfg)
         self.inbox = inbox
         self.out = out
-        self._states: dict[tuple[str, str], AlertState] = {}
+        self._states: dict[tuple[str, str], AlarmState] = {}
         self._client: mqtt.Client | None = None
         self.connected = threading.Event()
 
@@ -108,7 +74,7 @@ class AlertStage(Stage):
         key = (p.line, p.asset)
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = AlertState(self.cfg.alerts.clear_ratio)
+            state = self._states[key] = AlarmState(self.cfg.alerts.clear_ratio)
         change = state.update(p.probability, p.threshold)
         if change is None:
             return None
@@ -120,8 +86,8 @@ class AlertStage(Stage):
         client = self._client
         if client is None:
             return
-        info = client.publish(self.topics.alert(alert.line, alert.asset), alert_payload(alert),
-                              qos=1, retain=True)
+        info = client.publish(self.topics.alert(alert.line, alert.asset),
+                              payloads.alert_payload(alert), qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             log.warning("alert publish for %s failed: %s", alert.asset, mqtt.error_string(info.rc))
 

@@ -16,9 +16,9 @@ from collections import defaultdict
 import numpy as np
 
 from appliance.config import Config
+from appliance.features.live import AssetFeatures, FeatureBanks
+from appliance.features.spec import PipelineSpec
 from appliance.messages import EndOfStream, FeatureRows, StoredReadings
-from appliance.pipeline.live import AssetFeatures, FeatureBanks
-from appliance.pipeline.spec import PipelineSpec
 from appliance.stages.base import Stage, StopSignals, put, take
 
 log = logging.getLogger(__name__)

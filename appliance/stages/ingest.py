@@ -19,13 +19,13 @@ import time
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from appliance import payloads
 from appliance.clock import Clock, WallClock
 from appliance.config import Config
 from appliance.messages import Committed, DeadLetter, EndOfStream, Inbound, SeriesKey
-from appliance.mqtt import connect, make_client, reason_failed
+from appliance.mqtt import payloads
+from appliance.mqtt.client import connect, make_client, reason_failed
+from appliance.mqtt.topics import Route, Routed, Topics, UnroutableTopic
 from appliance.stages.base import POLL_S, Stage, StopSignals, put
-from appliance.topics import Route, Routed, Topics, UnroutableTopic
 
 log = logging.getLogger(__name__)
 

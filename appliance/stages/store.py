@@ -23,7 +23,7 @@ from appliance.config import Config
 from appliance.messages import Committed, EndOfStream, Inbound, StoredReadings
 from appliance.stages.base import Stage, StopSignals, put, take
 from appliance.storage import tables
-from appliance.storage.database import to_timestamp_us
+from appliance.timefmt import to_us
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class StoreStage(Stage):
         con.execute("BEGIN")
         try:
             sids = registry.ids(con, keys)
-            ts_us = to_timestamp_us(ts)
+            ts_us = to_us(ts)
             if any(b.redelivered for b in batches):
                 keep = _first_occurrence(sids, ts_us) & ~tables.stored_already(con, sids, ts_us)
                 dropped = int((~keep).sum())

@@ -1,4 +1,5 @@
-"""Opening the DuckDB file, running numbered migrations, recovering a damaged log.
+"""Opening the DuckDB file (the service's one connection, an offline tool's, or an
+in-memory one), running numbered migrations, recovering a damaged log.
 
 Writes are columnar (a dict of numpy arrays scanned by DuckDB), never row by row.
 """
@@ -6,6 +7,7 @@ Writes are columnar (a dict of numpy arrays scanned by DuckDB), never row by row
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -13,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 
 import duckdb
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,52 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path, report: OpenReport) -> i
     return current
 
 
-def to_timestamp_us(ts: np.ndarray) -> np.ndarray:
-    """Event times (float seconds) as int64 microseconds, the unit stored."""
-    return np.round(np.asarray(ts, dtype=np.float64) * 1e6).astype(np.int64)
+class DatabaseBusy(RuntimeError):
+    """The database file is held by another process (normally the running service)."""
+
+
+def open_offline(path: str | Path, memory_limit: str = "1GB", read_only: bool = False
+                  ) -> duckdb.DuckDBPyConnection:
+    """Open (creating and migrating if needed) the database file for an offline tool.
+
+    Raises ``DatabaseBusy`` when another process holds the file.  That check
+    comes first: ``connect`` treats any open error as a damaged
+    write-ahead log and would move the running service's log aside.
+    ``read_only`` opens an existing file without changing it.
+    """
+    path = Path(path)
+    if read_only and not path.exists():
+        raise ValueError(f"no database at {path} (import a history first, or pass --db)")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only,
+                             config={"memory_limit": memory_limit})
+    except duckdb.Error as exc:
+        text = str(exc)
+        if "lock" not in text.lower():
+            if read_only:
+                raise ValueError(f"{path}: cannot open the database: "
+                                 f"{_first_line(exc)}") from None
+            con, _report = connect(path, memory_limit)
+            return con
+        pid = re.search(r"PID (\d+)", text)
+        holder = f" (process {pid.group(1)})" if pid else ""
+        raise DatabaseBusy(
+            f"{path} is in use by another process{holder}: the service is running; stop it "
+            f"(sudo systemctl stop appliance) and try again, or work from files "
+            f"(appliance backtest --readings FILE --faults FILE)") from None
+    if not read_only:
+        migrate(con, path, OpenReport())
+    return con
+
+
+def open_memory() -> duckdb.DuckDBPyConnection:
+    """A migrated in-memory database (history read from files)."""
+    con = duckdb.connect(":memory:")
+    migrate(con, Path(":memory:"), OpenReport())
+    return con
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

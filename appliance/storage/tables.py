@@ -7,6 +7,7 @@ go in as a dict of numpy arrays that DuckDB scans in one statement.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -19,7 +20,8 @@ from appliance.messages import (
     Prediction,
     SeriesKey,
 )
-from appliance.storage.database import to_timestamp_us
+from appliance.mqtt.payloads import alert_document
+from appliance.timefmt import to_us
 
 
 class SeriesRegistry:
@@ -89,14 +91,14 @@ def insert_faults(con: duckdb.DuckDBPyConnection, faults: list[FaultEvent],
         return
     con.executemany(
         "INSERT INTO faults VALUES (make_timestamp(?), ?, ?, ?, ?, ?)",
-        [(round(f.ts * 1e6), f.line, f.asset, f.state, f.code, source) for f in faults])
+        [(to_us(f.ts), f.line, f.asset, f.state, f.code, source) for f in faults])
 
 
 def insert_dead_letters(con: duckdb.DuckDBPyConnection, dead: list[DeadLetter]) -> None:
     if not dead:
         return
     batch = {  # noqa: F841 - scanned by DuckDB; columnar: executemany is ~100x slower
-        "ts_us": to_timestamp_us(np.array([d.received_at for d in dead])),
+        "ts_us": to_us(np.array([d.received_at for d in dead])),
         "topic": np.array([d.topic for d in dead], dtype=object),
         "payload": np.array([d.payload for d in dead], dtype=object),
         "reason": np.array([d.reason for d in dead], dtype=object),
@@ -109,7 +111,7 @@ def insert_predictions(con: duckdb.DuckDBPyConnection, items: list[Prediction]) 
     if not items:
         return
     batch = {  # noqa: F841 - scanned by DuckDB
-        "ts_us": to_timestamp_us(np.array([p.ts for p in items])),
+        "ts_us": to_us(np.array([p.ts for p in items])),
         "line": np.array([p.line for p in items], dtype=object),
         "asset": np.array([p.asset for p in items], dtype=object),
         "probability": np.array([p.probability for p in items], dtype=np.float64),
@@ -121,25 +123,34 @@ def insert_predictions(con: duckdb.DuckDBPyConnection, items: list[Prediction]) 
 
 
 def insert_alerts(con: duckdb.DuckDBPyConnection, alerts: list[AlertEvent]) -> None:
+    """The alerts as published: the numbers of ``payloads.alert_document``."""
     if not alerts:
         return
+    docs = [alert_document(a) for a in alerts]
     con.executemany(
         "INSERT INTO alerts VALUES (make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(round(a.ts * 1e6), a.line, a.asset, a.state, a.probability, a.threshold,
-          a.horizon_s, a.model, factors_json(a)) for a in alerts])
-
-
-def factors_json(alert: AlertEvent) -> str:
-    return json.dumps([{"feature": f.feature, "value": f.value, "contribution": f.contribution}
-                       for f in alert.top_factors])
+        [(to_us(d["ts"]), d["line"], d["asset"], d["state"], d["probability"], d["threshold"],
+          d["horizon_s"], d["model"], json.dumps(d["top_factors"])) for d in docs])
 
 
 def insert_model_event(con: duckdb.DuckDBPyConnection, event: ModelEvent) -> None:
     """One row per model the service activated, found or refused (``status``)."""
+    insert_model(con, event.ts, event.name, event.sha256, event.path, event.spec_hash,
+                 event.status, {"detail": event.detail} if event.detail else None)
+
+
+def insert_model(con: duckdb.DuckDBPyConnection, ts: float, name: str, sha256: str, path: str,
+                 spec_hash: str, status: str, metrics: dict[str, Any] | None) -> None:
+    """A row of ``models``: created at ``ts``, and promoted then when ``status`` is active."""
     con.execute(
         "INSERT INTO models (name, sha256, path, spec_hash, created_at, promoted_at, status, "
         "metrics) VALUES (?, ?, ?, ?, make_timestamp(?), "
         "CASE WHEN ? = 'active' THEN make_timestamp(?) END, ?, ?)",
-        [event.name, event.sha256, event.path, event.spec_hash, round(event.ts * 1e6),
-         event.status, round(event.ts * 1e6), event.status,
-         json.dumps({"detail": event.detail}) if event.detail else None])
+        [name, sha256, path, spec_hash, to_us(ts), status, to_us(ts), status,
+         json.dumps(metrics) if metrics is not None else None])
+
+
+def insert_training_run(con: duckdb.DuckDBPyConnection, started: float, ended: float,
+                        model: str | None, status: str, detail: dict[str, Any]) -> None:
+    con.execute("INSERT INTO training_runs VALUES (make_timestamp(?), make_timestamp(?), ?, ?, ?)",
+                [to_us(started), to_us(ended), model, status, json.dumps(detail)])

@@ -1,11 +1,15 @@
-"""Training: labels, event metrics, fitting, and ONNX export under the model contract.
+"""Training and backtests, offline (a command, or a child process of the service):
 
 * ``labels``  — which prediction ticks are positive, and which are left out;
 * ``metrics`` — alarm episodes and event metrics (recall, false alarms per
-  asset-week, lead time), and the threshold choice built on them;
-* ``train``   — feature matrices from history with the batch pipeline, the fit,
-  the reference distributions;
+  asset-week, lead time) under the service's alarm rule, and the threshold choice;
+* ``dataset`` — feature rows and labels of many assets, from the batch pipeline;
+* ``families`` — the model families and their parameters;
+* ``fit``     — the time split, the fit, the threshold, the reference distributions;
 * ``export``  — ONNX export with the metadata of ``models/README.md``;
-* ``starter`` — ``python -m appliance.training.starter``: the demo's model from
+* ``static_threshold`` — a tuned single-sensor limit, the baseline a model must beat;
+* ``command`` — ``appliance train``: history from the database, fit, register;
+* ``backtest`` and ``backtest_report`` — ``appliance backtest`` and its report;
+* ``starter`` — ``python -m appliance.training.starter``: the starter model from
   simulated history.
 """

@@ -1,7 +1,7 @@
 """ONNX export of a fitted scikit-learn classifier, with the contract's metadata.
 
 The metadata keys and their meaning are defined in ``models/README.md`` and
-checked by ``appliance.model.load_model``; ``write_model`` writes the file and
+checked by ``appliance.models.contract.load_model``; ``write_model`` writes the file and
 loads it back through that check, so a model this module wrote is one the
 service accepts.
 """
@@ -20,12 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from appliance import model as contract
-
-
-def rfc3339(ts: float) -> str:
-    """Unix seconds → ``YYYY-MM-DDTHH:MM:SSZ`` (UTC)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+from appliance.models import contract
+from appliance.timefmt import rfc3339
 
 
 def _num(x: float) -> float | None:

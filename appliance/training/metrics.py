@@ -1,9 +1,8 @@
 """Event metrics: what a line engineer counts, computed from per-tick probabilities.
 
-Alarms follow the alert stage's rule: an alarm is *raised* at the first usable
-tick with probability >= threshold and *cleared* at the first tick below
-threshold × clear_ratio; a tick that is not usable (see ``labels``) clears it
-too.  An *episode* is one raise.
+Alarms follow the service's own rule, ``appliance.alarm`` (raise at the
+threshold, clear below threshold × clear_ratio, NaN holds); a tick that is not
+usable (see ``labels``) clears it too.  An *episode* is one raise.
 
 * a fault is *caught* when an alarm is active at some usable tick in
   [start − horizon, start); only faults with start in [first tick + horizon,
@@ -28,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from appliance.alarm import alarm_active
 
 _WEEK_S = 7 * 86400.0
 
@@ -67,20 +68,6 @@ class EventMetrics:
             else:
                 out[key] = value
         return out
-
-
-def alarm_active(probability: np.ndarray, usable: np.ndarray, threshold: float,
-                 clear_ratio: float = 0.8) -> np.ndarray:
-    """Per tick, whether an alarm is active (hysteresis: raise at threshold, clear below
-    threshold × clear_ratio or at an unusable tick)."""
-    p = np.asarray(probability, dtype=np.float64)
-    ok = np.asarray(usable, dtype=bool)
-    idx = np.arange(len(p))
-    hi = ok & (p >= threshold)
-    lo = ~ok | ~(p >= threshold * clear_ratio)  # NaN probability clears
-    last_hi = np.maximum.accumulate(np.where(hi, idx, -1)) if len(p) else idx
-    last_lo = np.maximum.accumulate(np.where(lo, idx, -1)) if len(p) else idx
-    return last_hi > last_lo
 
 
 def _asset_counts(s: AssetScores, threshold: float, horizon_s: float, clear_ratio: float

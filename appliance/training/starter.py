@@ -4,7 +4,7 @@
 
 Simulates the line in memory with ``appliance.simulator``, computes features
 with the default pipeline spec (``PipelineConfig()``), trains with
-``appliance.training.train`` and writes an ONNX file that follows
+``appliance.training.fit`` and writes an ONNX file that follows
 ``models/README.md``.  The same arguments give the same model (only the
 ``created_at`` metadata changes).
 """
@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.config import PipelineConfig
-from appliance.pipeline.spec import PipelineSpec
-from appliance.simulator import History, simulate_history
-from appliance.training.train import AssetHistory, TrainParams, train, write
+from appliance.devtools.simulator import History, simulate_history
+from appliance.features.spec import PipelineSpec
+from appliance.storage.history import AssetHistory
+from appliance.training.families import TrainParams
+from appliance.training.fit import train, write
 
 
 def histories_of(hist: History) -> list[AssetHistory]:

@@ -1,7 +1,7 @@
 """Fixtures of the fault-injection suite (``tests/faults``).
 
-The broker (``broker``) and ``tests.conftest`` helpers come from the suite's root
-conftest; these add the service with its database anywhere, publishers that are
+The broker (``broker``) comes from the suite's root conftest and the helpers from
+``tests.support``; these add the service with its database anywhere, publishers that are
 always closed, and a small tmpfs for the disk-full test.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.faultkit import FaultService, ReadingPublisher
+from tests.support.faults import FaultService, ReadingPublisher
 
 
 def _tracked(make: Callable, close: Callable) -> Iterator[Callable]:

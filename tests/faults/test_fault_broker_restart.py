@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from tests.faults.faultkit import fault_config, stage, tally, wait_drained
+from tests.support.faults import fault_config, stage, tally, wait_drained
 
 RESTARTS = 5
 RATE = 3000.0

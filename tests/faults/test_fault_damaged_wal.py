@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from tests.faults.faultkit import fault_config, stage, tally, wait_drained
+from tests.support.faults import fault_config, stage, tally, wait_drained
 
 RATE = 3000.0
 OPEN = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from tests.faults.faultkit import (
+from tests.support.faults import (
     StatusWatcher,
     fault_config,
     settled,

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 
 from appliance.config import Config
 from appliance.stages.ingest import IngestStage
-from tests.faults.faultkit import (
+from tests.support.faults import (
     ListPublisher,
     fault_config,
     query,

@@ -22,10 +22,9 @@ import numpy as np
 import onnx
 
 from appliance import config as config_mod
-from appliance.model import load_model
-from appliance.pipeline.spec import PipelineSpec
-from tests.conftest import STARTER_MODEL
-from tests.faults.faultkit import (
+from appliance.features.spec import PipelineSpec
+from appliance.models.contract import STARTER_MODEL, load_model
+from tests.support.faults import (
     fault_config,
     query,
     stage,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from tests.faults.faultkit import fault_config, query, stage, tally, wait_drained
+from tests.support.faults import fault_config, query, stage, tally, wait_drained
 
 TOTAL = 60_000
 

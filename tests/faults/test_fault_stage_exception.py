@@ -1,6 +1,6 @@
 """Fault 5: an exception injected into each stage in turn, in-process.
 
-The service is built in the test (``appliance.runner.Service``) so a method of
+The service is built in the test (``appliance.service.runner.Service``) so a method of
 one stage object can be wrapped to raise once.  The supervisor must restart that
 stage (with back-off) while the others keep flowing, and the restarted stage
 must flow again; in the end every reading is stored exactly once.
@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from appliance import config as config_mod
-from appliance import runner
-from tests.faults.faultkit import fault_config, summary, tally, wait_drained, wait_until
+from appliance.service import runner, status
+from tests.support.faults import fault_config, summary, tally, wait_drained, wait_until
 
 QUEUE = 8  # [queues] size of the keeps-failing test
 
@@ -109,7 +109,7 @@ def test_an_exception_in_each_stage_restarts_it_while_the_others_flow(
                 assert w1 > w0, f"{witness} stood still while {name} was down"
         pub.stop_publishing()
         pub.wait_acked(30)
-        wait_drained(lambda: runner.status(p), timeout_s=30)
+        wait_drained(lambda: status.status(p), timeout_s=30)
     finally:
         clean = service.stop()
     health = {n: (h.state, h.restarts, p.stages[n].counters.errors)
@@ -152,7 +152,7 @@ def test_a_stage_that_keeps_failing_is_reported_failed_and_readings_keep_being_s
         stored0, acked0 = (p.stages["store"].counters.processed,
                            p.stages["ingest"].counters.extra.get("acked", 0))
         time.sleep(3.0)
-        snap = runner.status(p)
+        snap = status.status(p)
         stored = p.stages["store"].counters.processed - stored0
         acked = p.stages["ingest"].counters.extra.get("acked", 0) - acked0
         pub.stop_publishing()

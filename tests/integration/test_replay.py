@@ -12,13 +12,15 @@ from __future__ import annotations
 import numpy as np
 from appliance.kernels import reference as ref
 
-from appliance import config, history, simulator
+from appliance import config
+from appliance.devtools import simulator
+from appliance.features.batch import asset_features
+from appliance.features.live import AssetFeatures, FeatureBanks
+from appliance.features.spec import PipelineSpec
 from appliance.messages import SeriesKey
-from appliance.pipeline.batch import asset_features
-from appliance.pipeline.live import AssetFeatures, FeatureBanks
-from appliance.pipeline.spec import PipelineSpec
-from appliance.storage import tables
-from appliance.storage.database import connect, to_timestamp_us
+from appliance.storage import database, history, tables
+from appliance.storage.database import connect
+from appliance.timefmt import to_us
 
 ASSETS = 3
 HZ = 0.2  # one reading per sensor per 5 s: a day is ~86,000 readings per asset
@@ -46,7 +48,7 @@ def store_a_day(path) -> None:
         ts = np.concatenate([t for t, _ in series.values()])
         values = np.concatenate([v for _, v in series.values()])
         con.execute("BEGIN")
-        tables.insert_readings(con, registry.ids(con, keys), to_timestamp_us(ts), values)
+        tables.insert_readings(con, registry.ids(con, keys), to_us(ts), values)
         con.execute("COMMIT")
     con.close()
 
@@ -55,7 +57,7 @@ def test_live_replay_of_a_stored_day_equals_batch(tmp_path):
     path = tmp_path / "appliance.duckdb"
     store_a_day(path)
     spec = PipelineSpec.from_config(CFG.pipeline)
-    con = history.open_database(path, read_only=True)
+    con = database.open_offline(path, read_only=True)
     stored = history.load_histories(con)
     replay = con.execute("SELECT asset, sensor, epoch_us(ts) AS t, value FROM readings "
                          "ORDER BY ts, asset, sensor").fetchall()
@@ -102,10 +104,10 @@ def test_readings_at_one_timestamp_come_back_in_the_order_they_were_stored(tmp_p
         ts = np.array([1.7e9, 1.7e9 + 5, 1.7e9 + 5, 1.7e9 + 5, 1.7e9 + 10])
         values = np.array([20.0, *order, 21.0])
         con.execute("BEGIN")
-        tables.insert_readings(con, registry.ids(con, [key] * 5), to_timestamp_us(ts), values)
+        tables.insert_readings(con, registry.ids(con, [key] * 5), to_us(ts), values)
         con.execute("COMMIT")
         con.close()
-        con = history.open_database(path, read_only=True)
+        con = database.open_offline(path, read_only=True)
         (h,) = history.load_histories(con).histories
         con.close()
         np.testing.assert_array_equal(h.series["temp"][1], [20.0, *order, 21.0])

@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from tests.conftest import publish_all, publisher, write_config
+from tests.support.service import publish_all, publisher, write_config
 
 T0 = time.time() - 3600.0  # event times in the last hour, inside the accepted range
 
@@ -115,7 +115,7 @@ def test_sigterm_under_load_stops_within_5s_and_keeps_everything_acknowledged(
 
 
 def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, service_factory):
-    from appliance.simulator import LineSimulator
+    from appliance.devtools.simulator import LineSimulator
 
     svc = service_factory(write_config(tmp_path, broker)).start()
     received: list[dict] = []
@@ -146,3 +146,38 @@ def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, se
     assert stored >= 1
     p = np.array(query(tmp_path, "SELECT probability FROM predictions"))
     assert len(p) > 0 and np.all((p >= 0) & (p <= 1))
+
+
+def test_without_a_model_it_collects_history_says_so_and_serves_a_promoted_one(
+        tmp_path, broker, service_factory):
+    import subprocess
+    import sys
+
+    from appliance.models.contract import STARTER_MODEL, load_model
+
+    cfg = write_config(tmp_path, broker, '[model]\npath = "nowhere.onnx"\nrequired = false\n'
+                                         'poll_s = 0.2\n')
+    svc = service_factory(cfg).start()
+    pub = publisher(broker)
+    sensors = ("lube_temp", "vibration", "motor_current", "oil_pressure", "ambient_temp")
+    # 5 minutes of event time, one reading per sensor every 5 s: ticks close
+    msgs = [(f"plant/l1/a1/{s}", json.dumps({"ts": T0 + 5 * i, "value": 1.0}).encode())
+            for i in range(60) for s in sensors]
+    publish_all(pub, msgs)
+    snap = svc.wait_for(lambda s: s["stages"]["predict"].get("rows_without_model", 0) > 0,
+                        what="feature rows passed over for want of a model")
+    assert snap["model"] is None and snap["stages"]["store"]["processed"] == len(msgs)
+    assert snap["stages"]["predict"]["processed"] == 0
+    assert "WITHOUT A MODEL" in svc.log.read_text()
+    # a model promoted later serves from the next tick, no restart needed
+    for verb in (["add", str(STARTER_MODEL)], ["promote", load_model(STARTER_MODEL).name]):
+        done = subprocess.run([sys.executable, "-m", "appliance", "models", *verb, "--config",
+                               str(cfg)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    svc.wait_for(lambda s: s["model"] is not None, what="the promoted model served")
+    publish_all(pub, [(f"plant/l1/a1/{s}", json.dumps({"ts": T0 + 300 + 5 * i,
+                                                        "value": 1.0}).encode())
+                      for i in range(12) for s in sensors])
+    svc.wait_for(lambda s: s["stages"]["predict"]["processed"] > 0, what="predictions")
+    code, _ = svc.terminate()
+    assert code == 0

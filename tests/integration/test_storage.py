@@ -9,7 +9,8 @@ import duckdb
 import numpy as np
 
 from appliance.storage import tables
-from appliance.storage.database import connect, to_timestamp_us
+from appliance.storage.database import connect
+from appliance.timefmt import to_us
 
 TABLES = {"readings", "readings_raw", "series", "faults", "predictions", "alerts",
           "dead_letters", "models", "drift_events", "training_runs", "schema_migrations"}
@@ -33,10 +34,10 @@ def test_a_new_file_gets_every_table_and_reopening_migrates_nothing(tmp_path):
 def test_stored_already_finds_exactly_the_stored_pairs(tmp_path):
     con, _ = connect(tmp_path / "a.duckdb")
     sid = np.array([0, 0, 1], dtype=np.int32)
-    ts = to_timestamp_us(np.array([100.0, 101.0, 100.0]))
+    ts = to_us(np.array([100.0, 101.0, 100.0]))
     tables.insert_readings(con, sid, ts, np.array([1.0, 2.0, 3.0]))
     cand_sid = np.array([0, 1, 1, 0], dtype=np.int32)
-    cand_ts = to_timestamp_us(np.array([101.0, 100.0, 101.0, 100.5]))
+    cand_ts = to_us(np.array([101.0, 100.0, 101.0, 100.5]))
     assert tables.stored_already(con, cand_sid, cand_ts).tolist() == [True, True, False, False]
     con.close()
 

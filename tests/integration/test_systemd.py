@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import write_config
+from tests.support.service import write_config
 
 
 def listen(tmp_path) -> tuple[socket.socket, str]:
@@ -53,7 +53,7 @@ def test_ready_watchdog_and_stopping(tmp_path, broker):
 
 def test_watchdog_starves_when_an_essential_stage_has_failed(tmp_path, broker, monkeypatch):
     from appliance.config import load
-    from appliance.runner import Service
+    from appliance.service.runner import Service
 
     sock, path = listen(tmp_path)
     monkeypatch.setenv("NOTIFY_SOCKET", path)

@@ -19,13 +19,17 @@ import numpy as np
 import onnx
 import pytest
 
-from appliance import cli, config, history, simulator
-from appliance.model import ModelError, load_model
-from appliance.pipeline.batch import asset_features
-from appliance.pipeline.spec import PipelineSpec
-from appliance.registry import Registry
+from appliance import cli, config
+from appliance.devtools import simulator
+from appliance.features.batch import asset_features
+from appliance.features.spec import PipelineSpec
+from appliance.models.contract import ModelError, load_model
+from appliance.models.registry import Registry
+from appliance.storage import database, history
+from appliance.timefmt import rfc3339
 from appliance.training import export
-from appliance.training.train import TrainParams, train_families, write
+from appliance.training.families import TrainParams
+from appliance.training.fit import train_families, write
 
 DAY = 86400.0
 ASSETS, DAYS, SPLIT_DAY = 5, 7.0, 4.5
@@ -53,7 +57,7 @@ def line(tmp_path_factory):
         ("train", ["train", "--config", str(cfg_path), "--family", "both", "--out-dir",
                    str(root / "trained"), "--quiet"]),
         ("backtest", ["backtest", "--config", str(cfg_path), "--train-until",
-                      export.rfc3339(simulator.DEFAULT_START_TS + SPLIT_DAY * DAY),
+                      rfc3339(simulator.DEFAULT_START_TS + SPLIT_DAY * DAY),
                       "--out", str(root / "backtest"), "--quiet"]),
     ]:
         code, text = _run(argv)
@@ -132,7 +136,7 @@ def test_train_adds_candidates_to_the_registry_without_promoting(line):
 def test_exported_onnx_gives_the_in_memory_probabilities_on_real_feature_rows(line):
     cfg = line["cfg"]
     spec = PipelineSpec.from_config(cfg.pipeline)
-    con = history.open_database(line["root"] / "appliance.duckdb", read_only=True)
+    con = database.open_offline(line["root"] / "appliance.duckdb", read_only=True)
     try:
         stored = history.load_histories(con)
     finally:
@@ -261,8 +265,8 @@ def test_backtest_from_files_needs_no_database(line, tmp_path):
     code, text = _run(["backtest", "--readings", str(line["readings"]), "--faults",
                        str(line["faults"]), "--variants", "static_threshold",
                        "--train-until",
-                       export.rfc3339(simulator.DEFAULT_START_TS + 5 * DAY),
-                       "--test-until", export.rfc3339(simulator.DEFAULT_START_TS + 6 * DAY),
+                       rfc3339(simulator.DEFAULT_START_TS + 5 * DAY),
+                       "--test-until", rfc3339(simulator.DEFAULT_START_TS + 6 * DAY),
                        "--config", str(line["config"]), "--out", str(tmp_path), "--quiet"])
     assert code == 0, text
     assert "static_threshold" in text

@@ -9,17 +9,18 @@ import duckdb
 import numpy as np
 import pytest
 
-from appliance import backtest, config
+from appliance import config
 from appliance.config import PipelineConfig
-from appliance.pipeline.spec import PipelineSpec
+from appliance.features.spec import PipelineSpec
+from appliance.training import backtest
+from appliance.training.dataset import Dataset
 from appliance.training.metrics import (
     AssetScores,
     best_within_budget,
     choose_threshold,
     metrics_curve,
 )
-from appliance.training.static import fit_static
-from appliance.training.train import Dataset
+from appliance.training.static_threshold import fit_static
 
 H = 3600.0
 

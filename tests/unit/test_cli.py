@@ -9,9 +9,10 @@ import pytest
 
 from appliance import __version__
 from appliance.cli import main
+from appliance.models.contract import STARTER_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
-STARTER = REPO / "models" / "starter.onnx"
+STARTER = STARTER_MODEL
 
 
 def test_version(capsys):
@@ -27,14 +28,63 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_check_config_accepts_a_minimal_file(tmp_path, capsys):
+def test_check_config_accepts_a_minimal_file_outside_the_checkout(tmp_path, capsys):
+    # the README's minimal config, away from the repository: the packaged starter serves
     cfg = write(tmp_path, f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\n'
-                          f'[storage]\npath = "{tmp_path / "a.duckdb"}"\n'
-                          f'[model]\npath = "{STARTER}"\n')
+                          f'[storage]\npath = "{tmp_path / "a.duckdb"}"\n')
     assert main(["run", "--config", str(cfg), "--check-config"]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "starter-" in out
     assert not (tmp_path / "a.duckdb").exists()  # checking starts nothing
+
+
+def _retrained_for(spec_hash: str, path: Path) -> Path:
+    """The starter model as if trained under another pipeline (its spec hash replaced)."""
+    import onnx
+
+    from appliance.models.contract import KEY_SPEC_HASH
+
+    model = onnx.load(str(STARTER))
+    for prop in model.metadata_props:
+        if prop.key == KEY_SPEC_HASH:
+            prop.value = spec_hash
+    onnx.save(model, str(path))
+    return path
+
+
+def test_check_config_checks_the_promoted_model_not_the_fallback(tmp_path, capsys):
+    from appliance import config
+    from appliance.service.runner import spec_hash
+
+    # a changed [pipeline]: the starter no longer fits, a model trained for it was promoted
+    cfg = write(tmp_path, f'[storage]\npath = "{tmp_path / "a.duckdb"}"\n'
+                          f'[pipeline]\ncadence_s = 20\n')
+    assert main(["run", "--config", str(cfg), "--check-config"]) == 2
+    assert "spec" in capsys.readouterr().err
+    trained = _retrained_for(spec_hash(config.load(cfg)), tmp_path / "retrained.onnx")
+    assert main(["models", "add", str(trained), "--config", str(cfg)]) == 0
+    name = capsys.readouterr().out.split()[1].rstrip(";")
+    assert main(["models", "promote", name, "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["run", "--config", str(cfg), "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert f"model {name}" in out and "starter-" not in out
+
+
+def test_run_refuses_to_start_without_a_model_in_one_line(tmp_path, capsys):
+    cfg = write(tmp_path, f'[storage]\npath = "{tmp_path / "a.duckdb"}"\n'
+                          f'[model]\npath = "nowhere.onnx"\n')
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no model can serve" in err and "nowhere.onnx" in err and "required = false" in err
+    assert not (tmp_path / "a.duckdb").exists()  # refused before opening anything
+
+
+def test_check_config_passes_without_a_model_when_none_is_required(tmp_path, capsys):
+    cfg = write(tmp_path, '[model]\npath = "nowhere.onnx"\nrequired = false\n')
+    assert main(["run", "--config", str(cfg), "--check-config"]) == 0
+    assert "model none" in capsys.readouterr().out
 
 
 def test_check_config_names_the_file_and_the_bad_key(tmp_path, capsys):

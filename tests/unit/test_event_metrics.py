@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from appliance.alarm import alarm_active
 from appliance.training.labels import label_ticks
 from appliance.training.metrics import (
     AssetScores,
-    alarm_active,
     choose_threshold,
     event_metrics,
 )

@@ -12,7 +12,12 @@ import duckdb
 import numpy as np
 import pytest
 
-from appliance import cli, history
+from appliance import cli
+from appliance.config import NAME_PATTERN
+from appliance.importer.faults import import_faults
+from appliance.importer.readings import RESERVED_SENSOR, import_readings
+from appliance.importer.report import ImportRefused
+from appliance.storage import database, history
 
 T0 = 1735689600.0  # 2025-01-01T00:00:00Z
 
@@ -24,7 +29,7 @@ def write(path: Path, text: str) -> Path:
 
 @pytest.fixture
 def con():
-    c = history.memory_database()
+    c = database.open_memory()
     yield c
     c.close()
 
@@ -49,7 +54,7 @@ def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp
               "2035-01-01T00:00:00Z,a1,temp,7\n"              # 12 in the future
               "2025-01-01T00:01:20Z,a1,temp,\n"               # 13 empty value
               "2025-01-01 00:01:30,a1,temp,8\n")              # 14 ok (zone-less = UTC)
-    r = history.import_readings(con, f, now=T0 + 86400)
+    r = import_readings(con, f, now=T0 + 86400)
     assert r.form == "long" and r.rows == 12
     assert r.stored == 2 and stored(con) == 2
     assert r.bad_rows == 10
@@ -74,7 +79,7 @@ def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp
 def test_only_the_first_n_problems_are_listed_but_all_are_counted(tmp_path, con):
     rows = "".join(f"2025-01-01T00:00:{i:02d}Z,a1,temp,x{i}\n" for i in range(30))
     f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows)
-    r = history.import_readings(con, f, max_problems=5)
+    r = import_readings(con, f, max_problems=5)
     assert r.bad_rows == 30 and r.stored == 0
     assert [p.where for p in r.problems] == [f"line {n}" for n in range(2, 7)]
 
@@ -86,16 +91,16 @@ def test_rows_already_stored_or_repeated_in_the_file_are_not_stored_twice(tmp_pa
               "2025-01-01T00:00:10Z,l1,a1,temp,2\n"
               "2025-01-01T00:00:00Z,l1,a1,temp,9\n"   # repeats line 2
               "2025-01-01T00:00:00Z,l1,a2,temp,3\n")
-    r1 = history.import_readings(con, f)
+    r1 = import_readings(con, f)
     assert (r1.stored, r1.repeated_in_file, r1.already_stored) == (3, 1, 0)
     assert any("line 4 repeats the series and time of line 2" in n for n in r1.notes)
     assert stored(con, "SELECT value FROM readings WHERE asset='a1' AND epoch(ts)="
                        f"{T0}") == 1.0
-    r2 = history.import_readings(con, f)
+    r2 = import_readings(con, f)
     assert (r2.stored, r2.already_stored) == (0, 3)
     more = write(tmp_path / "more.csv", "ts,line,asset,sensor,value\n"
                  "2025-01-01T00:00:10Z,l1,a1,temp,2\n2025-01-01T00:00:20Z,l1,a1,temp,5\n")
-    r3 = history.import_readings(con, more)
+    r3 = import_readings(con, more)
     assert (r3.stored, r3.already_stored) == (1, 1)
     assert stored(con) == 4
 
@@ -103,7 +108,7 @@ def test_rows_already_stored_or_repeated_in_the_file_are_not_stored_twice(tmp_pa
 def test_an_import_interrupted_while_storing_stores_nothing(tmp_path, con):
     import io
 
-    from appliance.report import Progress
+    from appliance.console import Progress
 
     class Interrupted(Progress):
         """Ctrl-C as the first stored chunk's progress is drawn: rows already written."""
@@ -115,14 +120,14 @@ def test_an_import_interrupted_while_storing_stores_nothing(tmp_path, con):
 
     first = write(tmp_path / "first.csv", "ts,line,asset,sensor,value\n"
                   "2025-01-01T00:00:00Z,l1,a1,temp,1\n")
-    history.import_readings(con, first)
+    import_readings(con, first)
     before = (stored(con), stored(con, "SELECT count(*) FROM series"))
     more = write(tmp_path / "more.csv", "ts,line,asset,sensor,value\n" + "".join(
         f"2025-01-01T00:{m:02d}:00Z,l2,b{m % 3},temp,{m}\n" for m in range(1, 60)))
     with pytest.raises(KeyboardInterrupt):
-        history.import_readings(con, more, progress=Interrupted(io.StringIO()))
+        import_readings(con, more, progress=Interrupted(io.StringIO()))
     assert (stored(con), stored(con, "SELECT count(*) FROM series")) == before
-    assert history.import_readings(con, more).stored == 59   # and it can be run again
+    assert import_readings(con, more).stored == 59   # and it can be run again
 
 
 def test_wide_form_with_asset_column_empty_cells_and_infinite_values(tmp_path, con):
@@ -132,7 +137,7 @@ def test_wide_form_with_asset_column_empty_cells_and_infinite_values(tmp_path, c
               "1735689610,a1,,1.1\n"            # empty cell: no reading
               "1735689620,a1,inf,1.2\n"         # line 4: a bad value, the rest kept
               "1735689630,a1,21.0,oops\n")      # line 5: unreadable row
-    r = history.import_readings(con, f)
+    r = import_readings(con, f)
     assert r.form == "wide" and r.sensors == ["pressure", "temp"]
     assert (r.stored, r.empty_values, r.bad_values, r.bad_rows) == (4, 1, 1, 1)
     where = {p.where: p.reason for p in r.problems}
@@ -147,9 +152,9 @@ def test_wide_form_with_asset_column_empty_cells_and_infinite_values(tmp_path, c
 def test_wide_form_names_its_asset_from_the_caller(tmp_path, con):
     f = write(tmp_path / "nab.csv", "timestamp,value\n2013-12-02 21:15:00,73.9\n"
                                     "2013-12-02 21:20:00,74.9\n")
-    with pytest.raises(history.ImportRefused, match="--asset"):
-        history.import_readings(con, f)
-    r = history.import_readings(con, f, asset="machine", line="hall2")
+    with pytest.raises(ImportRefused, match="--asset"):
+        import_readings(con, f)
+    r = import_readings(con, f, asset="machine", line="hall2")
     assert r.stored == 2
     assert con.execute("SELECT DISTINCT line, asset, sensor FROM readings").fetchall() == \
         [("hall2", "machine", "value")]
@@ -157,7 +162,7 @@ def test_wide_form_names_its_asset_from_the_caller(tmp_path, con):
 
 def test_times_with_offsets_are_stored_in_utc(tmp_path, con):
     f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n2025-01-01T02:00:00+02:00,a,s,1\n")
-    history.import_readings(con, f)
+    import_readings(con, f)
     assert stored(con, "SELECT epoch(ts) FROM readings") == T0
 
 
@@ -168,21 +173,21 @@ def test_parquet_long_form_reports_row_numbers(tmp_path, con):
         f"(2, TIMESTAMP '2025-01-01 00:00:10', 'a1', 's', 'NaN'::DOUBLE), "
         f"(3, NULL, 'a1', 's', 3.0), (4, TIMESTAMP '2025-01-01 00:00:30', 'a1', 's', 4.0)) "
         f"t(i, ts, asset, sensor, value) ORDER BY i) TO '{path}' (FORMAT parquet)")
-    r = history.import_readings(con, path)
+    r = import_readings(con, path)
     assert r.stored == 2 and r.bad_rows == 2
     assert [(p.where, p.reason) for p in r.problems] == [
         ("row 2", "value nan is not a finite number"), ("row 3", "ts is empty")]
 
 
 def test_a_file_that_cannot_be_imported_is_refused_whole(tmp_path, con):
-    with pytest.raises(history.ImportRefused, match="not found"):
-        history.import_readings(con, tmp_path / "missing.csv")
-    with pytest.raises(history.ImportRefused, match="no time column"):
-        history.import_readings(con, write(tmp_path / "a.csv", "when,asset,x\n1,a,2\n"))
-    with pytest.raises(history.ImportRefused, match="empty"):
-        history.import_readings(con, write(tmp_path / "b.csv", ""))
-    with pytest.raises(history.ImportRefused, match="cannot be sensor names"):
-        history.import_readings(con, write(tmp_path / "c.csv", "ts,asset,bad name\n1,a,2\n"))
+    with pytest.raises(ImportRefused, match="not found"):
+        import_readings(con, tmp_path / "missing.csv")
+    with pytest.raises(ImportRefused, match="no time column"):
+        import_readings(con, write(tmp_path / "a.csv", "when,asset,x\n1,a,2\n"))
+    with pytest.raises(ImportRefused, match="empty"):
+        import_readings(con, write(tmp_path / "b.csv", ""))
+    with pytest.raises(ImportRefused, match="cannot be sensor names"):
+        import_readings(con, write(tmp_path / "c.csv", "ts,asset,bad name\n1,a,2\n"))
     assert stored(con) == 0
 
 
@@ -193,7 +198,7 @@ def test_fault_log_becomes_start_and_end_events(tmp_path, con):
               "a1,2025-01-01T05:00:00Z,,\n"                                  # still open
               "a2,2025-01-01T03:00:00Z,2025-01-01T02:00:00Z,X\n"              # line 4: ends first
               "a2,yesterday,2025-01-01T02:00:00Z,X\n")                        # line 5
-    r = history.import_faults(con, f)
+    r = import_faults(con, f)
     assert (r.rows, r.stored, r.bad_rows) == (4, 3, 2)
     where = {p.where: p.reason for p in r.problems}
     assert "before it starts" in where["line 4"] and "not a time" in where["line 5"]
@@ -202,15 +207,15 @@ def test_fault_log_becomes_start_and_end_events(tmp_path, con):
     assert events == [("a1", "start", T0 + 3600, "OVERTEMP", "import"),
                       ("a1", "end", T0 + 4800, "OVERTEMP", "import"),
                       ("a1", "start", T0 + 5 * 3600, "", "import")]
-    again = history.import_faults(con, f)
+    again = import_faults(con, f)
     assert (again.stored, again.already_stored) == (0, 3)
 
 
 def test_load_histories_pairs_fault_events_per_asset(tmp_path, con):
     rows = "".join(f"{T0 + 10 * i},a1,temp,{i}\n{T0 + 10 * i},a2,temp,{-i}\n"
                    for i in range(100))
-    history.import_readings(con, write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows))
-    history.import_faults(con, write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\n"
+    import_readings(con, write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows))
+    import_faults(con, write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\n"
                                      f"a1,{T0 + 100},{T0 + 200},X\na1,{T0 + 500},,Y\n"))
     h = history.load_histories(con)
     assert [x.asset for x in h.histories] == ["a1", "a2"]
@@ -235,7 +240,7 @@ def test_pairing_copes_with_missing_end_and_start_events():
 def held_database(tmp_path):
     """A database file held open by another process, as the running service holds it."""
     path = tmp_path / "held.duckdb"
-    history.open_database(path).close()
+    database.open_offline(path).close()
     proc = subprocess.Popen(
         [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
          "print('open', flush=True); time.sleep(60)", str(path)],
@@ -250,8 +255,8 @@ def held_database(tmp_path):
 
 def test_a_database_held_by_the_service_gives_one_clear_error(held_database, tmp_path,
                                                              capsys):
-    with pytest.raises(history.DatabaseBusy, match="the service is running"):
-        history.open_database(held_database)
+    with pytest.raises(database.DatabaseBusy, match="the service is running"):
+        database.open_offline(held_database)
     f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n2025-01-01T00:00:00Z,a,s,1\n")
     assert cli.main(["import", str(f), "--db", str(held_database), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -279,27 +284,27 @@ def test_cli_import_prints_the_report(tmp_path, capsys):
 def test_progress_bar_follows_a_long_read(tmp_path):
     import io
 
-    from appliance.report import Progress
+    from appliance.console import Progress
 
     n = 200_000
     rows = "\n".join(f"{T0 + i},a,s,{i % 7}" for i in range(n))
     f = write(tmp_path / "big.csv", "ts,asset,sensor,value\n" + rows + "\n")
     stream = io.StringIO()
-    con = history.memory_database()
+    con = database.open_memory()
     t = time.perf_counter()
-    r = history.import_readings(con, f, progress=Progress(stream))
+    r = import_readings(con, f, progress=Progress(stream))
     assert r.stored == n and time.perf_counter() - t < 30
     text = stream.getvalue()
     assert "reading big.csv 100%" in text and f"storing {n} readings 100%" in text
 
 
 def test_names_follow_the_mqtt_topic_rule():
-    from appliance import topics
+    from appliance.mqtt import topics
 
-    con = history.memory_database()
+    con = database.open_memory()
     for name in ("press-7", "a.b_c", "x" * 64, "", "x" * 65, "a b", "a/b", "ü"):
         # the import's SQL check and the MQTT topic rule say the same
         in_sql = con.execute("SELECT regexp_full_match(?, ?)",
-                             [name, history.NAME_PATTERN]).fetchone()[0]
+                             [name, NAME_PATTERN]).fetchone()[0]
         assert in_sql == topics.is_name(name), name
-    assert history.RESERVED_SENSOR == topics.FAULT_SENSOR
+    assert RESERVED_SENSOR == topics.FAULT_SENSOR

@@ -11,8 +11,8 @@ import queue
 import paho.mqtt.client as mqtt
 import pytest
 
-from appliance import payloads
 from appliance.config import Config
+from appliance.mqtt import payloads
 from appliance.stages.ingest import IngestStage
 
 

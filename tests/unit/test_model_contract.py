@@ -11,13 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from appliance import model as contract
 from appliance.config import PipelineConfig
-from appliance.model import ModelError, load_model
-from appliance.pipeline.spec import PipelineSpec
+from appliance.features.spec import PipelineSpec
+from appliance.models import contract
+from appliance.models.contract import STARTER_MODEL, ModelError, load_model
 from appliance.training import export
 
-STARTER = Path(__file__).resolve().parents[2] / "models" / "starter.onnx"
+STARTER = STARTER_MODEL
 NAMES = ("a__last", "b__last", "c__last")
 
 
@@ -63,7 +63,7 @@ def test_starter_model_follows_the_contract():
     assert m.name == f"starter-{m.sha256[:8]}"
     assert set(m.reference) >= set(m.feature_names)
     # Every feature the starter uses is one the pipeline computes for the simulator's sensors.
-    from appliance.simulator import SENSORS
+    from appliance.devtools.simulator import SENSORS
     pipeline_names = spec.feature_names(SENSORS)
     idx = m.column_index(pipeline_names)
     assert [pipeline_names[i] for i in idx] == list(m.feature_names)

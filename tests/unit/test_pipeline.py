@@ -11,10 +11,10 @@ from appliance.kernels import reference as ref
 
 from appliance import config
 from appliance.config import PipelineConfig
+from appliance.features.batch import asset_features, grid_values
+from appliance.features.live import AssetFeatures, FeatureBanks
+from appliance.features.spec import CleanSpec, PipelineSpec, SensorSpec
 from appliance.messages import EndOfStream, SeriesKey, StoredReadings
-from appliance.pipeline.batch import asset_features, grid_values
-from appliance.pipeline.live import AssetFeatures, FeatureBanks
-from appliance.pipeline.spec import CleanSpec, PipelineSpec, SensorSpec
 from appliance.stages.base import StopSignals
 from appliance.stages.features import FeaturesStage
 

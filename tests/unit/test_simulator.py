@@ -14,9 +14,15 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from appliance import simulator
+from appliance.devtools import simulator
+from appliance.devtools.simulator import (
+    SENSORS,
+    LineSimulator,
+    SimParams,
+    simulate_history,
+    to_files,
+)
 from appliance.messages import FaultEvent, Reading
-from appliance.simulator import SENSORS, LineSimulator, SimParams, simulate_history, to_files
 
 HOUR = 3600.0
 

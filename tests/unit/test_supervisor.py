@@ -3,8 +3,8 @@ import threading
 import time
 
 from appliance.messages import EndOfStream
+from appliance.service.supervisor import Supervisor
 from appliance.stages.base import Stage, StopSignals, put, take
-from appliance.supervisor import Supervisor
 
 
 class Counter(Stage):

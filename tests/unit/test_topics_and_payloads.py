@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from appliance import payloads
 from appliance.config import Config, LimitsConfig
-from appliance.topics import Route, Topics, UnroutableTopic
+from appliance.mqtt import payloads
+from appliance.mqtt.topics import Route, Topics, UnroutableTopic
 
 NOW = 1_750_000_000.0
 LIMITS = LimitsConfig()

@@ -9,19 +9,16 @@ import numpy as np
 import pytest
 
 from appliance.config import PipelineConfig
-from appliance.model import load_model
-from appliance.pipeline.batch import asset_features
-from appliance.pipeline.spec import PipelineSpec
-from appliance.simulator import simulate_history
+from appliance.devtools.simulator import simulate_history
+from appliance.features.batch import asset_features
+from appliance.features.spec import PipelineSpec
+from appliance.models.contract import load_model
+from appliance.storage.history import AssetHistory
+from appliance.timefmt import rfc3339
 from appliance.training import export, starter
-from appliance.training.train import (
-    AssetHistory,
-    TrainParams,
-    build_dataset,
-    select_features,
-    train,
-    write,
-)
+from appliance.training.dataset import build_dataset, select_features
+from appliance.training.families import TrainParams
+from appliance.training.fit import train, write
 
 SPEC = PipelineSpec.from_config(PipelineConfig())
 
@@ -69,8 +66,8 @@ def test_exported_metadata_describes_the_training(sim, trained):
     assert m.threshold == result.threshold and m.horizon_s == SPEC.horizon_s
     assert m.family == "hist_gradient_boosting"
     assert m.metrics["validation"] == result.validation.as_dict()
-    assert m.trained_from == export.rfc3339(sim.t_start)
-    assert m.trained_to == export.rfc3339(result.trained_to)
+    assert m.trained_from == rfc3339(sim.t_start)
+    assert m.trained_to == rfc3339(result.trained_to)
     assert sim.t_start < result.trained_to < result.validated_from - SPEC.horizon_s + 1e-6
     training = json.loads(m.metadata[export.KEY_TRAINING])
     assert training["assets"] == list(sim.assets)

@@ -1,1 +1,0 @@
-"""Benchmarks (not timed tests): ``appliance bench kernels`` runs ``kernels.run``."""

@@ -1,0 +1,118 @@
+"""``appliance demo``: a private broker, the simulator and the service, with a live view.
+
+Everything runs in this process except mosquitto: a private one on a free port
+(Debian package ``mosquitto``; ``make demo`` installs it), or the broker named
+with ``--host``/``--port``.  Ctrl-C stops the simulator, drains the service
+(every reading received is committed) and stops the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from appliance.config import Config, from_dict
+from appliance.devtools import simulator
+from appliance.devtools.mosquitto import PrivateBroker, find_mosquitto
+from appliance.service.runner import Service
+
+SQL_HINT = ("SELECT asset, max(probability) AS p_max, count(*) AS ticks "
+            "FROM predictions GROUP BY asset ORDER BY p_max DESC")
+
+
+def demo_config(host: str, port: int, data_dir: Path) -> Config:
+    return from_dict({
+        "mqtt": {"host": host, "port": port, "client_id": "appliance-demo"},
+        "storage": {"path": str((data_dir / "appliance.duckdb").resolve())},
+        "status": {"interval_s": 1.0},
+        # The simulator runs event time ahead of the wall clock (speedup).
+        "limits": {"max_future_s": 10 * 365 * 86400.0},
+    }, source="<demo>")
+
+
+def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: float | None,
+        host: str | None, port: int) -> int:
+    logging.getLogger().setLevel(logging.WARNING)  # the live view is the output
+    with contextlib.ExitStack() as stack:
+        if host is None:
+            if find_mosquitto() is None:
+                print("appliance demo: mosquitto not found: install the Debian package "
+                      "'mosquitto' (apt-get install mosquitto), or name a broker with "
+                      "--host and --port", file=sys.stderr)
+                return 1
+            broker = stack.enter_context(PrivateBroker())
+            host, port = broker.host, broker.port
+            print(f"started a private mosquitto on {host}:{port}")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cfg = demo_config(host, port, data_dir)
+        service = Service(cfg)
+        service.start()
+        stop = threading.Event()
+        sim = threading.Thread(target=simulator.publish, name="simulator", daemon=True,
+                               kwargs={"host": host, "port": port, "assets": assets, "hz": 1.0,
+                                       "speedup": speedup, "seed": seed, "stop_event": stop})
+        sim.start()
+        t_end = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            while t_end is None or time.monotonic() < t_end:
+                service.beat()
+                print(render(service, cfg), flush=True)
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+        print("\nstopping: simulator, then the service (draining), then the broker ...")
+        stop.set()
+        sim.join(5)
+        clean = service.stop()
+        db = cfg.resolve(cfg.storage.path)
+        print(f"\nThe data is in {db}. Try:\n  .venv/bin/appliance sql --db {db} \"{SQL_HINT}\"")
+        return 0 if clean else 1
+
+
+def render(service: Service, cfg: Config) -> str:
+    """One screen of the live view: per asset the latest probability and alert state."""
+    con = service.pipeline.db.cursor()
+    try:
+        rows = con.execute("""
+            WITH latest AS (
+                SELECT asset, arg_max(probability, ts) AS p, max(ts) AS ts, count(*) AS n
+                FROM predictions GROUP BY asset),
+            last_alert AS (
+                SELECT asset, arg_max(state, ts) AS state, count(*) FILTER (state = 'raised') AS k
+                FROM alerts GROUP BY asset)
+            SELECT l.asset, l.p, l.ts, l.n, a.state, coalesce(a.k, 0)
+            FROM latest l LEFT JOIN last_alert a USING (asset) ORDER BY l.asset""").fetchall()
+        readings = con.execute("SELECT count(*) FROM readings_raw").fetchone()[0]
+        alerts = con.execute("SELECT count(*) FROM alerts WHERE state = 'raised'").fetchone()[0]
+        last = con.execute("SELECT asset, ts, probability, top_factors FROM alerts "
+                           "WHERE state = 'raised' ORDER BY ts DESC LIMIT 1").fetchone()
+        in_fault = {a for (a,) in con.execute(
+            "SELECT asset FROM faults GROUP BY asset HAVING arg_max(state, ts) = 'start'"
+        ).fetchall()}
+    finally:
+        con.close()
+    lines = ["\033[2J\033[H" + f"appliance demo  —  readings stored {readings:,}   "
+             f"alerts raised {alerts}   (Ctrl-C to stop)",
+             f"{'asset':10} {'event time':19} {'p(fault < 1 h)':16} {'':22} {'alert':8} "
+             f"{'raised':>6}  line state"]
+    for asset, p, ts, _n, state, k in rows:
+        bar = "#" * round(p * 20)
+        flag = "RAISED" if state == "raised" else ""
+        fault = "FAULT" if asset in in_fault else "running"
+        lines.append(f"{asset:10} {ts:%Y-%m-%d %H:%M:%S} {p:16.3f} {bar:22} {flag:8} {k:>6}  "
+                     f"{fault}")
+    if not rows:
+        lines.append("(waiting for the first predictions: the windows are filling)")
+    if last is not None:
+        asset, ts, p, factors = last
+        why = ", ".join(f"{f['feature']} = {f['value']:.3g}" for f in json.loads(factors))
+        lines.append(f"\nlast alert: {asset} at {ts:%H:%M:%S} (p = {p:.3f}); why: {why}")
+    lines.append(f"\ndatabase: {cfg.resolve(cfg.storage.path)}")
+    lines.append(f"try, after Ctrl-C: .venv/bin/appliance sql --db {cfg.resolve(cfg.storage.path)} "
+                 f"\"{SQL_HINT}\"")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""The model registry: a folder of ONNX files and which one is active.
+
+    <models dir>/<name>.onnx     every model added (name = file stem + short sha256)
+    <models dir>/registry.json   {"active": name, "history": [earlier active names]}
+
+A folder and a small JSON file rather than the database, because the running
+service holds the DuckDB file: ``appliance models promote`` must work while it
+runs.  The service polls ``registry.json`` and switches to a newly promoted
+model only after it has loaded and passed every check; until then the old one
+serves.  Every write is atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.models.contract import LoadedModel, ModelError, load_model
+
+REGISTRY_FILE = "registry.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file in the models folder, as ``models list`` shows it."""
+
+    name: str
+    path: Path
+    active: bool
+    model: LoadedModel | None
+    error: str = ""
+
+
+class Registry:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def _file(self) -> Path:
+        return self.directory / REGISTRY_FILE
+
+    def _read(self) -> dict:
+        try:
+            state = json.loads(self._file.read_text())
+        except FileNotFoundError:
+            return {"active": None, "history": []}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{self._file}: unreadable registry ({exc})") from None
+        return {"active": state.get("active"), "history": list(state.get("history", []))}
+
+    def _write(self, state: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self._file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self._file)
+
+    def version(self) -> int:
+        """Changes whenever the registry file does (what the service polls)."""
+        try:
+            return self._file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def active_name(self) -> str | None:
+        return self._read()["active"]
+
+    def path_of(self, name: str) -> Path:
+        path = self.directory / f"{name}.onnx"
+        if not path.exists():
+            known = ", ".join(e.name for e in self.entries()) or "none"
+            raise ModelError(f"no model {name!r} in {self.directory} (known: {known})")
+        return path
+
+    def add(self, source: Path, spec_hash: str | None = None) -> LoadedModel:
+        """Check ``source`` against the contract and copy it in; returns the loaded model."""
+        model = load_model(source, spec_hash)
+        target = self.directory / f"{model.name}.onnx"
+        if Path(source).resolve() != target.resolve():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        return load_model(target, spec_hash)
+
+    def entries(self, spec_hash: str | None = None) -> list[Entry]:
+        active = self._read()["active"]
+        out = []
+        for path in sorted(self.directory.glob("*.onnx")):
+            try:
+                model = load_model(path, spec_hash)
+                out.append(Entry(path.stem, path, path.stem == active, model))
+            except ModelError as exc:
+                out.append(Entry(path.stem, path, path.stem == active, None, str(exc)))
+        return out
+
+    def promote(self, name: str, spec_hash: str | None = None) -> LoadedModel:
+        """Make ``name`` the active model, after it passes every check."""
+        model = load_model(self.path_of(name), spec_hash)
+        state = self._read()
+        if state["active"] and state["active"] != name:
+            state["history"].append(state["active"])
+        state["active"] = name
+        self._write(state)
+        return model
+
+    def rollback(self, spec_hash: str | None = None) -> LoadedModel:
+        """Make the previously active model active again."""
+        state = self._read()
+        if not state["history"]:
+            raise ModelError(f"{self._file}: no earlier model to roll back to")
+        previous = state["history"].pop()
+        model = load_model(self.path_of(previous), spec_hash)
+        state["active"] = previous
+        self._write(state)
+        return model

@@ -1,0 +1,120 @@
+"""Which model serves, and watching the registry for a new one.
+
+The model that serves is the registry's active model when there is one, else
+the fallback: ``[model] path``, or the starter model shipped in the package
+when that is empty.  ``serving_model`` answers that for the service at start
+and for ``appliance run --check-config`` alike, so the check checks the model
+that will serve.
+
+``ModelWatcher.poll`` (called by the predict stage every ``[model] poll_s``)
+returns a newly promoted model once it has loaded and passed every check (the
+old one serves meanwhile), refuses a promoted model that fails them, and
+announces a file dropped into the folder as a candidate or refuses it.  Each
+of these is a ``ModelEvent`` for the ``models`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import Config
+from appliance.features.spec import PipelineSpec
+from appliance.messages import ModelEvent
+from appliance.models.contract import STARTER_MODEL, LoadedModel, ModelError, load_model
+from appliance.models.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def fallback_path(cfg: Config) -> Path:
+    """``[model] path``, or the packaged starter model when it is empty."""
+    return cfg.resolve(cfg.model.path) if cfg.model.path else STARTER_MODEL
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """The model chosen to serve, and why an active registry model was passed over."""
+
+    model: LoadedModel
+    refused_active: str = ""
+
+
+def serving_model(cfg: Config, registry: Registry | None = None) -> Serving:
+    """The model the service will serve; ``ModelError`` when none can be loaded.
+
+    An active registry model that fails its checks is passed over for the
+    fallback (the reason is in ``refused_active``); when the fallback fails
+    too, the error names both.
+    """
+    registry = registry or Registry(cfg.models_dir())
+    spec_hash = PipelineSpec.from_config(cfg.pipeline).hash
+    active = registry.active_name()
+    refused = ""
+    if active:
+        try:
+            return Serving(load_model(registry.path_of(active), spec_hash))
+        except ModelError as exc:
+            refused = f"active model {active} refused: {exc}"
+    try:
+        return Serving(load_model(fallback_path(cfg), spec_hash), refused)
+    except ModelError as exc:
+        raise ModelError(f"{refused}; fallback: {exc}" if refused else str(exc)) from None
+
+
+class ModelWatcher:
+    """Polls the registry folder; collects what it saw as ``events``."""
+
+    def __init__(self, registry: Registry, spec_hash: str) -> None:
+        self.registry = registry
+        self.spec_hash = spec_hash
+        self.events: list[ModelEvent] = []
+        self._version = registry.version()
+        self._files = self._model_files()
+
+    def _model_files(self) -> dict[Path, int]:
+        """Model files in the folder → their mtime_ns."""
+        if not self.registry.directory.is_dir():
+            return {}
+        return {p: p.stat().st_mtime_ns for p in self.registry.directory.glob("*.onnx")}
+
+    def record(self, name: str, path: Path, sha256: str, spec_hash: str, status: str,
+               detail: str = "") -> None:
+        self.events.append(ModelEvent(time.time(), name, str(path), sha256, spec_hash,
+                                      status, detail))
+
+    def activated(self, model: LoadedModel) -> None:
+        self.record(model.name, model.path, model.sha256, model.spec_hash, "active")
+
+    def poll(self, serving: LoadedModel | None) -> LoadedModel | None:
+        """A newly promoted model that passed its checks, else None; files dropped into
+        the folder are checked and announced."""
+        promoted = None
+        version = self.registry.version()
+        if version != self._version:
+            self._version = version
+            active = self.registry.active_name()
+            if active and (serving is None or active != serving.name):
+                try:
+                    promoted = load_model(self.registry.path_of(active), self.spec_hash)
+                except ModelError as exc:
+                    log.error("promoted model %s refused, still serving %s: %s", active,
+                              serving.name if serving else "none", exc)
+                    self.record(active, self.registry.directory / f"{active}.onnx", "", "",
+                                "refused", str(exc))
+        files = self._model_files()
+        for path, mtime in files.items():
+            if self._files.get(path) == mtime:
+                continue
+            try:
+                model = load_model(path, self.spec_hash)
+                log.info("model file %s is a candidate: appliance models promote %s",
+                         path.name, path.stem)
+                self.record(path.stem, path, model.sha256, model.spec_hash, "candidate")
+            except ModelError as exc:
+                log.error("model file refused: %s", exc)
+                self.record(path.stem, path, "", "", "refused", str(exc))
+        self._files = files
+        return promoted

@@ -1,0 +1,156 @@
+"""The payloads of the wire contract: inbound readings and fault events (or a reason
+to refuse one), and the outbound alert JSON.
+
+Pure functions: no I/O, no clock (the caller passes the arrival time).  Parsing
+runs once per message on the hot path, so it works on plain floats and tuples
+and decodes JSON with the C scanner directly.
+"""
+
+from __future__ import annotations
+
+import json
+import json.scanner
+import math
+from typing import Any
+
+from appliance.config import LimitsConfig
+from appliance.messages import AlertEvent, FaultEvent
+from appliance.mqtt.topics import FAULT_SENSOR, Routed, is_name
+from appliance.timefmt import parse_rfc3339
+
+DEAD_LETTER_PAYLOAD_BYTES = 1024
+FAULT_STATES = ("start", "end")
+
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())
+
+
+class BadPayload(ValueError):
+    """A payload that cannot become a reading or fault; the message is the reason."""
+
+
+def decode(payload: bytes, limits: LimitsConfig) -> object:
+    """The JSON value of a payload (a bare number is JSON too)."""
+    if len(payload) > limits.max_payload_bytes:
+        raise BadPayload(f"payload of {len(payload)} bytes exceeds max_payload_bytes "
+                         f"({limits.max_payload_bytes})")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadPayload("payload is not UTF-8 text") from None
+    try:
+        doc, end = _scan_once(text, 0)
+        if end == len(text) or not text[end:].strip():
+            return doc
+    except (StopIteration, ValueError):  # JSONDecodeError: a malformed string or object
+        pass  # leading whitespace or not JSON: let json.loads say which
+    except RecursionError:
+        raise BadPayload("JSON nested too deeply") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise BadPayload("JSON nested too deeply") from None
+    except ValueError as exc:
+        raise BadPayload(f"not a number or JSON: {exc}") from None
+
+
+def reading(doc: object, received_at: float, limits: LimitsConfig) -> tuple[float, float]:
+    """(ts, value) of a single-reading payload: a bare number or {"ts", "value"}."""
+    if type(doc) is dict:
+        return timestamp(doc, received_at, limits), number(doc.get("value"), "value")
+    return received_at, number(doc, "payload")
+
+
+def batch(doc: object, received_at: float, limits: LimitsConfig
+          ) -> tuple[float, list[tuple[str, float]], str]:
+    """(ts, [(sensor, value)], refused) of {"ts", "values": {sensor: number}}.
+
+    Bad entries are left out and described in ``refused``; a batch with no good
+    entry raises.
+    """
+    if type(doc) is not dict:
+        raise BadPayload("batch payload must be a JSON object")
+    ts = timestamp(doc, received_at, limits)
+    values = doc.get("values")
+    if type(values) is not dict or not values:
+        raise BadPayload("batch payload needs a non-empty object 'values'")
+    good, refused = [], []
+    for sensor, raw in values.items():
+        try:
+            if not is_name(sensor) or sensor == FAULT_SENSOR:
+                raise BadPayload("not a valid sensor name")
+            good.append((sensor, number(raw, f"values.{sensor}")))
+        except BadPayload as exc:
+            refused.append(f"{sensor[:64]!r}: {exc}")
+    reason = "; ".join(refused)[:500]
+    if not good:
+        raise BadPayload("no usable value in batch: " + reason)
+    return ts, good, reason
+
+
+def fault(routed: Routed, doc: object, received_at: float, limits: LimitsConfig) -> FaultEvent:
+    if type(doc) is not dict:
+        raise BadPayload("fault payload must be a JSON object")
+    ts = timestamp(doc, received_at, limits)
+    state = doc.get("state")
+    if state not in FAULT_STATES:
+        raise BadPayload(f"fault state must be one of {FAULT_STATES}, got {_short(state)}")
+    code = doc.get("code", "")
+    if not isinstance(code, str) or len(code) > 256:
+        raise BadPayload("fault code must be a string of at most 256 characters")
+    return FaultEvent(routed.line, routed.asset, ts, state, code)
+
+
+def number(raw: object, what: str) -> float:
+    kind = type(raw)
+    if kind is not float and kind is not int:  # bool is not a number here
+        raise BadPayload(f"{what} is not a number: {_short(raw)}")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise BadPayload(f"{what} is not finite: {value}")
+    return value
+
+
+def timestamp(doc: dict, received_at: float, limits: LimitsConfig) -> float:
+    """The event time of a payload: unix seconds or RFC 3339; arrival time if absent."""
+    raw = doc.get("ts")
+    if raw is None:
+        return received_at
+    if isinstance(raw, str):
+        try:
+            ts = parse_rfc3339(raw)
+        except ValueError:
+            raise BadPayload(f"ts is not RFC 3339: {_short(raw)}") from None
+    else:
+        ts = number(raw, "ts")
+    if ts > received_at + limits.max_future_s:
+        hint = " (milliseconds? ts must be in seconds)" if ts > 1e11 else ""
+        raise BadPayload(f"ts {ts:.3f} is {ts - received_at:.0f} s in the future{hint}")
+    if ts < received_at - limits.max_past_s:
+        raise BadPayload(f"ts {ts:.3f} is older than max_past_s ({limits.max_past_s:.0f} s)")
+    return ts
+
+
+def _short(raw: object) -> str:
+    return repr(raw)[:80]
+
+
+def alert_document(alert: AlertEvent) -> dict[str, Any]:
+    """The alert of the external contract (DESIGN.md, "Alerts"), as published on MQTT
+    and stored in ``alerts`` (its ``top_factors`` column): one set of numbers."""
+    return {
+        "asset": alert.asset,
+        "line": alert.line,
+        "ts": alert.ts,
+        "state": alert.state,
+        "probability": round(alert.probability, 6),
+        "threshold": alert.threshold,
+        "horizon_s": alert.horizon_s,
+        "model": alert.model,
+        "top_factors": [{"feature": f.feature, "value": f.value,
+                         "contribution": round(f.contribution, 6)} for f in alert.top_factors],
+    }
+
+
+def alert_payload(alert: AlertEvent) -> bytes:
+    """The MQTT payload of an alert."""
+    return json.dumps(alert_document(alert)).encode()

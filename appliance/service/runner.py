@@ -1,0 +1,156 @@
+"""The runner owns the wiring: queues, stages, supervisor, status, shutdown.
+
+    MQTT ─► ingest ─q─► store ─q─► features ─q─► predict ─q─► alert ─q─► record
+              ▲           │  DuckDB (readings,            │ MQTT    DuckDB (predictions,
+              └── acks ───┘  faults, dead_letters)        ▼ alerts            alerts)
+
+Stages start sinks first (record … ingest) so nothing is produced before its
+consumer runs.  Shutdown (SIGTERM or SIGINT, one path) drains: ingest stops
+taking messages and passes an EndOfStream down the chain, so every stage
+flushes what it holds and the store commits everything received.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import duckdb
+
+from appliance import __version__
+from appliance.config import Config
+from appliance.features.spec import PipelineSpec
+from appliance.models.contract import LoadedModel, ModelError
+from appliance.models.registry import Registry
+from appliance.models.watcher import ModelWatcher, serving_model
+from appliance.service.status import StatusPublisher
+from appliance.service.supervisor import Supervisor
+from appliance.service.systemd_notify import notify, watchdog_interval_s
+from appliance.stages.alert import AlertStage
+from appliance.stages.base import Stage
+from appliance.stages.features import FeaturesStage
+from appliance.stages.ingest import IngestStage
+from appliance.stages.predict import PredictStage
+from appliance.stages.record import RecordStage
+from appliance.stages.store import StoreStage
+from appliance.storage.database import OpenReport
+from appliance.storage.database import connect as open_database
+
+log = logging.getLogger(__name__)
+
+#: SIGTERM to exit: the contract is under 5 s; drain gets most of it.
+DRAIN_TIMEOUT_S = 4.0
+
+
+@dataclass
+class Pipeline:
+    """Everything ``build`` wired, for the runner and for tests."""
+
+    cfg: Config
+    db: duckdb.DuckDBPyConnection
+    open_report: OpenReport
+    queues: dict[str, queue.Queue]
+    stages: dict[str, Stage]
+    supervisor: Supervisor
+
+
+def build(cfg: Config) -> Pipeline:
+    """Wire the pipeline.  Raises ``ModelError`` when no model can serve and the config
+    requires one (``[model] required``), before anything is opened."""
+    registry = Registry(cfg.models_dir())
+    model = _serving_model(cfg, registry)
+    db, report = open_database(cfg.resolve(cfg.storage.path), cfg.storage.memory_limit)
+    size = cfg.queues.size
+    q = {name: queue.Queue(maxsize=size) for name in
+         ("inbound", "stored", "features", "predictions", "records")}
+    # Unbounded but bounded in practice by receive_maximum; a Queue (not a
+    # SimpleQueue) because two threads take from it (see stages/ingest.py).
+    acks: queue.Queue = queue.Queue()
+    stages: dict[str, Stage] = {
+        "record": RecordStage(db, q["records"]),
+        "alert": AlertStage(cfg, q["predictions"], q["records"]),
+        "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg)), model,
+                                q["features"], q["predictions"]),
+        "features": FeaturesStage(cfg, q["stored"], q["features"]),
+        "store": StoreStage(cfg, db, q["inbound"], q["stored"], acks),
+        "ingest": IngestStage(cfg, q["inbound"], acks),
+    }
+    supervisor = Supervisor(list(stages.values()))
+    return Pipeline(cfg, db, report, q, stages, supervisor)
+
+
+def spec_hash(cfg: Config) -> str:
+    return PipelineSpec.from_config(cfg.pipeline).hash
+
+
+def _serving_model(cfg: Config, registry: Registry) -> LoadedModel | None:
+    try:
+        serving = serving_model(cfg, registry)
+    except ModelError as exc:
+        if cfg.model.required:
+            raise
+        log.warning("running WITHOUT A MODEL ([model] required = false): readings are stored "
+                    "and features computed, nothing is predicted until a model is promoted "
+                    "(%s)", exc)
+        return None
+    if serving.refused_active:
+        log.error("%s; serving %s instead", serving.refused_active, serving.model.name)
+    return serving.model
+
+
+class Service:
+    """The running appliance: ``start``, then ``beat`` every few seconds, then ``stop``."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pipeline = build(cfg)
+        self.publisher: StatusPublisher | None = None
+        self._next_status = 0.0
+
+    def start(self) -> None:
+        p = self.pipeline
+        if p.open_report.damaged_wal:
+            log.error("STARTED WITH A DAMAGED DATABASE LOG, set aside at %s",
+                      p.open_report.damaged_wal)
+        p.supervisor.start()
+        self.publisher = StatusPublisher(p)
+        notify("READY=1")
+        log.info("appliance %s running; database %s", __version__,
+                 self.cfg.resolve(self.cfg.storage.path))
+
+    def beat(self) -> None:
+        """Feed the watchdog while every essential stage lives; publish status when due."""
+        if self.pipeline.supervisor.essential_alive():
+            notify("WATCHDOG=1")  # a hung or failed essential stage starves the watchdog
+        if time.monotonic() >= self._next_status and self.publisher is not None:
+            self.publisher.publish()
+            self._next_status = time.monotonic() + self.cfg.status.interval_s
+
+    def stop(self) -> bool:
+        notify("STOPPING=1")
+        log.info("stopping: draining the pipeline")
+        clean = self.pipeline.supervisor.stop(DRAIN_TIMEOUT_S)
+        if self.publisher is not None:
+            self.publisher.publish(final="offline")
+            self.publisher.close()
+        self.pipeline.db.close()
+        log.info("stopped %s", "cleanly" if clean else "after aborting stages that did not drain")
+        return clean
+
+
+def run(cfg: Config, stop: threading.Event | None = None) -> int:
+    """Run the service until SIGTERM/SIGINT (or ``stop``); the exit code."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    service = Service(cfg)
+    service.start()
+    beat_s = min(0.5, watchdog_interval_s() or 0.5)
+    while not stop.wait(beat_s):
+        service.beat()
+    return 0 if service.stop() else 1

@@ -1,0 +1,122 @@
+"""Reading stored history back: one ``AssetHistory`` per asset, for training and backtests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from appliance.console import short_list
+
+Say = Callable[[str], None]
+
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AssetHistory:
+    """One asset's stored readings ({sensor: (sorted ts, values)}) and its faults."""
+
+    asset: str
+    series: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    fault_starts: np.ndarray
+    fault_ends: np.ndarray  # NaN = still open
+
+
+@dataclass(frozen=True, eq=False)
+class StoredHistory:
+    """Every asset's readings and faults, as training and backtests take them."""
+
+    histories: tuple[AssetHistory, ...]
+    t_start: float  # first reading
+    t_end: float  # last reading
+    readings: int
+    faults: int
+    notes: tuple[str, ...] = ()
+
+    def fault_starts(self) -> dict[str, np.ndarray]:
+        return {h.asset: np.sort(np.asarray(h.fault_starts, dtype=np.float64))
+                for h in self.histories}
+
+
+def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
+                   ) -> StoredHistory:
+    """Read every stored reading and fault, one ``AssetHistory`` per asset.
+
+    Assets are keyed by name; an asset name on two lines is one asset.  Fault
+    events are paired per asset in time order: a start opens a fault, the next
+    end closes it; a fault still open at the end of the log has no end (NaN).
+    """
+    say = progress or (lambda _m: None)
+    series = {sid: (asset, sensor) for sid, _line, asset, sensor in
+              con.execute("SELECT id, line, asset, sensor FROM series").fetchall()}
+    data = con.execute("SELECT series_id, epoch_us(ts) AS t, value FROM readings_raw "
+                       # rowid: readings at one timestamp in the order they were
+                       # stored, as the service saw them (validity depends on it)
+                       "ORDER BY series_id, ts, rowid").fetchnumpy()
+    sid = np.asarray(data["series_id"], dtype=np.int64)
+    ts = np.asarray(data["t"], dtype=np.float64) / 1e6
+    values = np.asarray(data["value"], dtype=np.float64)
+    if len(ts) == 0:
+        raise ValueError("no readings stored: import a history first (appliance import)")
+    bounds = np.flatnonzero(np.diff(sid)) + 1
+    per_asset: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]] = {}
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(sid)], strict=True):
+        asset, sensor = series[int(sid[lo])]
+        per_asset.setdefault(asset, {}).setdefault(sensor, []).append((ts[lo:hi],
+                                                                       values[lo:hi]))
+    events = con.execute("SELECT asset, state, epoch_us(ts) FROM faults "
+                         "ORDER BY asset, ts, state = 'start'").fetchall()
+    faults, notes = _pair_faults(events)
+    histories = []
+    for asset in sorted(per_asset):
+        sensors = {}
+        for sensor, parts in per_asset[asset].items():
+            if len(parts) == 1:
+                sensors[sensor] = parts[0]
+            else:  # the same asset and sensor on two lines
+                t = np.concatenate([p[0] for p in parts])
+                order = np.argsort(t, kind="stable")
+                sensors[sensor] = (t[order], np.concatenate([p[1] for p in parts])[order])
+        starts, ends = faults.get(asset, ([], []))
+        histories.append(AssetHistory(asset, sensors, np.asarray(starts, dtype=np.float64),
+                                      np.asarray(ends, dtype=np.float64)))
+    orphan = sorted(set(faults) - set(per_asset))
+    if orphan:
+        notes.append(f"faults of assets without readings ignored: {short_list(orphan)}")
+    n_faults = sum(len(h.fault_starts) for h in histories)
+    say(f"history: {len(histories)} assets, {len(ts)} readings, {n_faults} faults")
+    return StoredHistory(tuple(histories), float(ts.min()), float(ts.max()), len(ts),
+                         n_faults, tuple(notes))
+
+
+def _pair_faults(events: Sequence[tuple[str, str, int]]
+                 ) -> tuple[dict[str, tuple[list[float], list[float]]], list[str]]:
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    unmatched_end = restarted = 0
+    open_at: dict[str, float] = {}
+    for asset, state, ts_us in events:
+        t = ts_us / 1e6
+        starts, ends = out.setdefault(asset, ([], []))
+        if state == "start":
+            if asset in open_at:  # a start while open: the end was never logged
+                restarted += 1
+                ends[-1] = starts[-1]
+            starts.append(t)
+            ends.append(math.nan)
+            open_at[asset] = t
+        elif state == "end":
+            if asset in open_at:
+                ends[-1] = t
+                del open_at[asset]
+            else:
+                unmatched_end += 1
+    notes = []
+    if unmatched_end:
+        notes.append(f"{unmatched_end} fault end events without a start were ignored")
+    if restarted:
+        notes.append(f"{restarted} faults started again before an end was logged; the "
+                     f"earlier one is taken to end where it started")
+    return out, notes

@@ -1,0 +1,324 @@
+"""Backtests: pipeline variants trained on one time window and scored on the next.
+
+A *variant* is a pipeline spec and a model family.  Built in:
+
+* ``full`` — the configured ``[pipeline]`` (with its cleaning step) and
+  gradient-boosted trees: what ``appliance train`` builds;
+* ``no_filter`` — the same with the cleaning step bypassed;
+* ``static_threshold`` — no model: a tuned single-sensor limit on raw values,
+  what a SCADA alarm does (``training.static``).
+
+``[variants.<name>]`` tables in ``appliance.toml`` override these or define
+new ones (``config.VariantConfig``).
+
+Every variant sees the same history: it is trained on the ticks up to
+``train_until`` (the last horizon held back, whose labels would look into the
+test window; inside that, the usual train / gap / validation split chooses the
+threshold) and scored on every tick in (``train_until``, ``test_until``] by
+the exported ONNX model, i.e. what the service would have said while replaying
+that history.  The scores use one set of event metrics (``training.metrics``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from appliance.config import STATIC_FAMILY, Config, TrainingConfig, VariantConfig
+from appliance.console import fmt, minutes, table
+from appliance.features.spec import PipelineSpec
+from appliance.importer.command import load_files
+from appliance.storage.database import open_offline
+from appliance.storage.history import StoredHistory, load_histories
+from appliance.timefmt import parse_time, rfc3339
+from appliance.training.dataset import Dataset, build_dataset
+from appliance.training.families import TrainParams
+from appliance.training.fit import fit, write
+from appliance.training.metrics import (
+    EventMetrics,
+    best_within_budget,
+    event_metrics,
+    metrics_curve,
+    threshold_candidates,
+)
+from appliance.training.static_threshold import fit_static
+
+Say = Callable[[str], None]
+
+#: The built-in variants: (description, overrides of the configured pipeline).
+BUILTIN: dict[str, tuple[str, VariantConfig]] = {
+    "full": ("The configured pipeline ([pipeline], with its cleaning step) and "
+             "gradient-boosted trees, as `appliance train` builds it.",
+             VariantConfig(family="gbt")),
+    "no_filter": ("The configured pipeline with its cleaning step (the Hampel filter) "
+                  "bypassed, and gradient-boosted trees.",
+                  VariantConfig(family="gbt", clean=False)),
+    "static_threshold": ("No model: one sensor's value (raw, or its mean over the "
+                         "shortest window as a process-value filter) against a limit, what "
+                         "a SCADA alarm does. The sensor, signal, direction and limit "
+                         "are the ones with the best recall within the false-alarm budget "
+                         "on the training window; raw (uncleaned) values.",
+                         VariantConfig(family=STATIC_FAMILY, clean=False)),
+}
+#: VariantConfig keys that override ``[pipeline]``.
+_PIPELINE_KEYS = ("clean", "hampel_window_s", "hampel_k", "cadence_s", "max_gap_s",
+                  "windows_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    family: str  # gbt | logistic | static_threshold
+    spec: PipelineSpec
+    description: str
+
+
+def known_variants(cfg: Config) -> list[str]:
+    return list(BUILTIN) + [n for n, _ in cfg.variants if n not in BUILTIN]
+
+
+def resolve_variants(cfg: Config, names: Sequence[str]) -> list[Variant]:
+    """The variants named, from the built-ins and the config's ``[variants.<name>]``."""
+    out = []
+    for name in names:
+        base = BUILTIN.get(name)
+        table = cfg.variant(name)
+        if base is None and table is None:
+            raise ValueError(f"unknown variant {name!r}; known: "
+                             f"{', '.join(known_variants(cfg))} (define others as "
+                             f"[variants.{name}] in the config)")
+        description, merged = base if base else ("", VariantConfig(family="gbt"))
+        if table is not None:
+            given = {k: v for k, v in dataclasses.asdict(table).items() if v is not None}
+            merged = dataclasses.replace(merged, **given)
+            description = table.description or description or _describe(given)
+        overrides = {k: getattr(merged, k) for k in _PIPELINE_KEYS
+                     if getattr(merged, k) is not None}
+        pipeline = dataclasses.replace(cfg.pipeline, **overrides)
+        if merged.clean is False:
+            # A variant that bypasses cleaning compares against no cleaning at all, so
+            # it also wins over a sensor's own ``clean = true``.
+            pipeline = dataclasses.replace(pipeline, sensors=tuple(
+                (n, dataclasses.replace(s, clean=False)) for n, s in pipeline.sensors))
+        out.append(Variant(name, merged.family or "gbt", PipelineSpec.from_config(pipeline),
+                           description))
+    return out
+
+
+def _describe(given: Mapping[str, object]) -> str:
+    shown = ", ".join(f"{k} = {v}" for k, v in given.items() if k != "description")
+    return f"The configured pipeline with {shown or 'no changes'}."
+
+
+@dataclass(frozen=True, eq=False)
+class VariantResult:
+    variant: Variant
+    threshold: float
+    test: EventMetrics  # at the threshold chosen on the training window
+    at_budget: EventMetrics  # the best test recall within the budget, any threshold
+    budget_reachable: bool  # some threshold keeps the test window within the budget
+    validation: EventMetrics  # at the chosen threshold, where it was chosen
+    curve: list[EventMetrics] = field(repr=False)
+    details: dict[str, str] = field(default_factory=dict)
+    pred_asset: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object),
+                                   repr=False)
+    pred_ts: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    pred_probability: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class BacktestResult:
+    assets: tuple[str, ...]
+    t_start: float
+    train_until: float
+    test_until: float
+    horizon_s: float
+    budget: float
+    fault_starts: Mapping[str, np.ndarray]
+    variants: list[VariantResult]
+    notes: tuple[str, ...] = ()
+
+    def table_rows(self) -> tuple[list[str], list[list[str]]]:
+        """The side-by-side table: (headers, rows), one row per variant."""
+        headers = ["variant", "family", "threshold", "recall", "caught", "false/asset-wk",
+                   "episode precision", "median lead", "PR-AUC", "recall @ budget"]
+        rows = []
+        for vr in self.variants:
+            t = vr.test
+            rows.append([vr.variant.name, vr.variant.family, fmt(vr.threshold, 3),
+                         fmt(t.recall), f"{t.caught}/{t.faults}",
+                         fmt(t.false_per_asset_week), fmt(t.episode_precision),
+                         minutes(t.median_lead_s), fmt(t.pr_auc),
+                         fmt(vr.at_budget.recall) + ("" if vr.budget_reachable else " (!)")])
+        return headers, rows
+
+    def as_dict(self) -> dict[str, object]:
+
+        return {
+            "train_until": rfc3339(self.train_until), "test_until": rfc3339(self.test_until),
+            "budget_false_per_asset_week": self.budget,
+            "variants": {vr.variant.name: {
+                "family": vr.variant.family, "spec_hash": vr.variant.spec.hash,
+                "threshold": vr.threshold, "test": vr.test.as_dict(),
+                "validation": vr.validation.as_dict(),
+                "recall_at_budget": vr.at_budget.as_dict(),
+                "budget_reachable": vr.budget_reachable, "details": vr.details,
+                "seconds": round(vr.seconds, 2)} for vr in self.variants},
+        }
+
+
+def run(history: StoredHistory, variants: Sequence[Variant], train_until: float,
+        test_until: float | None = None, *, budget: float = 1.0, clear_ratio: float = 0.8,
+        training: TrainingConfig | None = None, out_dir: Path | None = None,
+        progress: Say | None = None, seed: int = 0) -> BacktestResult:
+    """Train each variant up to ``train_until``, score it on (train_until, test_until]."""
+    say = progress or (lambda _m: None)
+    training = training or TrainingConfig()
+    t_start = history.t_start
+    test_until = history.t_end if test_until is None else min(test_until, history.t_end)
+    if not t_start < train_until < test_until:
+        raise ValueError("need history start < --train-until < --test-until (or the end of "
+                         "the history)")
+    horizons = {v.spec.horizon_s for v in variants}
+    if len(horizons) != 1:
+        raise ValueError("all variants must share one horizon to be compared")
+    horizon = horizons.pop()
+    notes = []
+    full = next((v for v in variants if v.name == "full"), None)
+    if full is not None and full.spec.clean is None:
+        notes.append("[pipeline] clean is off, so full has no cleaning step either")
+    datasets: dict[str, Dataset] = {}
+    results = []
+    with tempfile.TemporaryDirectory(prefix="appliance-backtest-") as tmp:
+        for v in variants:
+            t0 = time.perf_counter()
+            say(f"variant {v.name} ({v.family}, spec {v.spec.hash})")
+            ds = datasets.get(v.spec.hash)
+            if ds is None:
+                ds = build_dataset(v.spec, history.histories, t_start, test_until,
+                                   training.cooldown_s, 1, say)
+                datasets[v.spec.hash] = ds
+            model_dir = (out_dir / v.name) if out_dir is not None else Path(tmp) / v.name
+            vr = _run_variant(v, ds, t_start, train_until, test_until, horizon, budget,
+                              clear_ratio, training, model_dir, say, seed)
+            results.append(dataclasses.replace(vr, seconds=time.perf_counter() - t0))
+            if out_dir is not None:
+                write_predictions(out_dir / v.name / "predictions.parquet", vr)
+    return BacktestResult(tuple(h.asset for h in history.histories), t_start, train_until,
+                          test_until, horizon, budget, history.fault_starts(), results,
+                          tuple(notes))
+
+
+def _run_variant(v: Variant, ds: Dataset, t_start: float, train_until: float,
+                 test_until: float, horizon: float, budget: float, clear_ratio: float,
+                 training: TrainingConfig, model_dir: Path, say: Say,
+                 seed: int) -> VariantResult:
+    fit_until = train_until - horizon  # labels there would look into the test window
+    test_rows = (ds.ticks > train_until) & (ds.ticks <= test_until)
+    if not test_rows.any():
+        raise ValueError("no ticks in the test window")
+    fit_ds = ds.stride(v.spec, training.stride)
+    details: dict[str, str] = {"spec hash": v.spec.hash}
+    if v.family == STATIC_FAMILY:
+        limit = fit_static(fit_ds, v.spec, t_start, fit_until, budget, clear_ratio,
+                           progress=say)
+        p_test = limit.score(ds.X[test_rows], ds.names)
+        threshold, validation = limit.threshold, limit.training
+        details["limit"] = f"`{limit.describe()}`"
+        details["budget met on the training window"] = fmt(limit.met_budget)
+    else:
+        params = TrainParams.from_settings(v.family, training, budget, clear_ratio, seed)
+        result = fit(fit_ds, v.spec, t_start, fit_until, params, say)
+        loaded, agreement = write(result, model_dir / "model.onnx")
+        # Scored by the exported model, as the service would run it.
+        cols = loaded.column_index(ds.names)
+        p_test = loaded.predict_proba(ds.X[test_rows][:, cols])
+        threshold, validation = result.threshold, result.validation
+        details["model"] = f"`{v.name}/model.onnx` ({loaded.name})"
+        details["features"] = f"{len(result.feature_names)} ({len(result.dropped)} dropped)"
+        details["budget met on validation"] = fmt(result.threshold_met_budget)
+        details["ONNX vs scikit-learn, max |diff|"] = f"{agreement['max_abs_diff']:.2g}"
+    scores = ds.scores(test_rows, p_test)
+    test = event_metrics(scores, threshold, horizon, clear_ratio)
+    curve = metrics_curve(scores, horizon, clear_ratio,
+                          np.union1d(threshold_candidates(scores, 0.01, 0.9999), [threshold]))
+    at_budget, reachable = best_within_budget(curve, budget)
+    say(f"{v.name}: test recall {fmt(test.recall)} ({test.caught}/{test.faults}), "
+        f"{fmt(test.false_per_asset_week)} false alarms per asset-week, median lead "
+        f"{minutes(test.median_lead_s)}")
+    names = np.array(ds.assets, dtype=object)
+    return VariantResult(v, threshold, test, at_budget, reachable, validation, curve, details,
+                         names[ds.asset_index[test_rows]], ds.ticks[test_rows], p_test)
+
+
+def write_predictions(path: Path, vr: VariantResult) -> None:
+    """``asset, ts, probability`` of every test tick, as Parquet (ts: UTC timestamps)."""
+    import duckdb
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions = {  # noqa: F841 - scanned by DuckDB below
+        "asset": np.asarray(vr.pred_asset, dtype=object),
+        "ts_s": np.asarray(vr.pred_ts, dtype=np.float64),
+        "probability": np.asarray(vr.pred_probability, dtype=np.float64),
+    }
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        target = "'" + str(path).replace("'", "''") + "'"
+        con.execute(f"COPY (SELECT asset, to_timestamp(ts_s) AS ts, probability "
+                    f"FROM predictions ORDER BY asset, ts) TO {target} (FORMAT parquet)")
+    finally:
+        con.close()
+
+
+def terminal_table(result: BacktestResult) -> str:
+    headers, rows = result.table_rows()
+    lines = [f"test window {rfc3339(result.train_until)} to {rfc3339(result.test_until)}, "
+             f"{len(result.assets)} assets; budget {result.budget:g} false alarms per "
+             f"asset-week", table(headers, rows, text=("family",)),
+             "recall @ budget: best test recall of any threshold within the budget "
+             "((!) = no threshold met it); the other columns: at the threshold chosen on "
+             "the training window"]
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
+         test_until: str | None = None, out_dir: Path | None = None,
+         db: Path | None = None, readings: str | None = None, faults: str | None = None,
+         asset: str | None = None, line: str = "line1", progress: Say | None = None,
+         seed: int = 0) -> BacktestResult:
+    """``appliance backtest``: history from the database (read-only) or from files."""
+    say = progress or (lambda _m: None)
+    if not names:
+        raise ValueError("no variants named")
+    variants = resolve_variants(cfg, names)
+    if readings is not None:
+        history, reports = load_files(readings, faults, asset=asset, line=line,
+                                           progress=progress)
+        for r in reports:
+            say(r.summary())
+    else:
+        assert db is not None
+        con = open_offline(db, read_only=True)
+        try:
+            history = load_histories(con, say)
+        finally:
+            con.close()
+    for note in history.notes:
+        say(f"note: {note}")
+    t_train = (parse_time(train_until) if train_until
+               else history.t_start + 0.75 * (history.t_end - history.t_start))
+    t_test = parse_time(test_until) if test_until else None
+    result = run(history, variants, t_train, t_test,
+                 budget=cfg.alerts.max_false_per_asset_week,
+                 clear_ratio=cfg.alerts.clear_ratio, training=cfg.training, out_dir=out_dir,
+                 progress=say, seed=seed)
+    return result

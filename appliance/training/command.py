@@ -1,0 +1,144 @@
+"""``appliance train``: stored history in, candidate models in the registry out.
+
+Reads every reading and fault from the database, builds the data set once with
+the pipeline spec the service runs, fits each family, exports each model to
+ONNX (checked against scikit-learn on validation rows), adds it to the model
+registry *without* promoting it, and records it in the ``models`` table
+(status ``candidate``) and in ``training_runs``.  ``appliance models promote
+NAME`` then makes the running service switch to it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.config import FAMILIES, Config
+from appliance.console import Progress, fmt, minutes, table
+from appliance.features.spec import PipelineSpec
+from appliance.models.registry import Registry
+from appliance.storage import tables
+from appliance.storage.database import open_offline
+from appliance.storage.history import load_histories
+from appliance.timefmt import rfc3339
+from appliance.training.families import TrainParams
+from appliance.training.fit import TrainResult, train_families, write
+
+
+@dataclass(frozen=True, slots=True)
+class Trained:
+    """One family's model, as registered."""
+
+    family: str
+    name: str
+    path: Path
+    sha256: str
+    result: TrainResult
+    onnx_check: dict[str, float]
+
+
+def params_for(cfg: Config, families: Sequence[str], seed: int = 0) -> list[TrainParams]:
+    """Training parameters of each family from ``[training]`` and ``[alerts]``."""
+    return [TrainParams.from_settings(f, cfg.training, cfg.alerts.max_false_per_asset_week,
+                                      cfg.alerts.clear_ratio, seed)
+            for f in families]
+
+
+def train_from_database(cfg: Config, db_path: Path, families: Sequence[str],
+                        out_dir: Path | None = None, progress: Progress | None = None,
+                        seed: int = 0) -> list[Trained]:
+    """Train, export, register and record; see the module docstring.
+
+    Raises ``DatabaseBusy`` while the service holds the database and
+    ValueError when the history cannot make a model (too short, no faults, ...);
+    a failed run is recorded in ``training_runs`` too.
+    """
+    say = progress or Progress(enabled=False)
+    spec = PipelineSpec.from_config(cfg.pipeline)
+    con = open_offline(db_path)
+    started = time.time()
+    try:
+        try:
+            history = load_histories(con, say)
+            for note in history.notes:
+                say(f"note: {note}")
+            say(f"window {rfc3339(history.t_start)} to {rfc3339(history.t_end)}, pipeline "
+                f"spec {spec.hash}")
+            results = train_families(spec, history.histories, history.t_start, history.t_end,
+                                     params_for(cfg, families, seed), say)
+            trained = _export_and_register(models_dir(cfg, db_path), spec, results, out_dir,
+                                           say)
+        except ValueError as exc:
+            tables.insert_training_run(con, started, time.time(), None, "failed",
+                                       {"error": str(exc), "families": list(families)})
+            raise
+        for t in trained:
+            tables.insert_model(con, time.time(), t.name, t.sha256, str(t.path), spec.hash,
+                                "candidate", {"family": t.result.family, **t.result.metrics})
+            tables.insert_training_run(con, started, time.time(), t.name, "candidate",
+                                       _run_detail(t, db_path))
+        return trained
+    finally:
+        con.close()
+
+
+def models_dir(cfg: Config, db_path: Path) -> Path:
+    """The registry folder: ``[model] dir``, else "models" beside the database used."""
+    return cfg.models_dir() if cfg.model.dir else Path(db_path).parent / "models"
+
+
+def _export_and_register(directory: Path, spec: PipelineSpec,
+                         results: Sequence[TrainResult], out_dir: Path | None,
+                         say: Progress) -> list[Trained]:
+    registry = Registry(directory)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    short = {family: name for name, family in FAMILIES.items()}
+    out = []
+    with tempfile.TemporaryDirectory(prefix="appliance-train-") as tmp:
+        folder = out_dir if out_dir is not None else Path(tmp)
+        for r in results:
+            family = short.get(r.family, r.family)
+            path = folder / f"{family}-{stamp}.onnx"
+            _loaded, agreement = write(r, path)
+            say(f"{family}: exported {path.name} (ONNX vs scikit-learn on "
+                f"{agreement['rows']} validation rows: max |diff| "
+                f"{agreement['max_abs_diff']:.2g})")
+            model = registry.add(path, spec.hash)
+            say(f"{family}: added {model.name} to {registry.directory} (not promoted)")
+            out.append(Trained(family, model.name, model.path, model.sha256, r, agreement))
+        if out_dir is not None:
+            (out_dir / f"train-{stamp}.json").write_text(json.dumps(
+                [{"family": t.family, "model": t.name, "sha256": t.sha256,
+                  "metrics": dict(t.result.metrics), "timings": dict(t.result.timings)}
+                 for t in out], indent=2))
+    return out
+
+
+def _run_detail(t: Trained, db_path: Path) -> dict[str, Any]:
+    r = t.result
+    return {"family": t.family, "database": str(db_path), "sha256": t.sha256,
+            "threshold": r.threshold, "threshold_met_budget": r.threshold_met_budget,
+            "trained_from": rfc3339(r.trained_from), "trained_to": rfc3339(r.trained_to),
+            "validation": r.validation.as_dict(), "rows": r.metrics.get("rows"),
+            "features": len(r.feature_names), "dropped": len(r.dropped),
+            "onnx_check": t.onnx_check,
+            "timings_s": {k: round(v, 2) for k, v in r.timings.items()}}
+
+
+def summary_table(trained: Sequence[Trained]) -> str:
+    """Per family: the validation metrics at the chosen threshold."""
+    headers = ["family", "threshold", "recall", "caught", "false/asset-wk",
+               "episode precision", "median lead", "PR-AUC", "budget met", "model"]
+    rows = []
+    for t in trained:
+        v = t.result.validation
+        rows.append([t.family, fmt(t.result.threshold, 3), fmt(v.recall),
+                     f"{v.caught}/{v.faults}", fmt(v.false_per_asset_week),
+                     fmt(v.episode_precision), minutes(v.median_lead_s), fmt(v.pr_auc),
+                     fmt(t.result.threshold_met_budget), t.name])
+    return table(headers, rows, text=("budget met", "model"))

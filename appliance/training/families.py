@@ -1,0 +1,94 @@
+"""The model families and their parameters: one table of names (``config.FAMILIES``).
+
+Two families: gradient-boosted trees (``gbt``, HistGradientBoosting) and a
+logistic regression (``logistic``: median imputation of missing values,
+standard scaling, then the regression, one scikit-learn Pipeline that skl2onnx
+converts whole).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.config import FAMILIES, TrainingConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TrainParams:
+    """What ``train`` does; the defaults make a small, quick model."""
+
+    #: ``gbt`` (HistGradientBoosting) or ``logistic`` (imputer + scaler + regression).
+    family: str = "gbt"
+
+    #: Fraction of (t_start, t_end] used for training; validation follows a horizon gap.
+    train_fraction: float = 0.75
+    max_false_per_asset_week: float = 1.0
+    #: Alarm hysteresis, as in the alert stage: clear below threshold × clear_ratio.
+    clear_ratio: float = 0.8
+    #: Ticks left out after a fault ends; None = one horizon.
+    cooldown_s: float | None = None
+    max_iter: int = 100
+    max_depth: int = 4
+    learning_rate: float = 0.1
+    l2_regularization: float = 1.0
+    #: Inverse regularisation strength of the logistic family.
+    C: float = 1.0
+    drop_useless: bool = True
+    duplicate_corr: float = 0.999
+    stride: int = 1
+    seed: int = 0
+    #: Threads for fitting and scoring (None: the library's default, all cores).  One
+    #: leaves the other core to the live pipeline on a two-core gateway.
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got "
+                             f"{self.family!r}")
+        if not self.C > 0:
+            raise ValueError(f"C must be > 0, got {self.C!r}")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction!r}")
+        if not self.max_false_per_asset_week >= 0:
+            raise ValueError(f"max_false_per_asset_week must be >= 0, got "
+                             f"{self.max_false_per_asset_week!r}")
+        if not 0.0 < self.clear_ratio <= 1.0:
+            raise ValueError(f"clear_ratio must be in (0, 1], got {self.clear_ratio!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads!r}")
+        if self.stride < 1 or self.max_iter < 1 or self.max_depth < 1:
+            raise ValueError("stride, max_iter and max_depth must be >= 1, got "
+                             f"{self.stride!r}, {self.max_iter!r}, {self.max_depth!r}")
+
+    @classmethod
+    def from_settings(cls, family: str, training: TrainingConfig, budget: float,
+                      clear_ratio: float, seed: int = 0) -> TrainParams:
+        """A family's parameters from ``[training]`` and the alert budget and hysteresis."""
+        return cls(family=family, train_fraction=1.0 - training.validation_fraction,
+                   max_false_per_asset_week=budget, clear_ratio=clear_ratio,
+                   cooldown_s=training.cooldown_s, max_iter=training.max_iter,
+                   stride=training.stride, threads=training.threads or None, seed=seed)
+
+
+def make_classifier(params: TrainParams) -> Any:
+    """An unfitted scikit-learn classifier of ``params.family``."""
+    if params.family == "gbt":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(
+            max_iter=params.max_iter, max_depth=params.max_depth,
+            learning_rate=params.learning_rate, l2_regularization=params.l2_regularization,
+            early_stopping=False, random_state=params.seed)
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Missing values (NaN) become the training median, as the service's features may
+    # be missing; keep_empty_features keeps the input width equal to the feature list.
+    return Pipeline([
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("scale", StandardScaler()),
+        ("model", LogisticRegression(C=params.C, max_iter=2000, random_state=params.seed)),
+    ])

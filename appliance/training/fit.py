@@ -1,0 +1,208 @@
+"""Fit a fault model: time split, fit, threshold on validation, ONNX export.
+
+Rows are rounded to float32 before the fit because the service feeds the ONNX
+model float32: the trees then split between float32 values and ONNX and
+scikit-learn agree (see ``export``).
+
+Split by time: training ticks in (t_start, t_split], then a gap of one horizon
+(whose labels would look into the validation window), then validation ticks.
+The threshold is chosen on validation with ``metrics.choose_threshold``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from appliance.config import FAMILIES
+from appliance.features.spec import PipelineSpec
+from appliance.storage.history import AssetHistory
+from appliance.timefmt import rfc3339
+from appliance.training import export
+from appliance.training.dataset import Dataset, Progress, build_dataset, select_features
+from appliance.training.families import TrainParams, make_classifier
+from appliance.training.metrics import EventMetrics, choose_threshold, tick_pr_auc
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TrainResult:
+    classifier: Any
+    family: str
+    feature_names: tuple[str, ...]
+    dropped: Mapping[str, str]
+    spec_hash: str
+    horizon_s: float
+    threshold: float
+    threshold_met_budget: bool
+    reference: Mapping[str, Any]
+    trained_from: float
+    trained_to: float
+    validated_from: float
+    validated_to: float
+    validation: EventMetrics
+    metrics: Mapping[str, Any]
+    training: Mapping[str, Any]
+    timings: Mapping[str, float]
+    #: Validation rows (float32) in the model's feature order, to check an export against.
+    X_validation: np.ndarray = field(repr=False)
+
+    def metadata(self, extra_metrics: Mapping[str, Any] | None = None,
+                 created_at: float | None = None) -> dict[str, str]:
+        """The model contract's metadata for this result."""
+        return export.build_metadata(
+            feature_names=self.feature_names, spec_hash=self.spec_hash,
+            horizon_s=self.horizon_s, threshold=self.threshold, reference=self.reference,
+            trained_from=self.trained_from, trained_to=self.trained_to,
+            metrics={**self.metrics, **(extra_metrics or {})}, family=self.family,
+            created_at=created_at, training=self.training)
+
+
+def train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
+          t_end: float, params: TrainParams | None = None,
+          progress: Progress | None = None) -> TrainResult:
+    """Build the data set, fit one family (``params.family``), choose the threshold."""
+    params = params or TrainParams()
+    return train_families(spec, histories, t_start, t_end, [params], progress)[0]
+
+
+def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
+                   t_end: float, params: Sequence[TrainParams],
+                   progress: Progress | None = None) -> list[TrainResult]:
+    """One data set (with the first params' cool-down and stride), a fit per params."""
+    if not params:
+        raise ValueError("no model family to train")
+    t0 = time.perf_counter()
+    first = params[0]
+    ds = build_dataset(spec, histories, t_start, t_end, first.cooldown_s, first.stride,
+                       progress)
+    features_s = time.perf_counter() - t0
+    results = []
+    for p in params:
+        r = fit(ds, spec, t_start, t_end, p, progress)
+        results.append(_with_timing(r, "features_s", features_s))
+    return results
+
+
+def _with_timing(result: TrainResult, key: str, seconds: float) -> TrainResult:
+    timings = {key: seconds, **result.timings}
+    return dataclasses.replace(result, timings=timings)
+
+
+def fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
+        params: TrainParams, progress: Progress | None = None) -> TrainResult:
+    """Fit ``params.family`` on the rows of ``ds`` with ticks in (t_start, t_end].
+
+    Training ticks are those up to t_split = t_start + train_fraction × (t_end −
+    t_start); validation ticks follow after a gap of one horizon.  The threshold
+    is the one with the best validation recall within the false-alarm budget.
+    """
+    # Import scikit-learn (and so its OpenMP runtime) first: threadpoolctl limits
+    # only the libraries already loaded when the limit is set.
+    import sklearn.ensemble
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(params.threads):
+        return _fit(ds, spec, t_start, t_end, params, progress)
+
+
+def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
+         params: TrainParams, progress: Progress | None) -> TrainResult:
+    say = progress or (lambda _msg: None)
+    timings: dict[str, float] = {}
+    family = FAMILIES[params.family]
+    in_window = (ds.ticks > t_start) & (ds.ticks <= t_end)
+    t_split = t_start + params.train_fraction * (t_end - t_start)
+    train_rows = in_window & ds.usable & (ds.ticks <= t_split)
+    val_rows = in_window & (ds.ticks > t_split + spec.horizon_s)  # alarms need every tick
+    if not val_rows.any():
+        raise ValueError("no validation ticks: the history is too short for the train "
+                         "fraction and one horizon of gap")
+    y_train = ds.positive[train_rows]
+    if y_train.all() or not y_train.any():
+        raise ValueError(f"the training window has {int(y_train.sum())} positive ticks of "
+                         f"{len(y_train)}: need both classes (more history or more faults)")
+
+    X_train = ds.X[train_rows]
+    if params.drop_useless:
+        keep, dropped = select_features(X_train, ds.names, params.duplicate_corr)
+    else:
+        keep, dropped = np.arange(len(ds.names)), {}
+    names = tuple(ds.names[j] for j in keep)
+    X_train = X_train[:, keep]
+    say(f"{params.family}: training on {len(X_train)} ticks ({int(y_train.sum())} positive), "
+        f"{len(names)} features ({len(dropped)} dropped)")
+
+    t0 = time.perf_counter()
+    clf = make_classifier(params)
+    clf.fit(X_train.astype(np.float64), y_train.astype(np.int64))
+    timings["fit_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    X_val = ds.X[val_rows][:, keep]
+    p_val = clf.predict_proba(X_val.astype(np.float64))[:, 1]
+    scores = ds.scores(val_rows, p_val)
+    chosen, met = choose_threshold(scores, spec.horizon_s, params.max_false_per_asset_week,
+                                   params.clear_ratio)
+    p_train = clf.predict_proba(X_train.astype(np.float64))[:, 1]
+    train_scores = ds.scores(train_rows, p_train)
+    timings["validate_s"] = time.perf_counter() - t0
+    say(f"{params.family}: threshold {chosen.threshold:.3f}: recall {chosen.recall:.2f} "
+        f"({chosen.caught}/{chosen.faults}), {chosen.false_per_asset_week:.2f} false alarms "
+        f"per asset-week, median lead {chosen.median_lead_s / 60:.0f} min")
+
+    val_ticks = ds.ticks[val_rows]
+    metrics = {
+        "validation": chosen.as_dict(),
+        "validation_from": rfc3339(float(val_ticks.min())),
+        "validation_to": rfc3339(float(val_ticks.max())),
+        "max_false_per_asset_week": params.max_false_per_asset_week,
+        "threshold_met_budget": met,
+        "train_pr_auc": _round(tick_pr_auc(train_scores)),
+        "rows": {"train": int(train_rows.sum()), "train_positive": int(y_train.sum()),
+                 "validation": int(val_rows.sum()),
+                 "validation_usable": int((val_rows & ds.usable).sum()),
+                 "validation_positive": int((val_rows & ds.usable & ds.positive).sum())},
+    }
+    training = {"params": asdict(params), "assets": list(ds.assets),
+                "dropped_features": dict(dropped), "spec_cadence_s": spec.cadence_s}
+    return TrainResult(
+        classifier=clf, family=family, feature_names=names, dropped=dropped,
+        spec_hash=spec.hash, horizon_s=spec.horizon_s, threshold=chosen.threshold,
+        threshold_met_budget=met,
+        reference=export.reference_distribution(X_train, names),
+        trained_from=t_start, trained_to=t_split,
+        validated_from=float(val_ticks.min()), validated_to=float(val_ticks.max()),
+        validation=chosen, metrics=metrics, training=training, timings=timings,
+        X_validation=X_val)
+
+
+def _round(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 6)
+
+
+def write(result: TrainResult, path: Any, check_rows: int = 20_000,
+          tol: float = 1e-4) -> tuple[Any, dict[str, float]]:
+    """Export ``result`` to ONNX at ``path``; return the loaded model and the agreement check.
+
+    ONNX and scikit-learn probabilities are compared on up to ``check_rows``
+    validation rows; the comparison goes into the metrics as ``onnx_check``.
+    Raises ValueError when more than 0.1 % of the rows differ by more than ``tol``.
+    """
+    n = len(result.X_validation)
+    rows = result.X_validation[np.linspace(0, n - 1, min(n, check_rows)).astype(np.intp)] \
+        if n else result.X_validation
+    proto = export.to_onnx(result.classifier, len(result.feature_names), result.metadata())
+    agreement = export.proto_agreement(proto, result.classifier, rows, tol)
+    if agreement["frac_over_tol"] > 1e-3:
+        raise ValueError(f"ONNX and scikit-learn disagree on {agreement['frac_over_tol']:.2%} "
+                         f"of validation rows (max |diff| {agreement['max_abs_diff']:.3g})")
+    export.set_metadata(proto, result.metadata({"onnx_check": agreement}))
+    loaded = export.write_model(proto, path, expected_spec_hash=result.spec_hash)
+    return loaded, agreement

@@ -1,6 +1,6 @@
 """Build the demo's starter model from simulated history.
 
-    python -m appliance.training.starter --out models/starter.onnx [--assets 10 --days 3 --seed 7]
+    python -m appliance.training.starter --out appliance/models/starter.onnx [--assets 10 --days 3 --seed 7]
 
 Simulates the line in memory with ``appliance.simulator``, computes features
 with the default pipeline spec (``PipelineConfig()``), trains with

@@ -1,8 +1,9 @@
 """Build the demo's starter model from simulated history.
 
-    python -m appliance.training.starter --out appliance/models/starter.onnx [--assets 10 --days 3 --seed 7]
+    python -m appliance.training.starter --out appliance/models/starter.onnx \
+        [--assets 10 --days 3 --seed 7]
 
-Simulates the line in memory with ``appliance.simulator``, computes features
+Simulates the line in memory with ``appliance.devtools.simulator``, computes features
 with the default pipeline spec (``PipelineConfig()``), trains with
 ``appliance.training.fit`` and writes an ONNX file that follows
 ``models/README.md``.  The same arguments give the same model (only the

@@ -28,6 +28,7 @@ from appliance.importer.staging import (
     stage,
 )
 from appliance.mqtt.topics import is_name
+from appliance.storage import tables
 
 FAULT_COLUMNS: tuple[str, ...] = ("asset", "ts_start", "ts_end", "code")
 
@@ -107,8 +108,8 @@ def import_faults(con: duckdb.DuckDBPyConnection, path: str | Path, *,
             report.stored, lo, hi = con.execute(
                 f"SELECT count(*), min(ts_us), max(ts_us) FROM {t}_new").fetchone()
             report.already_stored = total_first - report.stored
-            con.execute(f"INSERT INTO faults SELECT make_timestamp(ts_us), line, asset, state, "
-                        f"code, 'import' FROM {t}_new ORDER BY ts_us, ord")
+            tables.insert_faults_from(con, f"SELECT ts_us, line, asset, state, code FROM "
+                                           f"{t}_new ORDER BY ts_us, ord", "import")
             report.assets = [a for (a,) in con.execute(
                 f"SELECT DISTINCT asset FROM {t}_ok ORDER BY asset").fetchall()]
             if report.stored:

@@ -29,6 +29,7 @@ from appliance.importer.staging import (
 )
 from appliance.messages import SeriesKey
 from appliance.mqtt.topics import FAULT_SENSOR, is_name
+from appliance.storage import tables
 from appliance.storage.history import Say
 from appliance.storage.tables import SeriesRegistry
 
@@ -224,8 +225,9 @@ def _store_readings(con: duckdb.DuckDBPyConnection, staged: Staged, valid: str,
         report.t_from, report.t_to = lo / 1e6, hi / 1e6
     label = f"storing {total} readings"
     for start in range(0, total, chunk):
-        con.execute(f"INSERT INTO readings_raw SELECT make_timestamp(ts_us), series_id, value "
-                    f"FROM {t}_new WHERE rn >= {start} AND rn < {start + chunk} ORDER BY rn")
+        tables.insert_readings_from(con, f"SELECT series_id, ts_us, value FROM {t}_new "
+                                         f"WHERE rn >= {start} AND rn < {start + chunk} "
+                                         f"ORDER BY rn")
         if hasattr(say, "bar"):
             say.bar(label, min(total, start + chunk) / total)
     drop_tables(con, f"{t}_new")

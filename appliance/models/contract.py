@@ -13,14 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
+from appliance.timefmt import parse_rfc3339
 
 #: Metadata keys (ONNX ``metadata_props``) every model must carry; values are strings.
 KEY_FEATURES = "appliance.features"
@@ -226,10 +228,11 @@ def _parse_number(path: Path, key: str, raw: str) -> float:
 
 def _parse_time(path: Path, key: str, raw: str) -> None:
     try:
-        stamp = datetime.fromisoformat(raw)
+        parse_rfc3339(raw)
     except ValueError:
         raise ModelError(f"{path}: {key} must be an RFC 3339 time, got {raw!r}") from None
-    if stamp.tzinfo is None:
+    # the contract asks for the zone: parse_rfc3339 would read a zone-less time as UTC
+    if not re.search(r"(Z|[+-]\d\d:?\d\d)$", raw):
         raise ModelError(f"{path}: {key} must name its time zone (e.g. …Z), got {raw!r}")
 
 

@@ -64,8 +64,14 @@ def _key_order(k: SeriesKey) -> tuple[str, str, str]:
 def insert_readings(con: duckdb.DuckDBPyConnection, series_id: np.ndarray, ts_us: np.ndarray,
                     value: np.ndarray) -> None:
     batch = {"series_id": series_id, "ts_us": ts_us, "value": value}  # noqa: F841 - scanned
-    con.execute("INSERT INTO readings_raw SELECT make_timestamp(ts_us), series_id, value "
-                "FROM batch")
+    insert_readings_from(con, "SELECT series_id, ts_us, value FROM batch")
+
+
+def insert_readings_from(con: duckdb.DuckDBPyConnection, select: str) -> None:
+    """Readings from a query of (series_id, ts_us, value) columns, in its order (an
+    import's staging table: stays inside DuckDB, never through Python)."""
+    con.execute(f"INSERT INTO readings_raw SELECT make_timestamp(ts_us), series_id, value "
+                f"FROM ({select})")
 
 
 def stored_already(con: duckdb.DuckDBPyConnection, series_id: np.ndarray,
@@ -83,6 +89,12 @@ def stored_already(con: duckdb.DuckDBPyConnection, series_id: np.ndarray,
     mask = np.zeros(len(ts_us), dtype=bool)
     mask[hits["i"].astype(np.int64)] = True
     return mask
+
+
+def insert_faults_from(con: duckdb.DuckDBPyConnection, select: str, source: str) -> None:
+    """Fault events from a query of (ts_us, line, asset, state, code) columns, in its order."""
+    con.execute(f"INSERT INTO faults SELECT make_timestamp(ts_us), line, asset, state, code, "
+                f"? FROM ({select})", [source])
 
 
 def insert_faults(con: duckdb.DuckDBPyConnection, faults: list[FaultEvent],

@@ -1,6 +1,6 @@
 """Features: committed readings in, one feature row per asset per tick out.
 
-Readings of each asset go through that asset's ``pipeline.live.AssetFeatures``
+Readings of each asset go through that asset's ``features.live.AssetFeatures``
 (grid + rolling kernels); the rows completed by one input batch are grouped by
 tick so the predict stage makes one model call per tick for all assets.  A
 sensor that becomes stuck (or moves again) is logged, and the status counts

@@ -16,7 +16,7 @@ from appliance.config import FAMILIES, TrainingConfig
 
 @dataclass(frozen=True, slots=True)
 class TrainParams:
-    """What ``train`` does; the defaults make a small, quick model."""
+    """What ``fit.train`` does; the defaults make a small, quick model."""
 
     #: ``gbt`` (HistGradientBoosting) or ``logistic`` (imputer + scaler + regression).
     family: str = "gbt"

@@ -1,6 +1,6 @@
 """Import, training and backtest on a simulated history: the figures of issue 4.
 
-    python bench/train.py [--days 45] [--assets 10] [--work DIR] [--json]
+    python -m appliance.devtools.bench.train [--days 45] [--assets 10] [--work DIR] [--json]
 
 1. ``simulator.to_files``: ``assets`` assets × ``days`` days of 1-minute readings
    (5 sensors, ~3.2 million rows for 10 × 45), with a recalibration of the
@@ -153,7 +153,8 @@ def _recall_at(vr: backtest.VariantResult, false_per_asset_week: float) -> float
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python bench/train.py", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m appliance.devtools.bench.train",
+                                 description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--days", type=float, default=45.0)
     ap.add_argument("--assets", type=int, default=10)

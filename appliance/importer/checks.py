@@ -12,6 +12,7 @@ import duckdb
 from appliance.config import NAME_PATTERN
 from appliance.importer.report import ImportReport, Problem
 from appliance.importer.staging import Staged, quote
+from appliance.timefmt import to_us
 
 
 def name_check(expr: str, what: str) -> list[str]:
@@ -61,4 +62,4 @@ def first_problems(staged: Staged, found: list[tuple[int, str]], limit: int
 def future_limit_us(now: float | None, max_future_s: float) -> int:
     """Times after this (µs) are refused as "in the future"; inf = no limit."""
     limit = (time.time() if now is None else now) + max_future_s
-    return int(limit * 1e6) if math.isfinite(limit) else 1 << 62
+    return to_us(limit) if math.isfinite(limit) else 1 << 62

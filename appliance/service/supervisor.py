@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from appliance.clock import Clock, WallClock
 from appliance.messages import EndOfStream
-from appliance.stages.base import Stage, StopSignals, take
+from appliance.stages.base import Stage, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +101,13 @@ class Supervisor:
         back-pressure; pass an EndOfStream on so the stages below it still stop."""
         if stage.inbox is None:
             return
-        while (item := take(stage.inbox, self.signals.abort)) is not None:
+        while not self.signals.abort.is_set():
+            item = stage.take()
             if isinstance(item, EndOfStream):
                 stage.emit((item,), self.signals)
                 return
-            stage.counters.bump("discarded")
+            if item is not None:
+                stage.counters.bump("discarded")
 
     def state(self, stage: Stage) -> str:
         """The stage's health state, or "hung" when it runs but does not move: input

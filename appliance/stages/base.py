@@ -142,16 +142,6 @@ class Stage:
         self.progressed()
 
 
-def take(q: queue.Queue, stop: threading.Event) -> Any:
-    """Next item of ``q``; None when ``stop`` was set while waiting."""
-    while not stop.is_set():
-        try:
-            return q.get(timeout=POLL_S)
-        except queue.Empty:
-            continue
-    return None
-
-
 def put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     """Put with back-pressure: block while ``q`` is full. False if stopped first.
 

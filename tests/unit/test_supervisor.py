@@ -6,7 +6,7 @@ from appliance.clock import ManualClock
 from appliance.messages import EndOfStream
 from appliance.service.status import snapshot
 from appliance.service.supervisor import Supervisor
-from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.stages.base import Stage, put
 
 
 class Counter(Stage):
@@ -14,28 +14,20 @@ class Counter(Stage):
 
     def __init__(self, name: str, inbox: queue.Queue, out: queue.Queue | None,
                  fail_on: set[int] = frozenset()) -> None:
-        super().__init__()
+        super().__init__(inbox, out)
         self.name = name
-        self.inbox, self.out = inbox, out
         self.fail_on = set(fail_on)
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
 
-    def run(self, signals: StopSignals) -> None:
-        while True:
-            item = take(self.inbox, signals.abort)
-            if item is None:
-                return
-            if isinstance(item, int) and item in self.fail_on:
-                self.fail_on.discard(item)
-                raise RuntimeError(f"injected on {item}")
-            self.counters.processed += 0 if isinstance(item, EndOfStream) else 1
-            if self.out is not None:
-                put(self.out, item, signals.abort)
-            if isinstance(item, EndOfStream):
-                return
+    def handle(self, item: object) -> tuple[object, ...]:
+        if isinstance(item, int) and item in self.fail_on:
+            self.fail_on.discard(item)
+            raise RuntimeError(f"injected on {item}")
+        self.counters.processed += 1
+        return (item,)
 
 
 def wait_until(cond, timeout=5.0):

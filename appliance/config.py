@@ -162,6 +162,18 @@ class StatusConfig:
     interval_s: float = field(default=5.0, metadata=_range(0.1))
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """When the service calls itself degraded (``appliance status`` exits non-zero)."""
+
+    #: A stage with input waiting that has made no progress this long is hung; a hung
+    #: essential stage (ingest, store) stops feeding the systemd watchdog.
+    hung_after_s: float = field(default=60.0, metadata=_range(1.0))
+    #: Without an MQTT connection this long (broker down, refusing us), ingest is
+    #: degraded; a shorter outage is a reconnect, not a problem.
+    mqtt_down_after_s: float = field(default=10.0, metadata=_range(0.0))
+
+
 #: The model families of ``appliance train`` (``--family``), each with the family name
 #: a model records in its metadata: the one table of families.
 FAMILIES: dict[str, str] = {"gbt": "hist_gradient_boosting", "logistic": "logistic_regression"}
@@ -220,6 +232,7 @@ class Config:
     queues: QueuesConfig = QueuesConfig()
     limits: LimitsConfig = LimitsConfig()
     status: StatusConfig = StatusConfig()
+    service: ServiceConfig = ServiceConfig()
     training: TrainingConfig = TrainingConfig()
     #: ``[variants.<name>]`` tables, as (name, overrides) pairs in file order.
     variants: tuple[tuple[str, VariantConfig], ...] = ()

@@ -27,7 +27,7 @@ from appliance.features.spec import PipelineSpec
 from appliance.models.contract import LoadedModel, ModelError
 from appliance.models.registry import Registry
 from appliance.models.watcher import ModelWatcher, serving_model
-from appliance.service.status import StatusPublisher
+from appliance.service.status import StatusPublisher, snapshot
 from appliance.service.supervisor import Supervisor
 from appliance.service.systemd_notify import notify, watchdog_interval_s
 from appliance.stages.alert import AlertStage
@@ -57,6 +57,12 @@ class Pipeline:
     stages: dict[str, Stage]
     supervisor: Supervisor
 
+    def status(self, previous: dict | None = None) -> dict:
+        """The status snapshot (``previous``, the last one, gives the rates)."""
+        return snapshot(self.supervisor, self.queues,
+                        database=str(self.cfg.resolve(self.cfg.storage.path)),
+                        damaged_wal=self.open_report.damaged_wal, previous=previous)
+
 
 def build(cfg: Config) -> Pipeline:
     """Wire the pipeline.  Raises ``ModelError`` when no model can serve and the config
@@ -79,7 +85,7 @@ def build(cfg: Config) -> Pipeline:
         "store": StoreStage(cfg, db, q["inbound"], q["stored"], acks),
         "ingest": IngestStage(cfg, q["inbound"], acks),
     }
-    supervisor = Supervisor(list(stages.values()))
+    supervisor = Supervisor(list(stages.values()), hung_after_s=cfg.service.hung_after_s)
     return Pipeline(cfg, db, report, q, stages, supervisor)
 
 
@@ -117,15 +123,16 @@ class Service:
             log.error("STARTED WITH A DAMAGED DATABASE LOG, set aside at %s",
                       p.open_report.damaged_wal)
         p.supervisor.start()
-        self.publisher = StatusPublisher(p)
+        self.publisher = StatusPublisher(self.cfg, p.status)
         notify("READY=1")
         log.info("appliance %s running; database %s", __version__,
                  self.cfg.resolve(self.cfg.storage.path))
 
     def beat(self) -> None:
-        """Feed the watchdog while every essential stage lives; publish status when due."""
-        if self.pipeline.supervisor.essential_alive():
-            notify("WATCHDOG=1")  # a hung or failed essential stage starves the watchdog
+        """Feed the watchdog while no essential stage has failed or hung (otherwise
+        systemd restarts us); publish status when due."""
+        if self.pipeline.supervisor.essential_working():
+            notify("WATCHDOG=1")
         if time.monotonic() >= self._next_status and self.publisher is not None:
             self.publisher.publish()
             self._next_status = time.monotonic() + self.cfg.status.interval_s

@@ -5,49 +5,61 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from appliance import __version__
+from appliance.clock import WallClock
 from appliance.config import Config
-from appliance.mqtt.client import connect, make_client
-
-if TYPE_CHECKING:  # pragma: no cover
-    from appliance.service.runner import Pipeline
+from appliance.mqtt.client import ConnectionMonitor, connect, make_client
+from appliance.service.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 
 #: The entries every stage has in the status; the rest are the stage's own counters.
 STAGE_STATUS_KEYS = frozenset({"state", "restarts", "last_error", "processed", "errors",
-                               "rate_per_s"})
+                               "rate_per_s", "problem"})
+#: Stage states that make the service degraded.
+DEGRADED_STATES = frozenset({"failed", "hung"})
 
 
-def status(p: Pipeline, previous: dict | None = None) -> dict:
-    """A JSON-able snapshot: stage health, queue depths, rates, last errors."""
+def snapshot(supervisor: Supervisor, queues: Mapping[str, queue.Queue], *,
+             database: str, damaged_wal: str, previous: dict | None = None) -> dict:
+    """A JSON-able snapshot: stage health, queue depths, rates, problems.
+
+    Each stage's entry is its supervisor health merged with its own ``status()``.
+    The state is "degraded" when a stage has failed or hung or reports a problem;
+    ``problems`` says which and why."""
     now = time.time()
-    stages = {}
-    for name, stage in p.stages.items():
-        h = p.supervisor.health[name]
-        c = stage.counters
-        entry = {"state": h.state, "restarts": h.restarts, "last_error": h.last_error,
-                 "processed": c.processed, "errors": c.errors, **c.extra}
-        if previous and name in previous.get("stages", {}):
+    stages: dict[str, dict[str, Any]] = {}
+    problems = []
+    for stage in supervisor.stages:
+        h = supervisor.health[stage.name]
+        entry = {"state": supervisor.state(stage), "restarts": h.restarts,
+                 "last_error": h.last_error, **stage.status()}
+        if previous and stage.name in previous.get("stages", {}):
             dt = max(1e-3, now - previous["ts"])
-            entry["rate_per_s"] = round((c.processed - previous["stages"][name]["processed"])
-                                        / dt, 1)
-        stages[name] = entry
-    model = p.stages["predict"].model  # type: ignore[attr-defined]
+            entry["rate_per_s"] = round(
+                (entry["processed"] - previous["stages"][stage.name]["processed"]) / dt, 1)
+        if entry["state"] in DEGRADED_STATES:
+            problems.append(f"{stage.name} {entry['state']}")
+        if "problem" in entry:
+            problems.append(f"{stage.name}: {entry['problem']}")
+        stages[stage.name] = entry
     return {
-        "state": "running" if p.supervisor.essential_alive() else "degraded",
+        "state": "degraded" if problems else "running",
+        "problems": problems,
         "version": __version__,
         "ts": now,
-        "mqtt_connected": p.stages["ingest"].connected.is_set(),  # type: ignore[attr-defined]
-        "model": model.name if model else None,
-        "database": str(p.cfg.resolve(p.cfg.storage.path)),
-        "damaged_wal": p.open_report.damaged_wal,
-        "queues": {name: qq.qsize() for name, qq in p.queues.items()},
+        "mqtt_connected": bool(stages.get("ingest", {}).get("connected")),
+        "model": stages.get("predict", {}).get("model"),
+        "database": database,
+        "damaged_wal": damaged_wal,
+        "queues": {name: qq.qsize() for name, qq in queues.items()},
         "stages": stages,
     }
 
@@ -60,29 +72,32 @@ def status_file(cfg: Config) -> Path:
 class StatusPublisher:
     """Publishes status (retained) on MQTT and to a file; the will says offline."""
 
-    def __init__(self, p: Pipeline) -> None:
-        self.p = p
-        self.topic = p.cfg.status.topic
-        self.client, props = make_client(p.cfg.mqtt, "status",
-                                         will=(self.topic, b"offline"))
-        connect(self.client, p.cfg.mqtt, props)
+    def __init__(self, cfg: Config, read: Callable[[dict | None], dict]) -> None:
+        """``read(previous)`` takes the snapshot (``previous`` gives the rates)."""
+        self.cfg = cfg
+        self.read = read
+        self.topic = cfg.status.topic
+        self.client, props = make_client(cfg.mqtt, "status", will=(self.topic, b"offline"))
+        ConnectionMonitor(cfg.mqtt, "status", WallClock()).attach(self.client)
+        connect(self.client, cfg.mqtt, props)
         self.previous: dict | None = None
         self._file_error = ""
 
     def publish(self, final: str | None = None) -> dict:
-        snap = status(self.p, self.previous)
+        snap = self.read(self.previous)
         if final:
             snap["state"] = final
         self.previous = snap
         payload = json.dumps(snap)
-        tmp = status_file(self.p.cfg).with_suffix(".tmp")
+        path = status_file(self.cfg)
+        tmp = path.with_suffix(".tmp")
         try:
             tmp.write_text(payload)
-            tmp.replace(status_file(self.p.cfg))
+            tmp.replace(path)
             self._file_error = ""
         except OSError as exc:  # a full disk must not stop the service; MQTT still has it
             if str(exc) != self._file_error:
-                log.error("status file %s not written: %s", status_file(self.p.cfg), exc)
+                log.error("status file %s not written: %s", path, exc)
             self._file_error = str(exc)
         self.client.publish(self.topic, final or payload, qos=1, retain=True)
         return snap
@@ -96,6 +111,8 @@ def text(snap: dict, age_s: float) -> str:
     """``appliance status``: the snapshot for a person."""
     lines = [f"state {snap['state']} (as of {age_s:.0f} s ago), version {snap['version']}, "
              f"model {snap['model']}, MQTT {'connected' if snap['mqtt_connected'] else 'DOWN'}"]
+    for problem in snap.get("problems", []):
+        lines.append(f"!! {problem}")
     if snap.get("damaged_wal"):
         lines.append(f"!! damaged write-ahead log set aside at {snap['damaged_wal']}")
     lines.append("queues: " + ", ".join(f"{k} {v}" for k, v in snap["queues"].items()))

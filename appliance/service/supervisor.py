@@ -2,8 +2,10 @@
 
 Restarts back off exponentially (0.5 s doubling to 30 s) and are budgeted: a
 stage that fails more than ``max_restarts`` times within ``window_s`` is marked
-failed and left down while the others run on.  Health is read by the status
-publisher and the systemd watchdog.
+failed and left down while the others run on.  A running stage with input
+waiting, room on its output and no progress for ``hung_after_s`` (on the
+supervisor's clock, which it gives every stage) is reported hung.  Health is read
+by the status snapshot and the systemd watchdog.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 from appliance.clock import Clock, WallClock
 from appliance.messages import EndOfStream
-from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.stages.base import Stage, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +33,17 @@ class StageHealth:
 class Supervisor:
     def __init__(self, stages: list[Stage], clock: Clock | None = None, *,
                  backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
-                 max_restarts: int = 5, window_s: float = 300.0) -> None:
+                 max_restarts: int = 5, window_s: float = 300.0,
+                 hung_after_s: float = 60.0) -> None:
         self.stages = stages
         self.clock = clock or WallClock()
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.max_restarts = max_restarts
         self.window_s = window_s
+        self.hung_after_s = hung_after_s
+        for stage in stages:
+            stage.use_clock(self.clock)
         self.health = {s.name: StageHealth() for s in stages}
         self.signals = StopSignals()
         self._threads: dict[str, threading.Thread] = {}
@@ -56,6 +62,7 @@ class Supervisor:
         while True:
             try:
                 stage.start()
+                stage.progressed()  # the time it was down is not time without progress
                 health.state = "running"
                 stage.run(self.signals)
                 health.state = "stopped"
@@ -92,19 +99,30 @@ class Supervisor:
         """Take and drop what a failed non-essential stage would have taken, so its
         full input queue does not stall the stages above it (and the store) by
         back-pressure; pass an EndOfStream on so the stages below it still stop."""
-        inbox, out = getattr(stage, "inbox", None), getattr(stage, "out", None)
-        if inbox is None:
+        if stage.inbox is None:
             return
-        while (item := take(inbox, self.signals.abort)) is not None:
+        while not self.signals.abort.is_set():
+            item = stage.take()
             if isinstance(item, EndOfStream):
-                if out is not None:
-                    put(out, item, self.signals.abort)
+                stage.emit((item,), self.signals)
                 return
-            stage.counters.bump("discarded")
+            if item is not None:
+                stage.counters.bump("discarded")
 
-    def essential_alive(self) -> bool:
-        """True while every essential stage is running (what feeds the watchdog)."""
-        return all(self.health[s.name].state in ("starting", "running", "restarting")
+    def state(self, stage: Stage) -> str:
+        """The stage's health state, or "hung" when it runs but does not move: input
+        waiting, room on its output (else it is held up by the stage below, whose
+        own state says so) and no progress for ``hung_after_s``."""
+        state = self.health[stage.name].state
+        if (state == "running" and stage.inbox is not None and not stage.inbox.empty()
+                and not (stage.out is not None and stage.out.full())
+                and self.clock.monotonic() - stage.last_progress >= self.hung_after_s):
+            return "hung"
+        return state
+
+    def essential_working(self) -> bool:
+        """True while no essential stage has failed or hung (what feeds the watchdog)."""
+        return all(self.state(s) in ("starting", "running", "restarting")
                    for s in self.stages if s.essential)
 
     def join(self, timeout_s: float) -> bool:

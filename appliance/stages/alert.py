@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 
 import paho.mqtt.client as mqtt
 
 from appliance.alarm import AlarmState
 from appliance.config import Config
-from appliance.messages import AlertEvent, Alerts, EndOfStream, Prediction, Predictions
+from appliance.messages import AlertEvent, Alerts, Prediction, Predictions
 from appliance.mqtt import payloads
-from appliance.mqtt.client import connect, make_client
+from appliance.mqtt.client import ConnectionMonitor, connect, make_client
 from appliance.mqtt.topics import Topics
-from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.stages.base import Stage
 
 log = logging.getLogger(__name__)
 
@@ -34,41 +33,27 @@ class AlertStage(Stage):
     essential = False  # the readings keep being stored without it
 
     def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue) -> None:
-        super().__init__()
+        super().__init__(inbox, out)
         self.cfg = cfg
         self.topics = Topics.from_config(cfg)
-        self.inbox = inbox
-        self.out = out
         self._states: dict[tuple[str, str], AlarmState] = {}
         self._client: mqtt.Client | None = None
-        self.connected = threading.Event()
 
     def start(self) -> None:
         client, props = make_client(self.cfg.mqtt, "alert")
         client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
-        client.on_connect = lambda *a: self.connected.set()
-        client.on_disconnect = lambda *a: self.connected.clear()
+        ConnectionMonitor(self.cfg.mqtt, self.name, self.clock).attach(client)
         self._client = client
         connect(client, self.cfg.mqtt, props)
 
-    def run(self, signals: StopSignals) -> None:
-        while True:
-            item = take(self.inbox, signals.abort)
-            if item is None:
-                return
-            if isinstance(item, EndOfStream):
-                put(self.out, item, signals.abort)
-                return
-            if not isinstance(item, Predictions):
-                put(self.out, item, signals.abort)  # e.g. a ModelEvent, for the record
-                continue
-            alerts = [a for p in item.items if (a := self._update(p)) is not None]
-            for a in alerts:
-                self._publish(a)
-            self.counters.processed += len(item.items)
-            put(self.out, item, signals.abort)
-            if alerts:
-                put(self.out, Alerts(tuple(alerts)), signals.abort)
+    def handle(self, item: object) -> tuple[object, ...]:
+        if not isinstance(item, Predictions):
+            return (item,)  # e.g. a ModelEvent, for the record
+        alerts = [a for p in item.items if (a := self._update(p)) is not None]
+        for a in alerts:
+            self._publish(a)
+        self.counters.processed += len(item.items)
+        return (item, Alerts(tuple(alerts))) if alerts else (item,)
 
     def _update(self, p: Prediction) -> AlertEvent | None:
         key = (p.line, p.asset)

@@ -18,8 +18,8 @@ import numpy as np
 from appliance.config import Config
 from appliance.features.live import AssetFeatures, FeatureBanks
 from appliance.features.spec import PipelineSpec
-from appliance.messages import EndOfStream, FeatureRows, StoredReadings
-from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.messages import FeatureRows, StoredReadings
+from appliance.stages.base import Stage
 
 log = logging.getLogger(__name__)
 
@@ -29,27 +29,14 @@ class FeaturesStage(Stage):
     essential = False  # the readings keep being stored without it
 
     def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue) -> None:
-        super().__init__()
+        super().__init__(inbox, out)
         self.spec = PipelineSpec.from_config(cfg.pipeline)
         self.banks = FeatureBanks(self.spec)
-        self.inbox = inbox
-        self.out = out
         self._assets: dict[tuple[str, str], AssetFeatures] = {}
         for counter in ("late_readings", "invalid_readings", "idle_restarts", "stuck_sensors"):
             self.counters.extra[counter] = 0
 
-    def run(self, signals: StopSignals) -> None:
-        while True:
-            item = take(self.inbox, signals.abort)
-            if item is None:
-                return
-            if isinstance(item, EndOfStream):
-                put(self.out, item, signals.abort)
-                return
-            for rows in self._rows(item):
-                put(self.out, rows, signals.abort)
-
-    def _rows(self, batch: StoredReadings) -> list[FeatureRows]:
+    def handle(self, batch: StoredReadings) -> list[FeatureRows]:
         by_tick: dict[tuple[float, tuple[str, ...]], list] = defaultdict(list)
         assets = self._assets
         #: The counters of each asset this batch touches, as they were before it:

@@ -15,15 +15,15 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from appliance.clock import Clock, WallClock
 from appliance.config import Config
 from appliance.messages import Committed, DeadLetter, EndOfStream, Inbound, SeriesKey
 from appliance.mqtt import payloads
-from appliance.mqtt.client import connect, make_client, reason_failed
+from appliance.mqtt.client import ConnectionMonitor, connect, make_client
 from appliance.mqtt.topics import Route, Routed, Topics, UnroutableTopic
 from appliance.stages.base import POLL_S, Stage, StopSignals, put
 
@@ -59,15 +59,13 @@ class _OpenBatch:
 class IngestStage(Stage):
     name = "ingest"
 
-    def __init__(self, cfg: Config, out: queue.Queue, acks: queue.Queue,
-                 clock: Clock | None = None) -> None:
-        super().__init__()
+    def __init__(self, cfg: Config, out: queue.Queue, acks: queue.Queue) -> None:
+        super().__init__(out=out)
         self.cfg = cfg
         self.topics = Topics.from_config(cfg)
-        self.out = out
         self.acks = acks
-        self.clock = clock or WallClock()
-        self.connected = threading.Event()
+        #: The state of the current client's connection; a new one per ``start``.
+        self.link: ConnectionMonitor | None = None
         self._lock = threading.Lock()  # guards the batches
         #: Guards the generation and sending acks, so no ack of an old connection
         #: can be sent on a new one.  Never held while taking ``_lock``.
@@ -80,27 +78,15 @@ class IngestStage(Stage):
         self._keys: dict[tuple[str, str, str], SeriesKey] = {}
         self._client: mqtt.Client | None = None
         self._abort = threading.Event()
-        self._closing = False
 
     # -- paho callbacks (network thread): never raise ---------------------------------
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason_code: object, properties: object) -> None:
-        if reason_failed(reason_code):
-            log.error("MQTT connect to %s:%d refused: %s", self.cfg.mqtt.host,
-                      self.cfg.mqtt.port, reason_code)
-            return
+    def _on_up(self, client: mqtt.Client, flags: object) -> None:
         self._new_generation()
         client.subscribe([(t, self.cfg.mqtt.qos) for t in self.topics.subscriptions()])
-        self.connected.set()
-        log.info("MQTT connected to %s:%d (session present: %s)", self.cfg.mqtt.host,
-                 self.cfg.mqtt.port, getattr(flags, "session_present", "?"))
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: object, properties: object) -> None:
+    def _on_down(self, lost: bool) -> None:
         self._new_generation()  # acks still pending belong to a dead connection
-        self.connected.clear()
-        if not self._closing:
-            log.warning("MQTT disconnected (%s); reconnecting", reason_code)
+        if lost:
             self.counters.bump("disconnects")
 
     def _new_generation(self) -> None:
@@ -213,11 +199,11 @@ class IngestStage(Stage):
 
     # -- stage interface -----------------------------------------------------------------
     def start(self) -> None:
-        self._closing = False
         client, props = make_client(self.cfg.mqtt, "ingest", persistent=True)
         client.manual_ack_set(True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        self.link = ConnectionMonitor(self.cfg.mqtt, self.name, self.clock,
+                                      on_up=self._on_up, on_down=self._on_down)
+        self.link.attach(client)
         client.on_message = self._on_message
         self._client = client
         connect(client, self.cfg.mqtt, props, persistent=True)
@@ -227,13 +213,15 @@ class IngestStage(Stage):
         batch_s = self.cfg.storage.batch_ms / 1000.0
         while not signals.drain.is_set() and not signals.abort.is_set():
             self._send_acks(timeout=min(POLL_S, batch_s / 2))
-            self._hand_on(due_only=True)
+            self.hand_on(due_only=True)
         # Drain: stop receiving, hand on what we hold, then the end marker.
         self._disconnect()
-        self._hand_on(due_only=False)
+        self.hand_on(due_only=False)
         put(self.out, EndOfStream(), signals.abort)
 
-    def _hand_on(self, due_only: bool) -> None:
+    def hand_on(self, due_only: bool) -> None:
+        """Put the sealed batches on the output, and the open one when it is due (or
+        always, with ``due_only`` false)."""
         with self._lock:
             sealed, self._sealed = self._sealed, []
             batch = self._batch
@@ -273,9 +261,19 @@ class IngestStage(Stage):
     def _disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            self._closing = True
             client.disconnect()
             client.loop_stop()
 
     def close(self) -> None:
         self._disconnect()
+
+    def status(self) -> dict[str, Any]:
+        c = self.link
+        entry: dict[str, Any] = {**super().status(),
+                                 "connected": c is not None and c.connected.is_set()}
+        down_s = c.down_for() if c is not None else 0.0
+        if c is not None and down_s > self.cfg.service.mqtt_down_after_s:
+            entry["problem"] = (f"MQTT not connected to {self.cfg.mqtt.host}:"
+                                f"{self.cfg.mqtt.port} for {down_s:.0f} s ({c.failures} failed "
+                                f"attempts; last: {c.last_failure or 'none yet'})")
+        return entry

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
+from typing import Any
 
 import numpy as np
 
 from appliance.config import Config
-from appliance.messages import EndOfStream, FeatureRows, Prediction, Predictions
+from appliance.messages import FeatureRows, ModelEvent, Prediction, Predictions
 from appliance.models.contract import LoadedModel
 from appliance.models.explain import Explainer
 from appliance.models.watcher import ModelWatcher
-from appliance.stages.base import POLL_S, Stage, StopSignals, put
+from appliance.stages.base import Stage
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,8 @@ class PredictStage(Stage):
 
     def __init__(self, cfg: Config, watcher: ModelWatcher, model: LoadedModel | None,
                  inbox: queue.Queue, out: queue.Queue) -> None:
-        super().__init__()
+        super().__init__(inbox, out)
         self.cfg = cfg
-        self.inbox = inbox
-        self.out = out
         self.watcher = watcher
         self.model: LoadedModel | None = None
         self._explainer: Explainer | None = None
@@ -63,26 +61,25 @@ class PredictStage(Stage):
         assert self.model is not None
         return self.cfg.alerts.threshold or self.model.threshold
 
-    def run(self, signals: StopSignals) -> None:
-        while not signals.abort.is_set():
-            if time.monotonic() >= self._next_poll:
-                self._next_poll = time.monotonic() + self.cfg.model.poll_s
-                promoted = self.watcher.poll(self.model)
-                if promoted is not None:
-                    self.use(promoted)
-            while self.watcher.events:
-                put(self.out, self.watcher.events.pop(0), signals.abort)
-            try:
-                item = self.inbox.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if isinstance(item, EndOfStream):
-                put(self.out, item, signals.abort)
-                return
-            if self.model is None:
-                self.counters.bump("rows_without_model", len(item.assets))
-                continue
-            put(self.out, self.predict(item), signals.abort)
+    def periodic(self) -> list[ModelEvent]:
+        """Look for a newly promoted model every ``poll_s``; what the watcher saw goes on."""
+        if self.clock.monotonic() >= self._next_poll:
+            self._next_poll = self.clock.monotonic() + self.cfg.model.poll_s
+            promoted = self.watcher.poll(self.model)
+            if promoted is not None:
+                self.use(promoted)
+        events = list(self.watcher.events)
+        self.watcher.events.clear()
+        return events
+
+    def handle(self, rows: FeatureRows) -> tuple[Predictions, ...]:
+        if self.model is None:
+            self.counters.bump("rows_without_model", len(rows.assets))
+            return ()
+        return (self.predict(rows),)
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "model": self.model.name if self.model else None}
 
     def predict(self, rows: FeatureRows) -> Predictions:
         model, explainer = self.model, self._explainer

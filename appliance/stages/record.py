@@ -6,8 +6,8 @@ import queue
 
 import duckdb
 
-from appliance.messages import Alerts, EndOfStream, ModelEvent, Predictions
-from appliance.stages.base import Stage, StopSignals, take
+from appliance.messages import Alerts, ModelEvent, Predictions
+from appliance.stages.base import Stage
 from appliance.storage import tables
 
 
@@ -16,28 +16,23 @@ class RecordStage(Stage):
     essential = False  # losing the history of predictions does not stop alerting
 
     def __init__(self, db: duckdb.DuckDBPyConnection, inbox: queue.Queue) -> None:
-        super().__init__()
+        super().__init__(inbox)
         self.db = db
-        self.inbox = inbox
         self._con: duckdb.DuckDBPyConnection | None = None
 
     def start(self) -> None:
         self._con = self.db.cursor()
 
-    def run(self, signals: StopSignals) -> None:
+    def handle(self, item: object) -> None:
         con = self._con
         assert con is not None
-        while True:
-            item = take(self.inbox, signals.abort)
-            if item is None or isinstance(item, EndOfStream):
-                return
-            if isinstance(item, Predictions):
-                tables.insert_predictions(con, list(item.items))
-                self.counters.processed += len(item.items)
-            elif isinstance(item, Alerts):
-                tables.insert_alerts(con, list(item.items))
-            elif isinstance(item, ModelEvent):
-                tables.insert_model_event(con, item)
+        if isinstance(item, Predictions):
+            tables.insert_predictions(con, list(item.items))
+            self.counters.processed += len(item.items)
+        elif isinstance(item, Alerts):
+            tables.insert_alerts(con, list(item.items))
+        elif isinstance(item, ModelEvent):
+            tables.insert_model_event(con, item)
 
     def close(self) -> None:
         con, self._con = self._con, None

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
+from typing import Any
 
 import duckdb
 import numpy as np
 
-from appliance.clock import Clock, WallClock
 from appliance.config import Config
 from appliance.messages import Committed, EndOfStream, Inbound, StoredReadings
-from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.stages.base import Stage, StopSignals
 from appliance.storage import tables
 from appliance.timefmt import to_us
 
@@ -35,15 +34,13 @@ class StoreStage(Stage):
     name = "store"
 
     def __init__(self, cfg: Config, db: duckdb.DuckDBPyConnection, inbox: queue.Queue,
-                 out: queue.Queue, acks: queue.Queue, clock: Clock | None = None) -> None:
-        super().__init__()
+                 out: queue.Queue, acks: queue.Queue) -> None:
+        super().__init__(inbox, out)
         self.cfg = cfg
         self.db = db
-        self.inbox = inbox
-        self.out = out
         self.acks = acks
-        self.clock = clock or WallClock()
-        self.backlog_failing = threading.Event()  # set while commits keep failing
+        #: The error of the last commit while commits are failing; empty otherwise.
+        self._failing = ""
         self._con: duckdb.DuckDBPyConnection | None = None
         self._registry: tables.SeriesRegistry | None = None
         self._pending: list[Inbound] = []  # taken from the queue, not yet committed
@@ -53,13 +50,14 @@ class StoreStage(Stage):
         self._registry = tables.SeriesRegistry(self._con)
 
     def run(self, signals: StopSignals) -> None:
+        # Not the base's loop: a run of queued batches is merged into one transaction.
         while not signals.abort.is_set():
             if not self._pending:
-                item = take(self.inbox, signals.abort)
+                item = self.take()
                 if item is None:
-                    return
+                    continue
                 if isinstance(item, EndOfStream):
-                    put(self.out, item, signals.abort)
+                    self.emit((item,), signals)
                     return
                 self._pending.append(item)
                 end = self._drain_more()
@@ -68,10 +66,10 @@ class StoreStage(Stage):
             stored = self._commit_with_retry(signals)
             if stored is None:
                 return
-            if stored.keys:
-                put(self.out, stored, signals.abort)
+            self.progressed()
+            self.emit((stored,) if stored.keys else (), signals)
             if end is not None:
-                put(self.out, end, signals.abort)
+                self.emit((end,), signals)
                 return
 
     def _drain_more(self) -> EndOfStream | None:
@@ -89,16 +87,16 @@ class StoreStage(Stage):
         delay = self.cfg.storage.retry_min_s
         while not signals.abort.is_set():
             try:
-                stored = self._commit(self._pending)
+                stored = self.commit(self._pending)
             except duckdb.Error as exc:
                 self.counters.errors += 1
-                self.backlog_failing.set()
+                self._failing = f"{type(exc).__name__}: {exc}"[:300]
                 log.error("store: commit of %d batches failed (%s); retrying in %.1f s, "
                           "nothing acknowledged", len(self._pending), exc, delay)
                 self.clock.sleep(delay, signals.abort)
                 delay = min(delay * 2, self.cfg.storage.retry_max_s)
                 continue
-            self.backlog_failing.clear()
+            self._failing = ""
             for connection in dict.fromkeys(b.connection for b in self._pending):
                 mids = tuple(m for b in self._pending if b.connection == connection
                              for m in b.mids)
@@ -108,7 +106,8 @@ class StoreStage(Stage):
             return stored
         return None
 
-    def _commit(self, batches: list[Inbound]) -> StoredReadings:
+    def commit(self, batches: list[Inbound]) -> StoredReadings:
+        """Store ``batches`` in one transaction (rolled back if anything raises)."""
         con, registry = self._con, self._registry
         assert con is not None and registry is not None
         keys = [k for b in batches for k in b.keys]
@@ -142,6 +141,13 @@ class StoreStage(Stage):
         con, self._con = self._con, None
         if con is not None:
             con.close()
+
+    def status(self) -> dict[str, Any]:
+        entry = super().status()
+        if self._failing:
+            entry["problem"] = (f"commits failing ({self._failing}); {len(self._pending)} "
+                                f"batches held, nothing acknowledged")
+        return entry
 
 
 def _first_occurrence(sids: np.ndarray, ts_us: np.ndarray) -> np.ndarray:

@@ -265,7 +265,7 @@ def test_non_utf8_topics_never_pass_the_broker_and_ingest_dead_letters_them(brok
         msg = mqtt.MQTTMessage(mid=i, topic=topic)
         msg.payload, msg.qos = b"1", 1
         ingest._on_message(None, None, msg)  # paho's callback, as its network thread calls it
-    ingest._hand_on(due_only=False)
+    ingest.hand_on(due_only=False)
     batch = out.get_nowait()
     assert [d.reason for d in batch.dead_letters] == ["topic is not UTF-8"] * len(bad)
     assert batch.mids == (1, 2, 3) and batch.keys == ()

@@ -1,7 +1,8 @@
 """Fault 5: an exception injected into each stage in turn, in-process.
 
-The service is built in the test (``appliance.service.runner.Service``) so a method of
-one stage object can be wrapped to raise once.  The supervisor must restart that
+The service is built in the test (``appliance.service.runner.Service``) so a public
+method of one stage object (``handle`` for the transform stages) can be wrapped to
+raise once.  The supervisor must restart that
 stage (with back-off) while the others keep flowing, and the restarted stage
 must flow again; in the end every reading is stored exactly once.
 """
@@ -15,7 +16,7 @@ import time
 import numpy as np
 
 from appliance import config as config_mod
-from appliance.service import runner, status
+from appliance.service import runner
 from tests.support.faults import fault_config, summary, tally, wait_drained, wait_until
 
 QUEUE = 8  # [queues] size of the keeps-failing test
@@ -40,18 +41,13 @@ def raise_once(monkeypatch, obj: object, attr: str) -> threading.Event:
     return fired
 
 
-def _target(p: runner.Pipeline, name: str) -> tuple[object, str]:
-    """What to break in each stage: a method its loop calls for every batch or poll."""
-    stage = p.stages[name]
-    if name == "record":
-        return stage.inbox, "get"  # taking from its queue
-    return stage, {
-        "ingest": "_hand_on",  # the loop handing batches on
-        "store": "_commit",    # the commit (a non-DuckDB error)
-        "features": "_rows",   # the kernels on a batch
-        "predict": "predict",  # the model call on a tick
-        "alert": "_update",    # the hysteresis on a prediction
-    }[name]
+def _target(name: str) -> str:
+    """What to break in each stage: the public method its loop calls for every batch
+    or poll."""
+    return {
+        "ingest": "hand_on",  # the loop handing batches on
+        "store": "commit",    # the commit (a non-DuckDB error), the batch held meanwhile
+    }.get(name, "handle")     # a transform stage's work on one item
 
 
 def _witness(p: runner.Pipeline, name: str) -> tuple[str, int]:
@@ -70,7 +66,7 @@ def _build(tmp_path, broker, **sections) -> tuple[runner.Service, object]:
 def _start(service: runner.Service) -> None:
     """Start, and wait until ingest has subscribed: a new session gets nothing before."""
     service.start()
-    wait_until(service.pipeline.stages["ingest"].connected.is_set, 30, "MQTT connection")
+    wait_until(lambda: service.pipeline.status()["mqtt_connected"], 30, "MQTT connection")
     time.sleep(0.5)  # the SUBSCRIBE is on its way when ``connected`` is set
 
 
@@ -89,8 +85,7 @@ def test_an_exception_in_each_stage_restarts_it_while_the_others_flow(
         wait_until(lambda: p.stages["record"].counters.processed > 0, 30, "predictions recorded")
         for name in order:
             stage, health = p.stages[name], p.supervisor.health[name]
-            obj, attr = _target(p, name)
-            fired = raise_once(monkeypatch, obj, attr)
+            fired = raise_once(monkeypatch, stage, _target(name))
             wait_until(fired.is_set, 10, f"the fault in {name}")
             t_fault = time.monotonic()
             witness, w0 = _witness(p, name)
@@ -109,7 +104,7 @@ def test_an_exception_in_each_stage_restarts_it_while_the_others_flow(
                 assert w1 > w0, f"{witness} stood still while {name} was down"
         pub.stop_publishing()
         pub.wait_acked(30)
-        wait_drained(lambda: status.status(p), timeout_s=30)
+        wait_drained(p.status, timeout_s=30)
     finally:
         clean = service.stop()
     health = {n: (h.state, h.restarts, p.stages[n].counters.errors)
@@ -143,7 +138,7 @@ def test_a_stage_that_keeps_failing_is_reported_failed_and_readings_keep_being_s
     pub = publishers(broker, 200_000, rate=1000.0, assets=4, step_s=1.0).start()
     try:
         wait_until(lambda: predict.counters.processed > 0, 30, "predictions")
-        monkeypatch.setattr(predict, "predict", broken)
+        monkeypatch.setattr(predict, "handle", broken)
         failed_s = wait_until(lambda: p.supervisor.health["predict"].state == "failed", 30,
                               "predict reported failed")
         # Nobody takes from predict's input now: left alone it fills in ~2 s, then features
@@ -152,7 +147,7 @@ def test_a_stage_that_keeps_failing_is_reported_failed_and_readings_keep_being_s
         stored0, acked0 = (p.stages["store"].counters.processed,
                            p.stages["ingest"].counters.extra.get("acked", 0))
         time.sleep(3.0)
-        snap = status.status(p)
+        snap = p.status()
         stored = p.stages["store"].counters.processed - stored0
         acked = p.stages["ingest"].counters.extra.get("acked", 0) - acked0
         pub.stop_publishing()
@@ -177,6 +172,7 @@ def test_a_stage_that_keeps_failing_is_reported_failed_and_readings_keep_being_s
           f"{caught_up}; rows {t.rows} of {t.published}")
     summary("stage_keeps_failing", t.published, t.distinct, t.duplicated, t.lost, failed_s)
     assert snap["stages"]["predict"]["state"] == "failed"
+    assert snap["state"] == "degraded" and "predict failed" in snap["problems"], snap
     assert all(s["state"] == "running" for n, s in snap["stages"].items() if n != "predict")
     assert stored >= 1000, "a failed non-essential stage stalled storage by back-pressure"
     assert acked >= 1000

@@ -35,13 +35,19 @@ class Service:
         self.status_path = config.parent / "appliance.duckdb.status.json"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Service:
+    def start(self, wait_connected: bool = True) -> Service:
+        """Start ``appliance run``; wait for its MQTT connection unless told not to (then
+        for its first status)."""
         self.status_path.unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "appliance", "run", "--config", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.wait_for(lambda s: s.get("mqtt_connected"), timeout_s=30, what="MQTT connection")
+        if wait_connected:
+            self.wait_for(lambda s: s.get("mqtt_connected"), timeout_s=30,
+                          what="MQTT connection")
+        else:
+            self.wait_for(lambda s: True, timeout_s=30, what="a first status")
         return self
 
     def status(self) -> dict:

@@ -150,3 +150,19 @@ def test_status_shows_stage_health_and_each_stage_s_own_counters(tmp_path, capsy
     out = capsys.readouterr().out
     assert "features: late_readings 2, invalid_readings 1, stuck_sensors 3" in out
     assert "store:" not in out                 # nothing of its own to show
+
+
+def test_status_exits_non_zero_and_says_why_when_degraded(tmp_path, capsys):
+    import json
+    import time
+
+    cfg = write(tmp_path, f'[storage]\npath = "{tmp_path / "a.duckdb"}"\n')
+    stage = {"state": "failed", "restarts": 5, "last_error": "RuntimeError: x", "errors": 6,
+             "processed": 3}
+    (tmp_path / "a.duckdb.status.json").write_text(json.dumps({
+        "state": "degraded", "problems": ["predict failed"], "version": __version__,
+        "ts": time.time(), "mqtt_connected": True, "model": "starter-x", "queues": {},
+        "stages": {"predict": stage}}))
+    assert main(["status", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("state degraded") and "!! predict failed" in out

@@ -32,7 +32,7 @@ def test_a_message_whose_parsing_raised_is_a_dead_letter_and_the_rest_are_readin
         msg = mqtt.MQTTMessage(mid=mid, topic=b"plant/l1/a1/temp")
         msg.payload, msg.qos = payload, 1
         ingest._on_message(None, None, msg)
-    ingest._hand_on(due_only=False)
+    ingest.hand_on(due_only=False)
     batch = out.get_nowait()
     assert list(batch.values) == [1.5, 2.5]
     assert [d.reason for d in batch.dead_letters] == ["internal error: RuntimeError: a bug"]

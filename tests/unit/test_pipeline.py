@@ -420,12 +420,12 @@ def test_features_stage_reports_a_stuck_sensor_and_its_recovery(caplog):
     send(0, 200)
     send(200, 1200, np.full(200, 42.0))          # temp repeats one value for 1000 s
     with caplog.at_level("INFO", logger="appliance.stages.features"):
-        stage._rows(inbox.get())
-        stage._rows(inbox.get())
+        stage.handle(inbox.get())
+        stage.handle(inbox.get())
         assert stage.counters.extra["stuck_sensors"] == 1
         assert "sensor l1/a1/temp is stuck: no change over 100 s" in caplog.text
         send(1200, 1400)
-        stage._rows(inbox.get())
+        stage.handle(inbox.get())
     assert stage.counters.extra["stuck_sensors"] == 0
     assert "sensor l1/a1/temp is no longer stuck" in caplog.text
     assert "vib" not in caplog.text

@@ -2,9 +2,11 @@ import queue
 import threading
 import time
 
+from appliance.clock import ManualClock
 from appliance.messages import EndOfStream
+from appliance.service.status import snapshot
 from appliance.service.supervisor import Supervisor
-from appliance.stages.base import Stage, StopSignals, put, take
+from appliance.stages.base import Stage, put
 
 
 class Counter(Stage):
@@ -12,28 +14,20 @@ class Counter(Stage):
 
     def __init__(self, name: str, inbox: queue.Queue, out: queue.Queue | None,
                  fail_on: set[int] = frozenset()) -> None:
-        super().__init__()
+        super().__init__(inbox, out)
         self.name = name
-        self.inbox, self.out = inbox, out
         self.fail_on = set(fail_on)
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
 
-    def run(self, signals: StopSignals) -> None:
-        while True:
-            item = take(self.inbox, signals.abort)
-            if item is None:
-                return
-            if isinstance(item, int) and item in self.fail_on:
-                self.fail_on.discard(item)
-                raise RuntimeError(f"injected on {item}")
-            self.counters.processed += 0 if isinstance(item, EndOfStream) else 1
-            if self.out is not None:
-                put(self.out, item, signals.abort)
-            if isinstance(item, EndOfStream):
-                return
+    def handle(self, item: object) -> tuple[object, ...]:
+        if isinstance(item, int) and item in self.fail_on:
+            self.fail_on.discard(item)
+            raise RuntimeError(f"injected on {item}")
+        self.counters.processed += 1
+        return (item,)
 
 
 def wait_until(cond, timeout=5.0):
@@ -57,7 +51,7 @@ def test_a_stage_that_raises_is_restarted_and_the_others_flow():
     assert a.starts == 2 and sup.health["a"].restarts == 1
     assert "injected on 3" in sup.health["a"].last_error
     assert sup.health["b"].restarts == 0
-    assert sup.essential_alive()
+    assert sup.essential_working()
     q1.put(EndOfStream())
     assert sup.join(2)
 
@@ -71,7 +65,7 @@ def test_a_stage_failing_past_its_budget_is_left_failed():
     for i in range(3):
         q1.put(i)
     assert wait_until(lambda: sup.health["a"].state == "failed")
-    assert not sup.essential_alive()
+    assert not sup.essential_working()
     q2.put(7)
     assert wait_until(lambda: other.counters.processed == 1)
     assert sup.health["other"].state == "running"
@@ -98,3 +92,105 @@ def test_put_gives_up_when_aborted():
     abort = threading.Event()
     abort.set()
     assert put(q, 1, abort) is False
+
+
+class Gate(Stage):
+    """A transform stage whose ``handle`` waits until ``release`` is set: a stuck call."""
+
+    name = "gate"
+
+    def __init__(self, inbox: queue.Queue, out: queue.Queue, essential: bool = True) -> None:
+        super().__init__(inbox, out)
+        self.essential = essential
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def handle(self, item: object) -> tuple[object, ...]:
+        self.entered.set()
+        self.release.wait(10)
+        self.counters.processed += 1
+        return (item,)
+
+
+def snap(sup: Supervisor, **queues: queue.Queue) -> dict:
+    return snapshot(sup, queues, database="test.duckdb", damaged_wal="")
+
+
+def test_a_stage_stuck_with_input_waiting_is_hung_after_hung_after_s_of_the_clock():
+    clock = ManualClock()
+    inbox, out = queue.Queue(10), queue.Queue(10)
+    gate = Gate(inbox, out)
+    sup = Supervisor([gate], clock, hung_after_s=60)
+    sup.start()
+    try:
+        assert wait_until(lambda: sup.health["gate"].state == "running")
+        clock.advance(600)  # idle: an empty input is not being stuck
+        assert wait_until(lambda: gate.last_progress == clock.monotonic())
+        assert sup.state(gate) == "running"
+        inbox.put(1)
+        assert gate.entered.wait(5)
+        inbox.put(2)  # input waiting while handle(1) does not return
+        clock.advance(59)
+        assert sup.state(gate) == "running" and sup.essential_working()
+        assert snap(sup, gate=inbox)["state"] == "running"
+        clock.advance(1)
+        assert sup.state(gate) == "hung"
+        assert not sup.essential_working()  # the watchdog starves
+        s = snap(sup, gate=inbox)
+        assert s["state"] == "degraded" and s["problems"] == ["gate hung"]
+        assert s["stages"]["gate"]["state"] == "hung"
+        gate.release.set()
+        assert wait_until(lambda: out.qsize() == 2 and sup.state(gate) == "running")
+        assert sup.essential_working() and snap(sup, gate=inbox)["state"] == "running"
+    finally:
+        gate.release.set()
+        sup.signals.abort.set()
+        assert sup.join(2)
+
+
+def test_a_stage_held_up_by_a_full_output_is_not_hung():
+    clock = ManualClock()
+    inbox, out = queue.Queue(10), queue.Queue(1)
+    gate = Gate(inbox, out)
+    gate.release.set()
+    sup = Supervisor([gate], clock, hung_after_s=60)
+    out.put("nobody takes this")
+    for i in range(3):
+        inbox.put(i)
+    sup.start()
+    try:
+        assert wait_until(lambda: gate.counters.processed == 1)  # blocked putting it on
+        clock.advance(3600)
+        assert not inbox.empty() and sup.state(gate) == "running"
+    finally:
+        sup.signals.abort.set()
+        assert sup.join(2)
+
+
+def test_a_failed_stage_makes_the_service_degraded_even_when_not_essential():
+    q1, q2 = queue.Queue(10), queue.Queue(10)
+    a = Counter("a", q1, None, fail_on={0})
+    a.essential = False
+    b = Counter("b", q2, None)
+    sup = Supervisor([a, b], backoff_min_s=0.01, max_restarts=0)
+    sup.start()
+    q1.put(0)
+    assert wait_until(lambda: sup.health["a"].state == "failed")
+    assert sup.essential_working()  # the watchdog is fed: storing goes on
+    s = snap(sup, a=q1, b=q2)
+    assert s["state"] == "degraded" and s["problems"] == ["a failed"]
+    assert s["stages"]["b"]["state"] == "running"
+    sup.signals.abort.set()
+    assert sup.join(2)
+
+
+def test_a_problem_a_stage_reports_makes_the_service_degraded():
+    class Troubled(Counter):
+        def status(self) -> dict:
+            return {**super().status(), "problem": "the disk is full"}
+
+    q = queue.Queue(10)
+    sup = Supervisor([Troubled("t", q, None)])
+    s = snap(sup, t=q)
+    assert s["state"] == "degraded" and s["problems"] == ["t: the disk is full"]
+    assert s["stages"]["t"]["problem"] == "the disk is full"

@@ -1,8 +1,22 @@
-"""The runner owns the wiring: queues, stages, supervisor, status, shutdown.
+"""The runner is wiring only: queues, stages, supervisor, status, shutdown.
 
     MQTT ─► ingest ─q─► store ─q─► features ─q─► predict ─q─► alert ─q─► record
-              ▲           │  DuckDB (readings,            │ MQTT    DuckDB (predictions,
-              └── acks ───┘  faults, dead_letters)        ▼ alerts            alerts)
+              ▲           │                                      │          │
+              └── acks ───┘ DuckDB: readings, faults,            ▼ MQTT     ▼ DuckDB: predictions,
+                            dead_letters                         alerts     alerts, models
+
+    stage      file                 what it works through
+    ingest     stages/ingest.py     mqtt/ (client, topics, payloads)
+    store      stages/store.py      storage/tables.py (every write)
+    features   stages/features.py   features/live.py over kernels/
+    predict    stages/predict.py    models/ (contract, watcher, explain)
+    alert      stages/alert.py      alarm.py, mqtt/payloads.py
+    record     stages/record.py     storage/tables.py
+    service/   supervisor (a thread per stage, restarts, hung), status, systemd_notify
+
+Stages share only the typed messages of ``messages.py`` on their queues.
+Training, import and the dev tools are never imported here
+(``tests/unit/test_layering.py`` holds that).
 
 Stages start sinks first (record … ingest) so nothing is produced before its
 consumer runs.  Shutdown (SIGTERM or SIGINT, one path) drains: ingest stops

@@ -9,6 +9,7 @@ import time
 import duckdb
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 
 from tests.support.service import TOPICS, publish_all, publisher, write_config
 
@@ -86,6 +87,7 @@ def test_fault_events_are_stored(tmp_path, broker, service_factory):
         ("a2", round(T0 + 10, 3), "start", "E1"), ("a2", round(T0 + 70, 3), "end", "E1")]
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_stops_within_5s_and_keeps_everything_acknowledged(
         tmp_path, broker, service_factory):
     cfg = write_config(tmp_path, broker)
@@ -116,6 +118,7 @@ def test_sigterm_under_load_stops_within_5s_and_keeps_everything_acknowledged(
     assert (total, distinct) == (len(msgs), len(msgs))
 
 
+@pytest.mark.slow
 def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, service_factory):
     from appliance.devtools.simulator import LineSimulator
 

@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test` (and `make test-fast`
+# while you work).
 # Both create .venv in the repository, install the project with its training
 # and test dependencies, and build the Cython kernels.
 
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install mosquitto lint bench clean
+.PHONY: demo test test-fast install mosquitto lint bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "appliance needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
@@ -36,6 +37,11 @@ demo: install mosquitto
 test: install mosquitto
 	$(BIN)/ruff check appliance kernels tests
 	$(BIN)/python -m pytest -q
+
+# Unit and kernel tests: no broker, no service process, no root; under a minute.  The
+# markers (see pyproject.toml) keep out whatever one of them comes to need later.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not broker and not root" tests/unit tests/kernels
 
 bench: install
 	$(BIN)/appliance bench kernels

@@ -19,6 +19,7 @@ from pathlib import Path
 from appliance.config import Config, from_dict
 from appliance.devtools import simulator
 from appliance.devtools.mosquitto import PrivateBroker, find_mosquitto
+from appliance.mqtt.topics import Topics
 from appliance.service.runner import Service
 
 SQL_HINT = ("SELECT asset, max(probability) AS p_max, count(*) AS ticks "
@@ -55,7 +56,8 @@ def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: floa
         stop = threading.Event()
         sim = threading.Thread(target=simulator.publish, name="simulator", daemon=True,
                                kwargs={"host": host, "port": port, "assets": assets, "hz": 1.0,
-                                       "speedup": speedup, "seed": seed, "stop_event": stop})
+                                       "speedup": speedup, "seed": seed, "stop_event": stop,
+                                       "topics": Topics.from_config(cfg)})
         sim.start()
         t_end = None if duration_s is None else time.monotonic() + duration_s
         try:

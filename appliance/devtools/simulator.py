@@ -27,7 +27,7 @@ Three ways out:
 * ``LineSimulator`` — a pure generator: ``steps()`` yields arrays per time step,
   ``messages()`` the same as ``Reading`` / ``FaultEvent`` messages;
 * ``publish()`` — over MQTT, event time running ``speedup`` times faster than
-  the wall clock;
+  a clock (the wall clock, or a test's ``ManualClock``);
 * ``simulate_history()`` / ``to_files()`` — a whole history in memory or as CSV.
 """
 
@@ -37,14 +37,16 @@ import json
 import logging
 import math
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from appliance.clock import Clock, WallClock
+from appliance.config import Config
 from appliance.messages import FaultEvent, Reading, SeriesKey
+from appliance.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -535,18 +537,20 @@ def to_files(out_dir: str | Path, days: float, assets: int, hz: float, seed: int
 
 
 def publish(host: str, port: int, assets: int, hz: float, speedup: float, seed: int,
-            duration_s: float | None = None, topic_prefix: str = "plant",
+            duration_s: float | None = None, topics: Topics | None = None,
             stop_event: threading.Event | None = None, line: str = "line1",
-            max_pending: int = 1000, connect_timeout_s: float = 10.0) -> int:
+            max_pending: int = 1000, connect_timeout_s: float = 10.0,
+            clock: Clock | None = None) -> int:
     """Publish a simulated line to an MQTT broker until ``duration_s`` or ``stop_event``.
 
-    Readings go to ``<topic_prefix>/<line>/<asset>/<sensor>`` as
-    ``{"ts": <unix s>, "value": <number>}``, fault events to
-    ``<topic_prefix>/<line>/<asset>/fault`` as ``{"ts", "state", "code"}``, all QoS 1.
-    Event time starts at the wall clock's now and runs ``speedup`` times faster;
-    ``duration_s`` is wall-clock seconds (None: until ``stop_event`` is set).
-    At most ``max_pending`` messages wait unacknowledged: the simulator slows
-    down (falls behind the wall clock) rather than queue without bound.
+    Readings go to ``topics.reading(line, asset, sensor)`` as
+    ``{"ts": <unix s>, "value": <number>}``, fault events to ``topics.fault(line, asset)``
+    as ``{"ts", "state", "code"}``, all QoS 1; ``topics`` defaults to those of an
+    appliance with the default configuration.
+    Event time starts at ``clock``'s now (default: the wall clock) and runs ``speedup``
+    times faster; ``duration_s`` is seconds of ``clock`` (None: until ``stop_event`` is
+    set).  At most ``max_pending`` messages wait unacknowledged: the simulator slows
+    down (falls behind the clock) rather than queue without bound.
     Returns the number of messages the broker acknowledged.
 
     Raises ConnectionError when the broker cannot be reached or refuses us.
@@ -558,6 +562,8 @@ def publish(host: str, port: int, assets: int, hz: float, speedup: float, seed: 
     if max_pending < 1:
         raise ValueError(f"max_pending must be >= 1, got {max_pending!r}")
     stop = stop_event or threading.Event()
+    topics = topics or Topics.from_config(Config())
+    clock = clock or WallClock()
     connected = threading.Event()
     closing = threading.Event()
     refused: list[str] = []
@@ -583,7 +589,7 @@ def publish(host: str, port: int, assets: int, hz: float, speedup: float, seed: 
             acked[0] += 1
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"appliance-sim-{seed}-{int(time.time() * 1000) % 10**9}")
+                         client_id=f"appliance-sim-{seed}-{int(clock.time() * 1000) % 10**9}")
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     client.on_publish = on_publish
@@ -598,47 +604,50 @@ def publish(host: str, port: int, assets: int, hz: float, speedup: float, seed: 
     client.loop_start()
     sent = 0
     try:
-        deadline = time.monotonic() + connect_timeout_s
-        while not connected.wait(0.05):
-            if refused or time.monotonic() > deadline:
+        deadline = clock.monotonic() + connect_timeout_s
+        while not connected.is_set():
+            if refused or clock.monotonic() > deadline:
                 why = refused[0] if refused else f"no CONNACK within {connect_timeout_s} s"
                 raise ConnectionError(f"simulator: MQTT broker {host}:{port}: {why}")
             if stop.is_set():
                 return 0
-        sim = LineSimulator(assets, hz, seed, time.time(), line)
-        topics = [[f"{topic_prefix}/{line}/{a}/{s}" for s in SENSORS] for a in sim.assets]
-        fault_topic = {a: f"{topic_prefix}/{line}/{a}/fault" for a in sim.assets}
-        wall0 = time.monotonic()
-        dt_wall = 1.0 / (sim.hz * speedup)
-        last_report = wall0
+            clock.sleep(0.05, connected)
+        sim = LineSimulator(assets, hz, seed, clock.time(), line)
+        reading_topic = [[topics.reading(line, a, s) for s in SENSORS] for a in sim.assets]
+        fault_topic = {a: topics.fault(line, a) for a in sim.assets}
+        start = clock.monotonic()
+        period = 1.0 / (sim.hz * speedup)  # clock seconds per step
+        last_report = start
 
         def put(topic: str, payload: str) -> bool:
             """Publish one message; wait while too many are pending. False when stopping."""
             nonlocal sent
             while True:
                 while sent - acked[0] >= max_pending:
-                    if stop.wait(0.002):
+                    clock.sleep(0.002, stop)
+                    if stop.is_set():
                         return False
                 info = client.publish(topic, payload, qos=1)
                 if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE:
                     sent += 1
                     return True
-                if stop.wait(0.005):  # queue full (e.g. broker away): back off
+                clock.sleep(0.005, stop)  # queue full (e.g. broker away): back off
+                if stop.is_set():
                     return False
 
         for step in sim.steps():
-            now = time.monotonic()
-            if duration_s is not None and now - wall0 >= duration_s:
+            now = clock.monotonic()
+            if duration_s is not None and now - start >= duration_s:
                 break
-            due = wall0 + step.index * dt_wall
-            if due > now and stop.wait(due - now):
-                break
+            due = start + step.index * period
+            if due > now:
+                clock.sleep(due - now, stop)
             if stop.is_set():
                 break
             ii, jj = np.nonzero(~np.isnan(step.values))
             for i, j, v in zip(ii.tolist(), jj.tolist(), step.values[ii, jj].tolist(),
                                strict=True):
-                if not put(topics[i][j], f'{{"ts":{step.ts[i]:.3f},"value":{v!r}}}'):
+                if not put(reading_topic[i][j], f'{{"ts":{step.ts[i]:.3f},"value":{v!r}}}'):
                     break
             for ev in step.faults:
                 put(fault_topic[ev.asset],
@@ -649,9 +658,9 @@ def publish(host: str, port: int, assets: int, hz: float, speedup: float, seed: 
                 log.info("simulator: %d messages sent, %d acknowledged, %.1f s behind",
                          sent, acked[0], max(0.0, lag))
         # Let the broker acknowledge what is in flight: briefly when asked to stop.
-        drain_until = time.monotonic() + (1.0 if stop.is_set() else 5.0)
-        while acked[0] < sent and time.monotonic() < drain_until:
-            time.sleep(0.01)
+        drain_until = clock.monotonic() + (1.0 if stop.is_set() else 5.0)
+        while acked[0] < sent and clock.monotonic() < drain_until:
+            clock.sleep(0.01)
         return acked[0]
     finally:
         closing.set()

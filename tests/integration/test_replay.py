@@ -10,6 +10,7 @@ overrides are configured, and some stored readings break them.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from appliance.kernels import reference as ref
 
 from appliance import config
@@ -53,6 +54,7 @@ def store_a_day(path) -> None:
     con.close()
 
 
+@pytest.mark.slow
 def test_live_replay_of_a_stored_day_equals_batch(tmp_path):
     path = tmp_path / "appliance.duckdb"
     store_a_day(path)

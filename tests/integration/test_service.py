@@ -9,8 +9,9 @@ import time
 import duckdb
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 
-from tests.support.service import publish_all, publisher, write_config
+from tests.support.service import TOPICS, publish_all, publisher, write_config
 
 T0 = time.time() - 3600.0  # event times in the last hour, inside the accepted range
 
@@ -20,7 +21,8 @@ def readings(n: int, assets: int = 4, sensors: int = 3) -> list[tuple[str, bytes
     for i in range(n):
         a, s = i % assets, (i // assets) % sensors
         ts = T0 + i * 0.01
-        msgs.append((f"plant/l1/a{a}/s{s}", json.dumps({"ts": ts, "value": i}).encode()))
+        msgs.append((TOPICS.reading("l1", f"a{a}", f"s{s}"),
+                     json.dumps({"ts": ts, "value": i}).encode()))
     return msgs
 
 
@@ -48,14 +50,15 @@ def test_n_readings_published_give_exactly_n_rows(tmp_path, broker, service_fact
 def test_malformed_messages_go_to_dead_letters_with_reasons(tmp_path, broker, service_factory):
     svc = service_factory(write_config(tmp_path, broker)).start()
     pub = publisher(broker)
+    temp = TOPICS.reading("l1", "a1", "temp")
     bad = [
-        ("plant/l1/a1/temp", b"not a number"),
-        ("plant/l1/a1/temp", b'{"ts": 1, "value": 3}'),
-        ("plant/l1/a1/temp", b'{"value": NaN}'),
-        ("plant/l1/a1/temp/extra", b"1"),
-        ("plant/l1/a1/fault", b'{"state": "exploded"}'),
+        (temp, b"not a number"),
+        (temp, b'{"ts": 1, "value": 3}'),
+        (temp, b'{"value": NaN}'),
+        (temp + "/extra", b"1"),
+        (TOPICS.fault("l1", "a1"), b'{"state": "exploded"}'),
     ]
-    publish_all(pub, [*bad, ("plant/l1/a1/temp", b"20.5")])
+    publish_all(pub, [*bad, (temp, b"20.5")])
     svc.wait_for(lambda s: s["stages"]["store"]["processed"] >= 1 and
                  s["stages"]["ingest"].get("dead_letters", 0) >= len(bad),
                  what="dead letters counted")
@@ -74,9 +77,9 @@ def test_fault_events_are_stored(tmp_path, broker, service_factory):
     svc = service_factory(write_config(tmp_path, broker)).start()
     pub = publisher(broker)
     events = [(T0 + 10, "start", "E1"), (T0 + 70, "end", "E1")]
-    publish_all(pub, [("plant/l1/a2/fault", json.dumps({"ts": ts, "state": st, "code": c})
+    publish_all(pub, [(TOPICS.fault("l1", "a2"), json.dumps({"ts": ts, "state": st, "code": c})
                        .encode()) for ts, st, c in events])
-    publish_all(pub, [("plant/l1/a2/temp", b"1")])
+    publish_all(pub, [(TOPICS.reading("l1", "a2", "temp"), b"1")])
     svc.wait_for(lambda s: s["stages"]["store"]["processed"] >= 1, what="stored")
     svc.terminate()
     rows = query(tmp_path, "SELECT asset, epoch(ts), state, code FROM faults ORDER BY ts")
@@ -84,6 +87,7 @@ def test_fault_events_are_stored(tmp_path, broker, service_factory):
         ("a2", round(T0 + 10, 3), "start", "E1"), ("a2", round(T0 + 70, 3), "end", "E1")]
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_stops_within_5s_and_keeps_everything_acknowledged(
         tmp_path, broker, service_factory):
     cfg = write_config(tmp_path, broker)
@@ -114,20 +118,21 @@ def test_sigterm_under_load_stops_within_5s_and_keeps_everything_acknowledged(
     assert (total, distinct) == (len(msgs), len(msgs))
 
 
+@pytest.mark.slow
 def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, service_factory):
     from appliance.devtools.simulator import LineSimulator
 
     svc = service_factory(write_config(tmp_path, broker)).start()
     received: list[dict] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_connect = lambda c, *a: c.subscribe("appliance/+/+/alert", qos=1)
+    sub.on_connect = lambda c, *a: c.subscribe(TOPICS.alert("+", "+"), qos=1)
     sub.on_message = lambda c, u, m: received.append(json.loads(m.payload))
     sub.connect(broker.host, broker.port)
     sub.loop_start()
     pub = publisher(broker)
     hours, hz = 3.0, 0.1
     sim = LineSimulator(assets=4, hz=hz, seed=3, start_ts=time.time() - hours * 3600 - 60)
-    msgs = [(f"plant/{r.key.line}/{r.key.asset}/{r.key.sensor}",
+    msgs = [(TOPICS.reading(r.key.line, r.key.asset, r.key.sensor),
              json.dumps({"ts": r.ts, "value": r.value}).encode())
             for readings_, _faults in sim.messages(int(hours * 3600 * hz)) for r in readings_]
     publish_all(pub, msgs)
@@ -161,7 +166,7 @@ def test_without_a_model_it_collects_history_says_so_and_serves_a_promoted_one(
     pub = publisher(broker)
     sensors = ("lube_temp", "vibration", "motor_current", "oil_pressure", "ambient_temp")
     # 5 minutes of event time, one reading per sensor every 5 s: ticks close
-    msgs = [(f"plant/l1/a1/{s}", json.dumps({"ts": T0 + 5 * i, "value": 1.0}).encode())
+    msgs = [(TOPICS.reading("l1", "a1", s), json.dumps({"ts": T0 + 5 * i, "value": 1.0}).encode())
             for i in range(60) for s in sensors]
     publish_all(pub, msgs)
     snap = svc.wait_for(lambda s: s["stages"]["predict"].get("rows_without_model", 0) > 0,
@@ -175,8 +180,8 @@ def test_without_a_model_it_collects_history_says_so_and_serves_a_promoted_one(
                                str(cfg)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
     svc.wait_for(lambda s: s["model"] is not None, what="the promoted model served")
-    publish_all(pub, [(f"plant/l1/a1/{s}", json.dumps({"ts": T0 + 300 + 5 * i,
-                                                        "value": 1.0}).encode())
+    publish_all(pub, [(TOPICS.reading("l1", "a1", s),
+                       json.dumps({"ts": T0 + 300 + 5 * i, "value": 1.0}).encode())
                       for i in range(12) for s in sensors])
     svc.wait_for(lambda s: s["stages"]["predict"]["processed"] > 0, what="predictions")
     code, _ = svc.terminate()

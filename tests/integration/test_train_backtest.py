@@ -31,6 +31,8 @@ from appliance.training import export
 from appliance.training.families import TrainParams
 from appliance.training.fit import train_families, write
 
+pytestmark = pytest.mark.slow  # the module's history is imported, trained and backtested
+
 DAY = 86400.0
 ASSETS, DAYS, SPLIT_DAY = 5, 7.0, 4.5
 PARAMS = simulator.SimParams(loads=(0.25, 1.0, 1.75), severity=(0.5, 0.9))

@@ -352,23 +352,38 @@ def test_regular_fast_path_is_bit_identical_to_streaming(case: Case) -> None:
         assert_matches(general[:-1], batch[:-1], 0.0, 0.0, f"{case.name} general vs fast")
 
 
+UNIT_SPACED_WINDOWS = [(w, mc) for w in (0.5, 1.0, 2.5, 7.0, 60.0, 1e6) for mc in (1, 3)]
+
+
+def _unit_spaced(pattern: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ts = 0, 1, 2, …, x) long enough for the fast path's periodic replays."""
+    rng = np.random.default_rng(31)
+    n = 1200
+    return np.arange(n, dtype=np.float64), make_x(rng, n, pattern)
+
+
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_sample_count_window_is_unit_spaced_ts(case: Case, pattern: str) -> None:
     # ts=None means ts = 0, 1, 2, …: the same bits as passing that ts, whether
     # the fast path (no ts to check) or the general driver (NaN, ±inf) ran
-    rng = np.random.default_rng(31)
-    n = 1200
-    x = make_x(rng, n, pattern)
-    ts = np.arange(n, dtype=np.float64)
-    for window_s in (0.5, 1.0, 2.5, 7.0, 60.0, 1e6):
-        for min_count in (1, 3):
-            want = case.batch(ts, x, window_s, min_count)
-            got = case.batch(None, x, window_s, min_count)
-            assert_matches(got, want, 0.0, 0.0,
-                           f"{case.name} {pattern} window_s={window_s} min_count={min_count}")
-            assert_matches(got, case.reference(ts, x, window_s, min_count),
-                           *tolerance(case, ts, x), f"{case.name} {pattern} vs reference")
+    ts, x = _unit_spaced(pattern)
+    for window_s, min_count in UNIT_SPACED_WINDOWS:
+        assert_matches(case.batch(None, x, window_s, min_count),
+                       case.batch(ts, x, window_s, min_count), 0.0, 0.0,
+                       f"{case.name} {pattern} window_s={window_s} min_count={min_count}")
+
+
+@pytest.mark.slow  # the NumPy reference over 1,200 samples: ~20 s for all cases
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_sample_count_window_matches_the_reference(case: Case, pattern: str) -> None:
+    ts, x = _unit_spaced(pattern)
+    for window_s, min_count in UNIT_SPACED_WINDOWS:
+        assert_matches(case.batch(None, x, window_s, min_count),
+                       case.reference(ts, x, window_s, min_count), *tolerance(case, ts, x),
+                       f"{case.name} {pattern} window_s={window_s} min_count={min_count} "
+                       "vs reference")
 
 
 @pytest.mark.parametrize("kernel", [rolling.move_min, rolling.move_max])

@@ -3,7 +3,7 @@
 * ``ReadingPublisher``: a thread publishing unique readings at QoS 1 at a steady
   rate; it counts the publishes the broker acknowledged (PUBACK) and keeps at
   most ``window`` unacknowledged, so a broker outage stalls it instead of
-  growing memory.  Reading ``i`` is on ``plant/<line>/a<i % assets>/s<...>`` at
+  growing memory.  Reading ``i`` is on ``plant/<line>/a<i % assets>/<sensor>`` at
   event time ``t0 + (i // (assets × sensors)) × step_s`` with value ``i``: the
   value is the reading's identity, so the stored values tell exactly which
   readings were lost or stored twice.
@@ -29,7 +29,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 from appliance.devtools.mosquitto import PrivateBroker
-from tests.support.service import Service
+from tests.support.service import TOPICS, Service
 
 #: Sensor names of the simulated line (the starter model's inputs).
 SENSORS = ("lube_temp", "vibration", "motor_current", "oil_pressure", "ambient_temp")
@@ -212,7 +212,7 @@ class ReadingPublisher:
         a = i % self.assets
         s = (i // self.assets) % len(self.sensors)
         ts = self.t0 + (i // (self.assets * len(self.sensors))) * self.step_s
-        return (f"plant/{self.line}/a{a:03d}/{self.sensors[s]}",
+        return (TOPICS.reading(self.line, f"a{a:03d}", self.sensors[s]),
                 b'{"ts": %.6f, "value": %d}' % (ts, i))
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: object,

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from appliance.config import Config
 from appliance.devtools.mosquitto import PrivateBroker
+from appliance.mqtt.topics import Topics
+
+#: The topics of the service under test: the configs written here keep the default prefixes.
+TOPICS = Topics.from_config(Config())
 
 
 def write_config(tmp_path: Path, broker: PrivateBroker, extra: str = "") -> Path:

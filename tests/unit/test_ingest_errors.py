@@ -13,6 +13,7 @@ import pytest
 
 from appliance.config import Config
 from appliance.mqtt import payloads
+from appliance.mqtt.topics import Topics
 from appliance.stages.ingest import IngestStage
 
 
@@ -27,9 +28,11 @@ def test_a_message_whose_parsing_raised_is_a_dead_letter_and_the_rest_are_readin
 
     monkeypatch.setattr(payloads, "decode", failing)
     out: queue.Queue = queue.Queue()
-    ingest = IngestStage(Config(), out, queue.Queue())
+    cfg = Config()
+    ingest = IngestStage(cfg, out, queue.Queue())
+    topic = Topics.from_config(cfg).reading("l1", "a1", "temp").encode()
     for mid, payload in enumerate((b"1.5", b"boom", b"2.5"), start=1):
-        msg = mqtt.MQTTMessage(mid=mid, topic=b"plant/l1/a1/temp")
+        msg = mqtt.MQTTMessage(mid=mid, topic=topic)
         msg.payload, msg.qos = payload, 1
         ingest._on_message(None, None, msg)
     ingest.hand_on(due_only=False)

@@ -14,6 +14,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from appliance.clock import ManualClock
+from appliance.config import Config
 from appliance.devtools import simulator
 from appliance.devtools.simulator import (
     SENSORS,
@@ -23,8 +25,11 @@ from appliance.devtools.simulator import (
     to_files,
 )
 from appliance.messages import FaultEvent, Reading
+from appliance.mqtt.topics import Route, Topics
+from tests.support.faults import wait_until
 
 HOUR = 3600.0
+TOPICS = Topics.from_config(Config())  # where publish() puts readings by default
 
 
 @pytest.fixture(scope="module")
@@ -308,28 +313,35 @@ def fake_paho(monkeypatch):
     return _FakeClient
 
 
-def test_publish_topics_payloads_and_qos(fake_paho):
-    t_before = time.time()
+def test_publish_runs_event_time_speedup_times_faster_than_its_clock(fake_paho):
+    # A ManualClock only moves when the publisher sleeps on it: 1.5 clock seconds are
+    # 1.5 h of events however slow the machine is.
+    clock = ManualClock()
+    t_start, period = clock.time(), 1.0 / 3600.0
     acked = simulator.publish("broker", 1884, assets=3, hz=1.0, speedup=3600.0, seed=1,
-                              duration_s=1.5, topic_prefix="plant")
+                              duration_s=1.5, clock=clock)
+    assert clock.monotonic() == pytest.approx(1.5, abs=2 * period)
     client = fake_paho.instances[0]
     assert client.addr == ("broker", 1884)
-    assert acked == len(client.published) > 1000
+    assert acked == len(client.published)
     assert client.max_queued is not None
-    readings = [(t, json.loads(p)) for t, p, q in client.published if not t.endswith("/fault")]
-    faults = [(t, json.loads(p)) for t, p, q in client.published if t.endswith("/fault")]
     assert all(q == 1 for _, _, q in client.published)
-    for topic, payload in readings[:200]:
-        prefix, line, asset, sensor = topic.split("/")
-        assert (prefix, line) == ("plant", "line1") and sensor in SENSORS
-        assert asset in ("asset01", "asset02", "asset03")
+    routed = [(TOPICS.route(t), json.loads(p)) for t, p, _ in client.published]
+    readings = [(r, p) for r, p in routed if r.route is Route.READING]
+    faults = [(r, p) for r, p in routed if r.route is Route.FAULT]
+    assert len(readings) + len(faults) == len(routed)
+    for r, payload in readings:
+        assert r.line == "line1" and r.sensor in SENSORS
+        assert r.asset in ("asset01", "asset02", "asset03")
         assert set(payload) == {"ts", "value"} and math.isfinite(payload["value"])
-    # Event time starts now and runs ~speedup× faster: 1.5 s wall ≈ 1.5 h of events.
+    # Event time starts at the clock's now; steps are 1 s apart, each asset at its phase.
     ts = [p["ts"] for _, p in readings]
-    assert t_before - 1 <= min(ts) <= t_before + 2
-    assert max(ts) - min(ts) > 0.5 * HOUR
+    assert t_start <= min(ts) < t_start + 1
+    assert max(ts) - min(ts) == pytest.approx(1.5 * HOUR, abs=2.0)
     assert faults, "the first fault comes within 1.5 h"
-    assert faults[0][1]["state"] == "start" and faults[0][1]["code"] in simulator.FAULT_CODES
+    first = faults[0][1]
+    assert first["state"] == "start" and first["code"] in simulator.FAULT_CODES
+    assert t_start + SimParams().first_fault_h[0] * HOUR <= first["ts"] <= max(ts)
 
 
 def test_publish_stops_on_the_event_and_bounds_pending_messages(fake_paho):
@@ -339,9 +351,10 @@ def test_publish_stops_on_the_event_and_bounds_pending_messages(fake_paho):
         "host": "h", "port": 1, "assets": 10, "hz": 1.0, "speedup": 1e6, "seed": 3,
         "stop_event": stop, "max_pending": 500})
     thread.start()
-    time.sleep(0.5)
-    client = fake_paho.instances[0]
-    assert 0 < len(client.published) <= 501
+    wait_until(lambda: fake_paho.instances and len(fake_paho.instances[0].published) >= 500,
+               timeout_s=30, what="500 messages pending")
+    time.sleep(0.2)  # a simulator that did not stall would publish thousands meanwhile
+    assert len(fake_paho.instances[0].published) == 500
     stop.set()
     thread.join(8)
     assert not thread.is_alive()

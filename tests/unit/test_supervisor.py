@@ -2,6 +2,8 @@ import queue
 import threading
 import time
 
+import pytest
+
 from appliance.clock import ManualClock
 from appliance.messages import EndOfStream
 from appliance.service.status import snapshot
@@ -69,6 +71,26 @@ def test_a_stage_failing_past_its_budget_is_left_failed():
     q2.put(7)
     assert wait_until(lambda: other.counters.processed == 1)
     assert sup.health["other"].state == "running"
+    sup.signals.abort.set()
+    assert sup.join(2)
+
+
+def test_failures_further_apart_than_the_window_never_exhaust_the_budget():
+    # the window is measured on the supervisor's clock: a ManualClock moved past it
+    # between failures stands for a stage that fails once every few minutes
+    clock = ManualClock()
+    q1 = queue.Queue(10)
+    a = Counter("a", q1, None, fail_on={0, 1, 2})
+    sup = Supervisor([a], clock, backoff_min_s=0.01, max_restarts=2, window_s=60)
+    sup.start()
+    for i in range(3):
+        q1.put(i)
+        assert wait_until(lambda i=i: sup.health["a"].restarts == i + 1
+                          and sup.health["a"].state == "running")
+        clock.advance(61)
+    # only the last restart is still inside the window: 2 × 61 s moved, 3 back-offs slept
+    assert sup.health["a"].restart_times == [pytest.approx(2 * 61 + 3 * 0.01)]
+    assert sup.essential_alive()
     sup.signals.abort.set()
     assert sup.join(2)
 

@@ -3,9 +3,9 @@ import math
 
 import pytest
 
-from appliance.config import Config, LimitsConfig
+from appliance.config import Config, LimitsConfig, MqttConfig
 from appliance.mqtt import payloads
-from appliance.mqtt.topics import Route, Topics, UnroutableTopic
+from appliance.mqtt.topics import Route, Routed, Topics, UnroutableTopic
 
 NOW = 1_750_000_000.0
 LIMITS = LimitsConfig()
@@ -18,6 +18,18 @@ def test_subscriptions_cover_every_routable_shape():
     assert TOPICS.route("plant/l1/a1/fault").route is Route.FAULT
     assert TOPICS.route("plant/l1/a1").route is Route.BATCH
     assert TOPICS.alert("l1", "a1") == "appliance/l1/a1/alert"
+
+
+def test_built_topics_route_back_to_what_built_them():
+    # publishers (simulator, benchmarks, tests) build topics; ingest routes them
+    assert TOPICS.reading("l1", "a1", "temp") == "plant/l1/a1/temp"
+    assert TOPICS.route(TOPICS.reading("l1", "a1", "temp")) == Routed(Route.READING, "l1", "a1",
+                                                                      "temp")
+    assert TOPICS.fault("l1", "a1") == "plant/l1/a1/fault"
+    assert TOPICS.route(TOPICS.fault("l1", "a1")) == Routed(Route.FAULT, "l1", "a1")
+    other = Topics.from_config(Config(mqtt=MqttConfig(topic_prefix="site/7/")))
+    assert other.reading("l1", "a1", "temp") == "site/7/l1/a1/temp"
+    assert other.route("site/7/l1/a1/fault") == Routed(Route.FAULT, "l1", "a1")
 
 
 @pytest.mark.parametrize(("topic", "reason"), [

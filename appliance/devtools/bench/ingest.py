@@ -24,10 +24,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from appliance.config import from_dict
+from appliance.config import Config, from_dict
 from appliance.devtools.mosquitto import PrivateBroker
+from appliance.mqtt.topics import Topics
 
 ASSETS, SENSORS = 100, 5
+#: The durable run's config keeps the default topics: the backlog goes where it subscribes.
+TOPICS = Topics.from_config(Config())
 
 
 def _backlog(broker: PrivateBroker, client_id: str, messages: int) -> None:
@@ -37,7 +40,7 @@ def _backlog(broker: PrivateBroker, client_id: str, messages: int) -> None:
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                       protocol=mqtt.MQTTv5)
     sub.connect(broker.host, broker.port, clean_start=True, properties=props)
-    sub.subscribe("plant/#", qos=1)
+    sub.subscribe([(t, 1) for t in TOPICS.subscriptions()])
     sub.loop(1.0)
     sub.disconnect()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -46,7 +49,7 @@ def _backlog(broker: PrivateBroker, client_id: str, messages: int) -> None:
     t0 = time.time() - 3600
     last = None
     for i in range(messages):
-        topic = f"plant/l1/a{i % ASSETS:03d}/s{(i // ASSETS) % SENSORS}"
+        topic = TOPICS.reading("l1", f"a{i % ASSETS:03d}", f"s{(i // ASSETS) % SENSORS}")
         last = pub.publish(topic, json.dumps({"ts": t0 + i * 0.001, "value": i % 997}), qos=1)
         if i % 5000 == 4999:
             last.wait_for_publish(60)

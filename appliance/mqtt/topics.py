@@ -84,6 +84,10 @@ class Topics:
     def reading(self, line: str, asset: str, sensor: str) -> str:
         return f"{self.prefix}/{line}/{asset}/{sensor}"
 
+    def batch(self, line: str, asset: str) -> str:
+        """Where an asset's readings of one time arrive together (``{"values": …}``)."""
+        return f"{self.prefix}/{line}/{asset}"
+
     def fault(self, line: str, asset: str) -> str:
         return f"{self.prefix}/{line}/{asset}/{FAULT_SENSOR}"
 

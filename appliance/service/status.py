@@ -15,6 +15,7 @@ from appliance import __version__
 from appliance.clock import WallClock
 from appliance.config import Config
 from appliance.mqtt.client import ConnectionMonitor, connect, make_client
+from appliance.mqtt.topics import Topics
 from appliance.service.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class StatusPublisher:
         """``read(previous)`` takes the snapshot (``previous`` gives the rates)."""
         self.cfg = cfg
         self.read = read
-        self.topic = cfg.status.topic
+        self.topic = Topics.from_config(cfg).status
         self.client, props = make_client(cfg.mqtt, "status", will=(self.topic, b"offline"))
         ConnectionMonitor(cfg.mqtt, "status", WallClock()).attach(self.client)
         connect(self.client, cfg.mqtt, props)

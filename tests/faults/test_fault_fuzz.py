@@ -32,13 +32,14 @@ from tests.support.faults import (
     summary,
     wait_drained,
 )
+from tests.support.service import TOPICS
 
 N = 100_000
 MAX_PAYLOAD = 64 * 1024  # [limits] max_payload_bytes, the default
 NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-READING_TOPICS = [f"plant/f1/a{a}/s{s}" for a in range(8) for s in range(4)]
-BATCH_TOPICS = [f"plant/f1/a{a}" for a in range(8)]
-FAULT_TOPICS = [f"plant/f1/a{a}/fault" for a in range(8)]
+READING_TOPICS = [TOPICS.reading("f1", f"a{a}", f"s{s}") for a in range(8) for s in range(4)]
+BATCH_TOPICS = [TOPICS.batch("f1", f"a{a}") for a in range(8)]
+FAULT_TOPICS = [TOPICS.fault("f1", f"a{a}") for a in range(8)]
 # No control characters, surrogates, non-characters, NUL, '+', '#' or '/': mosquitto
 # would refuse the PUBLISH (or the filter), not the appliance.
 UNICODE = ("äöüßéñøЖжДλΩ中文线设备😀🔥٣عربيةשלום\u200b\u0301\u00a0 !*$%~`'\"\\:;,<>?=&|@"

@@ -27,6 +27,7 @@ def test_built_topics_route_back_to_what_built_them():
                                                                       "temp")
     assert TOPICS.fault("l1", "a1") == "plant/l1/a1/fault"
     assert TOPICS.route(TOPICS.fault("l1", "a1")) == Routed(Route.FAULT, "l1", "a1")
+    assert TOPICS.route(TOPICS.batch("l1", "a1")) == Routed(Route.BATCH, "l1", "a1")
     other = Topics.from_config(Config(mqtt=MqttConfig(topic_prefix="site/7/")))
     assert other.reading("l1", "a1", "temp") == "site/7/l1/a1/temp"
     assert other.route("site/7/l1/a1/fault") == Routed(Route.FAULT, "l1", "a1")

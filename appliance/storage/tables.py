@@ -64,7 +64,9 @@ def _key_order(k: SeriesKey) -> tuple[str, str, str]:
 def insert_readings(con: duckdb.DuckDBPyConnection, series_id: np.ndarray, ts_us: np.ndarray,
                     value: np.ndarray) -> None:
     batch = {"series_id": series_id, "ts_us": ts_us, "value": value}  # noqa: F841 - scanned
-    insert_readings_from(con, "SELECT series_id, ts_us, value FROM batch")
+    # DuckDB finds ``batch`` among this frame's locals: the statement must run here
+    con.execute("INSERT INTO readings_raw SELECT make_timestamp(ts_us), series_id, value "
+                "FROM batch")
 
 
 def insert_readings_from(con: duckdb.DuckDBPyConnection, select: str) -> None:

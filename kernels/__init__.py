@@ -1,19 +1,30 @@
-"""Numeric kernels: rolling statistics and cleaning filters, batch and streaming.
+"""Numeric kernels: rolling statistics, cleaning filters and the event-time grid,
+batch and streaming.
 
 Every kernel exists twice over one implementation: a batch function (arrays in,
 arrays out) and a streaming object (``update(ts, x)``, ``value``) that gives the
-same numbers.  See ``rolling.pyx`` and ``filters.pyx`` for the algorithms.
+same numbers.  See ``rolling.pyx``, ``filters.pyx`` and ``grid.pyx`` for the algorithms.
 """
 
 from appliance.kernels.filters import (
-    GridAccumulator,
     Hampel,
     Stuck,
     Validity,
     hampel,
     stuck,
-    to_grid,
     validity,
+)
+from appliance.kernels.grid import (
+    GRID_ABSENT,
+    GRID_CARRIED,
+    GRID_FRESH,
+    GRID_MISSING,
+    CoarseGrid,
+    Grid,
+    IdleGap,
+    coarse_grid,
+    idle_restarts,
+    to_grid,
 )
 from appliance.kernels.rolling import (
     BANK_COLUMNS,
@@ -40,9 +51,15 @@ from appliance.kernels.rolling import (
 
 __all__ = [
     "BANK_COLUMNS",
+    "GRID_ABSENT",
+    "GRID_CARRIED",
+    "GRID_FRESH",
+    "GRID_MISSING",
+    "CoarseGrid",
     "Ewma",
-    "GridAccumulator",
+    "Grid",
     "Hampel",
+    "IdleGap",
     "MoveChange",
     "MoveMax",
     "MoveMean",
@@ -54,8 +71,10 @@ __all__ = [
     "RollingBank",
     "Stuck",
     "Validity",
+    "coarse_grid",
     "ewma",
     "hampel",
+    "idle_restarts",
     "move_change",
     "move_max",
     "move_mean",

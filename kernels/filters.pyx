@@ -1,6 +1,6 @@
 # cython: language_level=3
 # distutils: extra_compile_args = -O3 -fno-math-errno -ffp-contract=off
-"""Cleaning kernels: validity, Hampel outliers, stuck sensors, event-time grid.
+"""Cleaning kernels: validity, Hampel outliers, stuck sensors.
 
 Design:
     As in rolling.pyx, each kernel is one C state struct with an inline
@@ -22,22 +22,14 @@ Design:
               least window_s (the run of equal non-NaN values began at or before
               t - window_s, so the whole window holds it) and the window holds
               at least min_count samples.  NaN neither breaks nor extends a run.
-    grid      O(1) per sample: cell k of the grid covers (t_{k-1}, t_k],
-              t_k = t0 + k·step_s; a closed cell holds the mean of its samples,
-              or else the previous cell's value while the newest sample at or
-              before t_k is at most max_gap_s old, or else NaN with missing = 1.
-              Samples may come in any order while their cell is open; a sample
-              for a cell already closed is dropped and counted (``n_late``).
 
     ±Inf: validity → invalid; hampel → ordered naturally (an infinite sample
     is an outlier whenever median and MAD are finite); stuck → equal
-    infinities form a run; grid → cell mean as in move_mean (±inf, NaN if
-    both signs).
+    infinities form a run.  The event-time grid is in grid.pyx.
 """
 
-from libc.math cimport INFINITY, NAN, ceil, fabs, isfinite
+from libc.math cimport INFINITY, NAN, fabs, isfinite
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
 
 import numpy as np
 
@@ -46,13 +38,11 @@ include "_checks.pxi"
 include "_order.pxi"
 
 __all__ = [
-    "GridAccumulator",
     "Hampel",
     "Stuck",
     "Validity",
     "hampel",
     "stuck",
-    "to_grid",
     "validity",
 ]
 
@@ -129,6 +119,9 @@ def validity(ts, x, lo, hi, max_rate, out_valid=None):
     Algorithm: one pass, O(1) per sample.  Invalid: NaN or ±inf, outside
     [lo, hi], or changing faster than ``max_rate`` (units per second) since
     the last valid sample.  ``lo=-inf, hi=inf, max_rate=inf`` disables a check.
+
+    >>> validity([0.0, 1.0, 2.0], [5.0, 9.0, 6.0], 0.0, 10.0, 1.5).tolist()
+    [1, 0, 1]
     """
     cdef ValidityState st
     ts64, x64 = _as_pair(ts, x)
@@ -609,361 +602,3 @@ cdef class Stuck:
 
     def __reduce__(self):
         return (type(self), (self._st.window_s, self._st.min_count), self.__getstate__())
-
-
-# ---------------------------------------------------------------------------
-# Event-time grid
-# ---------------------------------------------------------------------------
-
-cdef struct GridCell:
-    double sum          # finite values
-    double max_t        # newest sample time in the cell
-    Py_ssize_t n        # non-NaN samples
-    Py_ssize_t n_pos    # +inf
-    Py_ssize_t n_neg    # -inf
-
-
-cdef struct GridState:
-    double t0
-    double step
-    double max_gap
-    Py_ssize_t next_k       # first cell not closed yet
-    GridCell *cells         # ring of open cells: cell k at (head + k - next_k) & mask
-    Py_ssize_t head
-    Py_ssize_t mask
-    Py_ssize_t span         # cells in use: k - next_k < span for every open sample
-    Py_ssize_t limit        # cells at or beyond next_k + limit are refused (future)
-    double last_value       # value of the last closed non-missing cell
-    bint has_value
-    double t_last           # newest sample time among closed cells
-    Py_ssize_t n_late       # dropped: cell already closed
-    Py_ssize_t n_outside    # dropped: before the grid, too far ahead, or past its end
-
-
-cdef inline double grid_tk(GridState *st, Py_ssize_t k) noexcept nogil:
-    return st.t0 + k * st.step
-
-
-cdef inline Py_ssize_t grid_cell_of(GridState *st, double t) noexcept nogil:
-    """k with t_{k-1} < t <= t_k, the boundaries computed exactly as grid_tk does."""
-    cdef double r = ceil((t - st.t0) / st.step)
-    cdef Py_ssize_t k
-    if r > 4e18:
-        return <Py_ssize_t> 4e18
-    if r < -4e18:
-        return <Py_ssize_t> -4e18
-    k = <Py_ssize_t> r
-    while t > grid_tk(st, k):
-        k += 1
-    while t <= grid_tk(st, k - 1):
-        k -= 1
-    return k
-
-
-cdef int grid_init(GridState *st, double t0, double step, double max_gap,
-                   Py_ssize_t cap, Py_ssize_t limit) noexcept nogil:
-    cdef Py_ssize_t c = 16
-    while c < cap:
-        c <<= 1
-    st.t0 = t0
-    st.step = step
-    st.max_gap = max_gap
-    st.limit = limit
-    st.cells = <GridCell *> malloc(c * sizeof(GridCell))
-    if st.cells == NULL:
-        st.mask = -1
-        return -1
-    st.mask = c - 1
-    memset(st.cells, 0, c * sizeof(GridCell))
-    grid_clear(st)
-    return 0
-
-
-cdef inline void grid_clear(GridState *st) noexcept nogil:
-    st.next_k = 0
-    st.head = 0
-    st.span = 0
-    st.has_value = False
-    st.last_value = NAN
-    st.t_last = -INFINITY
-    st.n_late = 0
-    st.n_outside = 0
-    memset(st.cells, 0, (st.mask + 1) * sizeof(GridCell))
-
-
-cdef int grid_grow(GridState *st, Py_ssize_t need) noexcept nogil:
-    """Room for ``need`` open cells (relinearised); -1 on failure."""
-    cdef Py_ssize_t cap = st.mask + 1, newcap = cap, i
-    cdef GridCell *nc
-    while newcap < need:
-        newcap <<= 1
-    if newcap == cap:
-        return 0
-    nc = <GridCell *> malloc(newcap * sizeof(GridCell))
-    if nc == NULL:
-        return -1
-    memset(nc, 0, newcap * sizeof(GridCell))
-    for i in range(st.span):
-        nc[i] = st.cells[(st.head + i) & st.mask]
-    free(st.cells)
-    st.cells = nc
-    st.head = 0
-    st.mask = newcap - 1
-    return 0
-
-
-cdef int grid_add(GridState *st, double t, double v) noexcept nogil:
-    """Accumulate one sample into its open cell; 1 when dropped, -1 on allocation failure."""
-    cdef Py_ssize_t k, off
-    cdef GridCell *c
-    if v != v:
-        return 0
-    k = grid_cell_of(st, t)
-    if k < st.next_k:
-        if st.next_k == 0:
-            st.n_outside += 1       # before the grid's first cell
-        else:
-            st.n_late += 1
-        return 1
-    off = k - st.next_k
-    if off >= st.limit:
-        st.n_outside += 1
-        return 1
-    if off >= st.mask + 1:
-        if grid_grow(st, off + 1) < 0:
-            return -1
-    if off >= st.span:
-        st.span = off + 1
-    c = &st.cells[(st.head + off) & st.mask]
-    c.n += 1
-    if v == INFINITY:
-        c.n_pos += 1
-    elif v == -INFINITY:
-        c.n_neg += 1
-    else:
-        c.sum += v
-    if c.n == 1 or t > c.max_t:
-        c.max_t = t
-    return 0
-
-
-cdef void grid_close_one(GridState *st, double *value, unsigned char *missing) noexcept nogil:
-    """Close cell next_k, writing its value and missing flag."""
-    cdef GridCell *c = &st.cells[st.head]
-    cdef double tk = grid_tk(st, st.next_k), val
-    cdef Py_ssize_t n_fin
-    if c.n > 0:
-        if c.n_pos > 0:
-            val = NAN if c.n_neg > 0 else INFINITY
-        elif c.n_neg > 0:
-            val = -INFINITY
-        else:
-            n_fin = c.n - c.n_pos - c.n_neg
-            val = c.sum / n_fin
-        if c.max_t > st.t_last:
-            st.t_last = c.max_t
-        st.last_value = val
-        st.has_value = True
-        value[0] = val
-        missing[0] = 0
-    elif st.has_value and tk - st.t_last <= st.max_gap:
-        value[0] = st.last_value
-        missing[0] = 0
-    else:
-        value[0] = NAN
-        missing[0] = 1
-    memset(c, 0, sizeof(GridCell))
-    st.head = (st.head + 1) & st.mask
-    st.next_k += 1
-    if st.span > 0:
-        st.span -= 1
-
-
-def _check_grid(t0, step_s, max_gap_s):
-    return (_check_real("t0", t0), _check_positive("step_s", step_s),
-            _check_nonneg("max_gap_s", max_gap_s))
-
-
-def _check_nonneg(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
-    if not v >= 0.0:
-        raise ValueError(f"{name} must be >= 0 (may be inf), got {value!r}")
-    return v
-
-
-def _check_finite_ts(ts64):
-    bad = np.flatnonzero(~np.isfinite(ts64))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"ts must be finite, got ts[{i}]={float(ts64[i])!r}")
-
-
-def to_grid(ts, x, t0, step_s, n, max_gap_s):
-    """Place irregular samples on the regular grid t_k = t0 + k·step_s, k < n.
-
-    Returns ``(grid float64[n], missing uint8[n])``: grid[k] is the mean of
-    the non-NaN samples with t_{k-1} < ts <= t_k; with none, grid[k - 1]
-    carried forward while the newest sample at or before t_k is at most
-    ``max_gap_s`` old; else NaN and missing[k] = 1.  ts may be in any order
-    (and repeat); samples outside the grid are ignored.  O(len(x) + n).
-    Same numbers as ``GridAccumulator`` fed the samples and closed after.
-    """
-    cdef GridState st
-    ts64, x64 = _as_series("ts", ts), _as_series("x", x)
-    if ts64.shape[0] != x64.shape[0]:
-        raise ValueError(
-            f"ts and x must have the same length, got {ts64.shape[0]} and {x64.shape[0]}")
-    _check_finite_ts(ts64)
-    cdef double ct0, cstep, cgap
-    ct0, cstep, cgap = _check_grid(t0, step_s, max_gap_s)
-    cdef Py_ssize_t nn = _check_count("n", n, 0)
-    grid = np.empty(nn, dtype=np.float64)
-    missing = np.empty(nn, dtype=np.uint8)
-    cdef const double[::1] tv = ts64
-    cdef const double[::1] xv = x64
-    cdef double[::1] gv = grid
-    cdef unsigned char[::1] mv = missing
-    cdef Py_ssize_t i, m = xv.shape[0]
-    cdef int rc = 0
-    if grid_init(&st, ct0, cstep, cgap, nn, nn) < 0:
-        raise MemoryError("to_grid: cannot allocate the cells")
-    try:
-        with nogil:
-            for i in range(m):
-                if grid_add(&st, tv[i], xv[i]) < 0:
-                    rc = -1
-                    break
-            if rc == 0:
-                for i in range(nn):
-                    grid_close_one(&st, &gv[i], &mv[i])
-    finally:
-        free(st.cells)
-    if rc < 0:
-        raise MemoryError("to_grid: cannot allocate the cells")
-    return grid, missing
-
-
-cdef class GridAccumulator:
-    """Streaming ``to_grid``: ``add`` samples, ``close_until`` emits finished cells.
-
-    Samples may arrive in any order while their cell is open; a sample for a
-    closed cell is dropped and counted in ``n_late``; samples before the
-    first cell, or more than ``max_open_cells`` cells ahead of the oldest open
-    one, are dropped and counted in ``n_outside``.  Cells are closed only by
-    ``close_until(t)``: every cell with t_k < t, so a sample stamped exactly
-    t_k still lands in cell k when it arrives at or before time t_k.
-
-    >>> g = GridAccumulator(t0=0.0, step_s=1.0, max_gap_s=2.0)
-    >>> _ = g.add(0.5, 1.0).add(0.9, 3.0).add(3.2, 5.0)
-    >>> values, missing = g.close_until(3.5)
-    >>> values.tolist(), missing.tolist()
-    ([nan, 2.0, 2.0, nan], [1, 0, 0, 1])
-    """
-
-    cdef GridState _st
-    cdef Py_ssize_t _max_open
-
-    def __cinit__(self, *args, **kwargs):
-        self._st.cells = NULL
-
-    def __dealloc__(self):
-        free(self._st.cells)
-
-    def __init__(self, t0, step_s, max_gap_s, max_open_cells=1 << 20):
-        ct0, cstep, cgap = _check_grid(t0, step_s, max_gap_s)
-        self._max_open = _check_count("max_open_cells", max_open_cells)
-        free(self._st.cells)
-        self._st.cells = NULL
-        if grid_init(&self._st, ct0, cstep, cgap, 16, self._max_open) < 0:
-            raise MemoryError("cannot allocate the cells")
-
-    @property
-    def t0(self) -> float:
-        return self._st.t0
-
-    @property
-    def step_s(self) -> float:
-        return self._st.step
-
-    @property
-    def max_gap_s(self) -> float:
-        return self._st.max_gap
-
-    @property
-    def next_index(self) -> int:
-        """Index k of the next cell ``close_until`` will emit."""
-        return self._st.next_k
-
-    @property
-    def n_late(self) -> int:
-        return self._st.n_late
-
-    @property
-    def n_outside(self) -> int:
-        return self._st.n_outside
-
-    def reset(self):
-        grid_clear(&self._st)
-        return self
-
-    def add(self, double ts, double x):
-        """Accumulate one sample (any order; NaN x is ignored); returns self."""
-        if not isfinite(ts):
-            raise ValueError(f"ts must be finite, got {ts!r}")
-        if grid_add(&self._st, ts, x) < 0:
-            raise MemoryError("cannot grow the cells")
-        return self
-
-    def close_until(self, double t):
-        """Close every cell with t_k < t; returns ``(values float64, missing uint8)``."""
-        cdef Py_ssize_t i, count
-        if t != t:
-            raise ValueError("t must not be NaN")
-        count = grid_cell_of(&self._st, t) - self._st.next_k   # cells with t_k < t
-        if count <= 0:
-            return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.uint8)
-        if count > (1 << 24):
-            raise ValueError(
-                f"close_until({t!r}) would emit {count} cells from index "
-                f"{self._st.next_k}; close in smaller steps")
-        values = np.empty(count, dtype=np.float64)
-        missing = np.empty(count, dtype=np.uint8)
-        cdef double[::1] vv = values
-        cdef unsigned char[::1] mv = missing
-        for i in range(count):
-            grid_close_one(&self._st, &vv[i], &mv[i])
-        return values, missing
-
-    def __getstate__(self):
-        cdef Py_ssize_t i
-        cells = [self._st.cells[(self._st.head + i) & self._st.mask] for i in range(self._st.span)]
-        scalars = {
-            "next_k": self._st.next_k, "span": self._st.span,
-            "last_value": self._st.last_value, "has_value": bool(self._st.has_value),
-            "t_last": self._st.t_last, "n_late": self._st.n_late, "n_outside": self._st.n_outside,
-        }
-        return {"scalars": scalars, "cells": cells}
-
-    def __setstate__(self, state):
-        cdef Py_ssize_t i
-        sc = state["scalars"]
-        cells = state["cells"]
-        grid_clear(&self._st)
-        if grid_grow(&self._st, len(cells)) < 0:
-            raise MemoryError("cannot grow the cells")
-        for i in range(len(cells)):
-            self._st.cells[i] = cells[i]
-        self._st.head = 0
-        self._st.span = sc["span"]
-        self._st.next_k = sc["next_k"]
-        self._st.last_value = sc["last_value"]
-        self._st.has_value = sc["has_value"]
-        self._st.t_last = sc["t_last"]
-        self._st.n_late = sc["n_late"]
-        self._st.n_outside = sc["n_outside"]
-
-    def __reduce__(self):
-        return (type(self), (self._st.t0, self._st.step, self._st.max_gap, self._max_open),
-                self.__getstate__())

@@ -24,8 +24,10 @@ from numpy.typing import ArrayLike, NDArray
 Array = NDArray[np.float64]
 
 __all__ = [
+    "ref_coarse_grid",
     "ref_ewma",
     "ref_hampel",
+    "ref_idle_restarts",
     "ref_move_change",
     "ref_move_max",
     "ref_move_mean",
@@ -268,30 +270,66 @@ def ref_stuck(ts: ArrayLike, x: ArrayLike, window_s: float,
     return out
 
 
-def ref_to_grid(ts: ArrayLike, x: ArrayLike, t0: float, step_s: float, n: int,
-                max_gap_s: float) -> tuple[Array, NDArray[np.uint8]]:
-    """Grid point k (t_k = t0 + k*step_s) holds the mean of the non-NaN samples
-    with t_{k-1} < ts <= t_k; with none, the previous grid value is carried
-    while the newest sample at or before t_k is at most max_gap_s old, else NaN
-    and missing = 1."""
-    ts = _f64(ts)
-    x = _f64(x)
-    grid = np.full(n, np.nan)
-    missing = np.ones(n, dtype=np.uint8)
-    keep = ~np.isnan(x)
-    ts_k, x_k = ts[keep], x[keep]
-    prev, have = math.nan, False
-    for k in range(n):
-        tk, tprev = t0 + k * step_s, t0 + (k - 1) * step_s
-        sel = (ts_k > tprev) & (ts_k <= tk)
-        if sel.any():
-            grid[k] = _mean(x_k[sel])
-            missing[k] = 0
-            prev, have = grid[k], True
+# --- event-time grid ---------------------------------------------------------
+
+#: Cell status codes, as ``appliance.kernels.grid``.
+ABSENT, MISSING, CARRIED, FRESH = 0, 1, 2, 3
+
+
+def ref_to_grid(ts: ArrayLike, x: ArrayLike, ticks: ArrayLike, cadence_s: float,
+                max_gap_s: float, max_gap_intervals: float, interval_count: int = 5
+                ) -> tuple[Array, NDArray[np.uint8]]:
+    """Cell i is (ticks[i-1], ticks[i]] (the first (ticks[0] - cadence_s, ticks[0]]).
+    Fresh: the mean of its finite readings.  Carried: the last fresh value, while
+    the newest finite reading at or before the tick is at most max(max_gap_s,
+    max_gap_intervals × median of the last interval_count intervals between finite
+    readings up to it) old.  Else missing (NaN), or absent (NaN) while no reading
+    of any kind is at or before the tick."""
+    ts, x, ticks = _f64(ts), _f64(x), _f64(ticks)
+    values = np.full(ticks.shape[0], np.nan)
+    status = np.zeros(ticks.shape[0], dtype=np.uint8)
+    valid = np.isfinite(x)
+    last_fresh = math.nan
+    for i, tick in enumerate(ticks):
+        lo = ticks[i - 1] if i else tick - cadence_s
+        cell = valid & (ts > lo) & (ts <= tick)
+        seen = ts[valid & (ts <= tick)]
+        if cell.any():
+            values[i] = last_fresh = math.fsum(x[cell]) / np.count_nonzero(cell)
+            status[i] = FRESH
+            continue
+        limit = max_gap_s
+        intervals = np.diff(seen)[-interval_count:]
+        if max_gap_intervals > 0 and intervals.shape[0]:
+            limit = max(max_gap_s, max_gap_intervals * ref_quantile(intervals, 0.5))
+        if not math.isnan(last_fresh) and tick - seen[-1] <= limit:
+            values[i] = last_fresh
+            status[i] = CARRIED
         else:
-            # newest sample at or before t_k that lies on the grid (cells >= 0)
-            on_grid = ts_k[(ts_k <= tk) & (ts_k > t0 - step_s)]
-            if have and on_grid.shape[0] and tk - on_grid.max() <= max_gap_s:
-                grid[k] = prev
-                missing[k] = 0
-    return grid, missing
+            status[i] = MISSING if np.any(ts <= tick) else ABSENT
+    return values, status
+
+
+def ref_coarse_grid(k_first: int, x: ArrayLike, stride: int
+                    ) -> tuple[NDArray[np.intp], Array, NDArray[np.intp]]:
+    """Coarse cell c holds ticks (c·stride − stride, c·stride]; it closes at tick
+    c·stride with the mean of its finite values within the range (NaN with none);
+    tick i shows the last cell closed at or before it (-1: none yet)."""
+    x = _f64(x)
+    k = k_first + np.arange(x.shape[0])
+    closes = k[k % stride == 0]
+    means = np.full(closes.shape[0], np.nan)
+    for j, c in enumerate(closes):
+        v = x[(k > c - stride) & (k <= c)]
+        v = v[np.isfinite(v)]
+        if v.shape[0]:
+            means[j] = math.fsum(v) / v.shape[0]
+    shown = np.array([np.count_nonzero(closes <= ki) - 1 for ki in k], dtype=np.intp)
+    return closes, means, shown
+
+
+def ref_idle_restarts(ts: ArrayLike, idle_gap_s: float) -> NDArray[np.uint8]:
+    """1 where a reading comes more than idle_gap_s (> 0) after every earlier one."""
+    ts = _f64(ts)
+    return np.array([idle_gap_s > 0 and i > 0 and ts[i] - ts[:i].max() > idle_gap_s
+                     for i in range(ts.shape[0])], dtype=np.uint8)

@@ -11,7 +11,7 @@ from appliance.features.spec import (
     PipelineSpec,
     SensorSpec,
 )
-from appliance.kernels import filters, rolling
+from appliance.kernels import filters, grid, rolling
 
 #: The batch kernel of each RollingBank column (the live driver's numbers).
 _BATCH = {
@@ -25,44 +25,16 @@ _BATCH = {
 }
 
 
-def carry_limits(ts: np.ndarray, max_gap_s: float, gap_intervals: float) -> np.ndarray:
-    """How long each reading's value may be carried forward (see ``spec``, step 1)."""
-    limits = np.full(len(ts), max_gap_s)
-    if gap_intervals > 0 and len(ts) > 1:
-        typical = rolling.move_median(None, np.diff(ts), INTERVAL_COUNT)
-        limits[1:] = np.maximum(max_gap_s, gap_intervals * typical)
-    return limits
-
-
 def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s: float,
                 max_gap_s: float, gap_intervals: float) -> tuple[np.ndarray, np.ndarray]:
-    """Place readings on the tick grid (see ``spec``): mean per cell, bounded carry-forward.
+    """Place readings on the tick grid (``spec``, step 1; ``appliance.kernels.grid.grid``).
 
-    ``ts`` must be sorted.  NaN readings count as absent.  Returns the grid and
-    ``fresh``, True where the cell held a reading (its value is not carried).
+    ``ts`` must be sorted.  A NaN reading (an invalid one) makes the sensor present
+    and nothing else.  Returns the grid and each cell's status (``GRID_FRESH``: the
+    cell held a reading, ``GRID_CARRIED``, ``GRID_MISSING``, ``GRID_ABSENT``: before
+    the sensor's first reading).
     """
-    ts = np.asarray(ts, dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(values)
-    ts, values = ts[ok], values[ok]
-    out = np.full(len(ticks), np.nan)
-    if len(ticks) == 0 or len(ts) == 0:
-        return out, np.zeros(len(ticks), dtype=bool)
-    # Cell k is (ticks[k] - cadence, ticks[k]]: index of the first tick >= ts.
-    cell = np.searchsorted(ticks, ts, side="left")
-    inside = (cell < len(ticks)) & (ts > ticks[np.minimum(cell, len(ticks) - 1)] - cadence_s)
-    sums = np.bincount(cell[inside], weights=values[inside], minlength=len(ticks))
-    counts = np.bincount(cell[inside], minlength=len(ticks))
-    has = counts > 0
-    out[has] = sums[has] / counts[has]
-    # Carry forward the last cell value while the last reading is within its carry limit.
-    last_idx = np.searchsorted(ts, ticks, side="right") - 1  # last reading <= tick
-    last = np.maximum(last_idx, 0)
-    age = np.where(last_idx >= 0, ticks - ts[last], np.inf)
-    filled_idx = np.maximum.accumulate(np.where(has, np.arange(len(ticks)), -1))
-    carry = ~has & (filled_idx >= 0) & (age <= carry_limits(ts, max_gap_s, gap_intervals)[last])
-    out[carry] = out[filled_idx[carry]]
-    return out, has
+    return grid.to_grid(ts, values, ticks, cadence_s, max_gap_s, gap_intervals, INTERVAL_COUNT)
 
 
 def valid_readings(sensor: SensorSpec, ts: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -82,59 +54,49 @@ def clean_values(clean: CleanSpec, ts: np.ndarray, values: np.ndarray) -> np.nda
 
 
 def window_stats(spec: PipelineSpec, window_s: float, ticks: np.ndarray, k: np.ndarray,
-                 grid: np.ndarray) -> list[np.ndarray]:
+                 values: np.ndarray) -> list[np.ndarray]:
     """The STATS columns of one window at every tick (``k`` = global tick indices)."""
     m = spec.stride(window_s)
     if len(k) == 0:
         return [np.empty(0) for _ in spec.stats]
-    if m == 1:
-        pts, vals = ticks, grid
-    else:
-        cell = -(-k // m)  # coarse cell c holds ticks (c·m - m, c·m]
-        cells = np.arange(cell[0], k[-1] // m + 1)  # cells closed within the range
-        finite = np.isfinite(grid)
-        idx = cell[finite] - cell[0]
-        sums = np.bincount(idx, weights=grid[finite], minlength=len(cells))[:len(cells)]
-        counts = np.bincount(idx, minlength=len(cells))[:len(cells)]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vals = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        pts = cells * m * spec.cadence_s
-    cols = []
-    for stat in spec.stats:
-        if stat == "ewma":
-            cols.append(rolling.ewma(pts, vals, spec.halflife_s(window_s)))
-        else:
-            cols.append(_BATCH[stat](pts, vals, window_s))
-    if m == 1:
-        return cols
-    # Each tick shows the statistics of the last closed coarse cell.
-    last_closed = k // m - cells[0]
-    held = last_closed >= 0
+    if m == 1:  # every tick is a point of its own, as live feeds the bank directly
+        return _window_columns(spec, window_s, ticks, values)
+    closes, means, shown = grid.coarse_grid(int(k[0]), values, m)
+    cols = _window_columns(spec, window_s, closes * spec.cadence_s, means)
+    held = shown >= 0
     out = []
     for col in cols:
         full = np.full(len(k), np.nan)
-        full[held] = col[last_closed[held]]
+        full[held] = col[shown[held]]
         out.append(full)
     return out
 
 
+def _window_columns(spec: PipelineSpec, window_s: float, pts: np.ndarray,
+                    vals: np.ndarray) -> list[np.ndarray]:
+    """The batch kernel of every STATS column over the window's points."""
+    return [rolling.ewma(pts, vals, spec.halflife_s(window_s)) if stat == "ewma"
+            else _BATCH[stat](pts, vals, window_s) for stat in spec.stats]
+
+
 def sensor_features(spec: PipelineSpec, ticks: np.ndarray, k: np.ndarray,
-                    grid: np.ndarray, fresh: np.ndarray, first_ts: float) -> np.ndarray:
+                    values: np.ndarray, status: np.ndarray) -> np.ndarray:
     """Feature columns of one sensor from its grid values, shape (len(ticks), n).
 
-    ``fresh`` marks the ticks whose cell held a reading; ``first_ts`` is the
-    sensor's first reading: the missing fraction counts from the tick that
-    closes its cell on (before it, the sensor did not exist).
+    ``status`` is the grid's cell status (``grid_values``).  Before the sensor's
+    first reading (``GRID_ABSENT``) live has no column for it, so missing and
+    stuck are NaN here too; its other features are NaN there by themselves.
     """
-    stats = [col for w in spec.windows_s for col in window_stats(spec, w, ticks, k, grid)]
-    stuck = filters.stuck(ticks, np.where(fresh, grid, np.nan), spec.stuck_window_s,
+    stats = [col for w in spec.windows_s for col in window_stats(spec, w, ticks, k, values)]
+    present = status != grid.GRID_ABSENT
+    fresh = status == grid.GRID_FRESH
+    stuck = filters.stuck(ticks, np.where(fresh, values, np.nan), spec.stuck_window_s,
                           STUCK_MIN_COUNT).astype(np.float64)
-    # before its first reading the sensor has no column live: NaN here too
-    stuck[ticks < first_ts] = np.nan
-    absent = np.where(ticks >= first_ts, np.isnan(grid).astype(np.float64), np.nan)
+    stuck[~present] = np.nan
+    absent = np.where(present, np.isnan(values).astype(np.float64), np.nan)
     missing = rolling.ewma(ticks, absent, spec.missing_halflife_s)
-    dev = grid - rolling.ewma(ticks, grid, spec.baseline_halflife_s)
-    return np.column_stack([grid, missing, stuck, dev, *stats])
+    dev = values - rolling.ewma(ticks, values, spec.baseline_halflife_s)
+    return np.column_stack([values, missing, stuck, dev, *stats])
 
 
 def asset_features(
@@ -185,12 +147,11 @@ def _stretches(spec: PipelineSpec, arrays: dict[str, tuple[np.ndarray, np.ndarra
     reading before it, the last every reading after."""
     every = np.sort(np.concatenate([ts for ts, _ in arrays.values()])) if arrays \
         else np.empty(0)
-    cuts = (np.flatnonzero(np.diff(every) > spec.idle_gap_s) if spec.idle_gap_s > 0
-            else np.empty(0, dtype=np.intp))
+    cuts = np.flatnonzero(grid.idle_restarts(every, spec.idle_gap_s))
     if len(cuts) == 0:
         return [(-np.inf, np.inf, first, last)] if last >= first else []
-    starts = [-np.inf, *every[cuts + 1].tolist()]
-    ends = [*every[cuts].tolist(), np.inf]
+    starts = [-np.inf, *every[cuts].tolist()]
+    ends = [*every[cuts - 1].tolist(), np.inf]
     out = []
     for j, (lo_ts, hi_ts) in enumerate(zip(starts, ends, strict=True)):
         k_first = first if j == 0 else max(first, spec.tick_index(lo_ts))
@@ -212,14 +173,13 @@ def _stretch_features(spec: PipelineSpec,
     grids = {}
     for s, (ts, values, ok) in stretch.items():
         settings = spec.sensor(s)
-        grid, fresh = grid_values(ts[ok], values[ok], ticks, c, settings.max_gap_s,
-                                  settings.max_gap_intervals)
+        # invalid readings go in as NaN: the sensor exists from its first reading (see spec)
+        tick_values, status = grid_values(ts, np.where(ok, values, np.nan), ticks, c,
+                                          settings.max_gap_s, settings.max_gap_intervals)
         if settings.clean is not None:
-            grid = clean_values(settings.clean, ticks, grid)
-        grids[s] = grid
-        # Invalid readings included: the sensor exists from its first reading (see spec).
-        first_ts = float(ts[0]) if len(ts) else np.inf
-        blocks.append(sensor_features(spec, ticks, k, grid, fresh, first_ts))
+            tick_values = clean_values(settings.clean, ticks, tick_values)
+        grids[s] = tick_values
+        blocks.append(sensor_features(spec, ticks, k, tick_values, status))
     missing = np.full(n, np.nan)
     blocks.extend((grids.get(a, missing) - grids.get(b, missing))[:, None]
                   for a, b in spec.differences)

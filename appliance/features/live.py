@@ -1,8 +1,9 @@
 """Live features: readings in one at a time, one feature row per asset per tick out.
 
 The same steps as ``batch`` with the streaming halves of the same kernels:
-``filters.Validity`` per sensor on its readings, the grid rule, ``filters.Hampel``
-and ``filters.Stuck`` per sensor on the grid, and the rolling statistics of all
+``filters.Validity`` and ``grid.Grid`` per sensor on its readings, ``filters.Hampel``
+and ``filters.Stuck`` per sensor on the grid, ``grid.CoarseGrid`` per asset for the
+long windows, ``grid.IdleGap`` per asset for its fresh starts, and the rolling statistics of all
 series in ``RollingBank`` chunks (one ring of samples per series and window,
 shared by every statistic: ~6 KB per series and window instead of one ring per
 statistic).
@@ -16,7 +17,8 @@ import numpy as np
 
 from appliance.features.spec import INTERVAL_COUNT, STUCK_MIN_COUNT, PipelineSpec
 from appliance.kernels import filters
-from appliance.kernels.rolling import Ewma, MoveMedian, RollingBank
+from appliance.kernels.grid import CoarseGrid, Grid, IdleGap
+from appliance.kernels.rolling import Ewma, RollingBank
 
 #: Series per RollingBank; banks are added as series appear.
 BANK_CHUNK = 256
@@ -66,12 +68,10 @@ class FeatureBanks:
 
 
 class SensorState:
-    """One sensor of one asset: its validity check, the open grid cell, its cleaning
-    filter, its bank row."""
+    """One sensor of one asset: its validity check, its grid, its cleaning filter, its
+    bank row."""
 
-    __slots__ = ("baseline", "carry_s", "cell_count", "cell_sum", "gap_intervals",
-                 "hampel", "intervals", "last_grid", "last_ts", "last_valid_ts", "max_gap_s",
-                 "missing", "n_intervals", "row", "stuck", "validity")
+    __slots__ = ("baseline", "grid", "hampel", "missing", "row", "stuck", "validity")
 
     def __init__(self, spec: PipelineSpec, sensor: str, row: int,
                  validity: filters.Validity | None = None) -> None:
@@ -81,79 +81,40 @@ class SensorState:
             validity = filters.Validity(settings.valid_min, settings.valid_max,
                                         settings.max_rate_per_s)
         self.validity = validity
+        self.grid = Grid(settings.max_gap_s, settings.max_gap_intervals, INTERVAL_COUNT)
         clean = settings.clean
         self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
                                       clean.hampel_min_count) if clean else None)
-        self.max_gap_s = settings.max_gap_s
-        self.gap_intervals = settings.max_gap_intervals
-        #: The last intervals between valid readings (a count window: "ts" is the
-        #: interval's number), and the carry limit their median gives.
-        self.intervals = MoveMedian(INTERVAL_COUNT)
-        self.n_intervals = 0
-        self.carry_s = settings.max_gap_s
         self.missing = Ewma(spec.missing_halflife_s)
         self.baseline = Ewma(spec.baseline_halflife_s)
         self.stuck = filters.Stuck(spec.stuck_window_s, STUCK_MIN_COUNT)
         self.row = row
-        self.cell_sum = 0.0
-        self.cell_count = 0
-        self.last_grid = math.nan
-        #: The newest reading, valid or not: an older one is late.
-        self.last_ts = -math.inf
-        #: The newest valid reading: the value is carried at most carry_s from it.
-        self.last_valid_ts = -math.inf
+
+    @property
+    def last_ts(self) -> float:
+        """The newest reading, valid or not: an older one is late."""
+        return self.grid.last_ts
 
     def add(self, ts: float, value: float) -> bool:
         """Take one reading (not older than the last); False when it is invalid."""
-        self.last_ts = ts
-        if not self.validity.update(ts, value).value:
-            return False
-        self.cell_sum += value
-        self.cell_count += 1
-        if self.gap_intervals > 0 and self.last_valid_ts > -math.inf:
-            typical = self.intervals.update(self.n_intervals, ts - self.last_valid_ts).value
-            self.n_intervals += 1
-            self.carry_s = max(self.max_gap_s, self.gap_intervals * typical)
-        self.last_valid_ts = ts
-        return True
+        valid = self.validity.update(ts, value).value
+        # an invalid reading goes in as NaN: it times nothing but the sensor's presence
+        self.grid.add(ts, value if valid else math.nan)
+        return valid
 
     def close(self, tick: float) -> tuple[float, float, float, float]:
         """(grid value, missing fraction, deviation from baseline, stuck flag) of the
-        cell ending at ``tick``; opens the next cell."""
-        fresh = self.cell_count > 0
-        if fresh:
-            grid = self.last_grid = self.cell_sum / self.cell_count
-        elif tick - self.last_valid_ts <= self.carry_s:
-            grid = self.last_grid
-        else:
-            grid = math.nan
-        self.cell_sum = 0.0
-        self.cell_count = 0
+        cell ending at ``tick``; opens the next cell.  The sensor exists from its
+        first reading, so its grid is never ``GRID_ABSENT`` here (batch masks those
+        ticks; live has no column for them)."""
+        cell = self.grid.close(tick)
+        grid = cell.value
         if self.hampel is not None:
             grid = self.hampel.update(tick, grid).value
         missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
         return (grid, missing, grid - self.baseline.update(tick, grid).value,
-                1.0 if self.stuck.update(tick, grid if fresh else math.nan).value else 0.0)
-
-
-class _CoarseWindow:
-    """A window on a coarser grid (``spec.stride`` > 1) for one asset's sensors:
-    sums of the finite tick values of the open coarse cell, and the statistics
-    of the last closed one."""
-
-    __slots__ = ("counts", "held", "stride", "sums")
-
-    def __init__(self, stride: int, n_stats: int) -> None:
-        self.stride = stride
-        self.sums = np.zeros(0)
-        self.counts = np.zeros(0, dtype=np.int64)
-        self.held = np.full((0, n_stats), np.nan)
-
-    def grow(self, at: int) -> None:
-        """Insert a new (empty) sensor at position ``at``."""
-        self.sums = np.insert(self.sums, at, 0.0)
-        self.counts = np.insert(self.counts, at, 0)
-        self.held = np.insert(self.held, at, np.nan, axis=0)
+                1.0 if self.stuck.update(tick, grid if cell.fresh else math.nan).value
+                else 0.0)
 
 
 class AssetFeatures:
@@ -177,8 +138,8 @@ class AssetFeatures:
         self._row_of: dict[str, int] = {}
         self._validity: dict[str, filters.Validity] = {}
         self._next_k: int | None = None
-        #: The newest reading of any sensor that was not late.
-        self._last_ts = -math.inf
+        #: The silences after which the asset starts afresh (readings that were not late).
+        self._idle = IdleGap(spec.idle_gap_s)
         self.late = 0
         self.invalid = 0
         self.restarts = 0
@@ -188,9 +149,12 @@ class AssetFeatures:
         self._states: dict[str, SensorState] = {}
         self._rows = np.zeros(0, dtype=np.int64)
         self._names: tuple[str, ...] = ()
-        self._coarse = {w: _CoarseWindow(self.spec.stride(ws), len(self.spec.stats))
+        #: Windows on a coarser grid: their coarse cells, and the statistics of each
+        #: one's last closed cell (what every tick shows until the next closes).
+        self._coarse = {w: CoarseGrid(0, self.spec.stride(ws))
                         for w, ws in enumerate(self.spec.windows_s)
                         if self.spec.stride(ws) > 1}
+        self._held = {w: np.full((0, len(self.spec.stats)), np.nan) for w in self._coarse}
         self.stuck: frozenset[str] = frozenset()
 
     @property
@@ -201,14 +165,15 @@ class AssetFeatures:
              ) -> list[tuple[float, tuple[str, ...], np.ndarray]]:
         rows: list[tuple[float, tuple[str, ...], np.ndarray]] = []
         c = self.spec.cadence_s
-        if self._next_k is None:
-            self._next_k = self.spec.tick_index(ts)
-        elif ts <= (self._next_k - 1) * c:
+        if self._next_k is not None and ts <= (self._next_k - 1) * c:
             self.late += 1
             return rows
-        elif 0 < self.spec.idle_gap_s < ts - self._last_ts:
+        restart = self._idle.update(ts).restart  # never at the first reading
+        if self._next_k is None:
+            self._next_k = self.spec.tick_index(ts)
+        elif restart:
             # the cell of the last reading closes, then everything starts afresh
-            last_k = self.spec.tick_index(self._last_ts)
+            last_k = self.spec.tick_index(self._idle.previous_ts)
             while self._next_k <= last_k:
                 rows.append((self._next_k * c, self._names, self._close(self._next_k)))
                 self._next_k += 1
@@ -225,7 +190,6 @@ class AssetFeatures:
         elif ts < state.last_ts:
             self.late += 1
             return rows
-        self._last_ts = max(self._last_ts, ts)
         if not state.add(ts, value):
             self.invalid += 1
         return rows
@@ -238,8 +202,9 @@ class AssetFeatures:
         self._validity[sensor] = state.validity
         self._states = dict(sorted({**self._states, sensor: state}.items()))
         at = list(self._states).index(sensor)
-        for window in self._coarse.values():
-            window.grow(at)
+        for w, coarse in self._coarse.items():
+            coarse.insert(at)
+            self._held[w] = np.insert(self._held[w], at, np.nan, axis=0)
         self._rows = np.array([s.row for s in self._states.values()], dtype=np.int64)
         self._names = self.spec.feature_names(tuple(self._states))
         return state
@@ -254,17 +219,9 @@ class AssetFeatures:
             if coarse is None:
                 blocks.append(self.banks.update(w, self._rows, tick, grid))
                 continue
-            finite = np.isfinite(grid)
-            coarse.sums[finite] += grid[finite]
-            coarse.counts[finite] += 1
-            if k % coarse.stride == 0:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    vals = np.where(coarse.counts > 0,
-                                    coarse.sums / np.maximum(coarse.counts, 1), np.nan)
-                coarse.held = self.banks.update(w, self._rows, tick, vals)
-                coarse.sums[:] = 0.0
-                coarse.counts[:] = 0
-            blocks.append(coarse.held)
+            if coarse.update(k, grid).closed:
+                self._held[w] = self.banks.update(w, self._rows, tick, coarse.means)
+            blocks.append(self._held[w])
         stuck = closed[:, 3]
         if stuck.any() or self.stuck:
             self.stuck = frozenset(s for s, flag in zip(self._states, stuck, strict=True)

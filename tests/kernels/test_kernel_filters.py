@@ -8,7 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
-from appliance.kernels import filters, rolling
+from appliance.kernels import filters, grid, rolling
 from appliance.kernels import reference as ref
 from kernel_cases import PATTERNS, assert_matches, make_ts, make_x
 
@@ -20,7 +20,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def test_docstring_examples() -> None:
-    for mod in (filters, rolling):
+    for mod in (filters, grid, rolling):
         result = doctest.testmod(mod)
         assert result.attempted > 0 and result.failed == 0, mod.__name__
 
@@ -178,82 +178,3 @@ def test_stuck_by_hand() -> None:
     rest = [u.update(t, v).value for t, v in zip(ts[4:], x[4:], strict=True)]
     assert rest == [True, True, False, False]
     assert s.reset().value is False
-
-
-# --- grid ---------------------------------------------------------------------
-
-def _grid_data(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    ts = 100.0 + np.cumsum(rng.choice([0.0, 0.3, 0.5, 1.0, 2.5, 9.0], size=n))
-    x = rng.normal(5.0, 2.0, size=n)
-    x[rng.random(n) < 0.1] = np.nan
-    x[rng.integers(0, n, size=2)] = np.inf
-    x[rng.integers(0, n, size=2)] = -np.inf
-    return ts, x
-
-
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_to_grid_matches_reference(shuffle: bool) -> None:
-    rng = np.random.default_rng(51)
-    ts, x = _grid_data(rng, 400)
-    if shuffle:                       # batch accepts any order
-        p = rng.permutation(400)
-        ts, x = ts[p], x[p]
-    for t0, step, n, gap in ((100.0, 1.0, 500, 3.0), (95.5, 2.5, 260, 0.0),
-                             (150.0, 10.0, 40, 25.0), (90.0, 0.7, 900, math.inf)):
-        what = f"to_grid shuffle={shuffle} t0={t0} step={step} n={n} gap={gap}"
-        wg, wm = ref.ref_to_grid(ts, x, t0, step, n, gap)
-        gg, gm = filters.to_grid(_readonly(ts), _readonly(x), t0, step, n, gap)
-        np.testing.assert_array_equal(gm, wm, err_msg=what)
-        assert_matches(gg, wg, 1e-12, 1e-12 * 10.0, what)
-
-
-def test_grid_accumulator_equals_batch_when_closed_behind_the_data() -> None:
-    rng = np.random.default_rng(61)
-    ts, x = _grid_data(rng, 400)
-    t0, step, gap = 100.0, 1.0, 3.0
-    n = int(np.ceil((ts[-1] - t0) / step)) + 1      # up to the last sample's cell
-    g = filters.GridAccumulator(t0, step, gap)
-    values, missing = [], []
-    for t, v in zip(ts, x, strict=True):
-        vals, miss = g.close_until(t)       # everything strictly before t is complete
-        values.extend(vals)
-        missing.extend(miss)
-        g.add(t, v)
-    vals, miss = g.close_until(t0 + (n - 1) * step + step / 2)
-    values.extend(vals)
-    missing.extend(miss)
-    bg, bm = filters.to_grid(ts, x, t0, step, n, gap)
-    assert g.next_index == n and g.n_late == 0
-    np.testing.assert_array_equal(np.array(missing, dtype=np.uint8), bm)
-    assert_matches(np.array(values), bg, 0.0, 0.0, "GridAccumulator vs to_grid")
-
-
-def test_grid_late_duplicate_and_out_of_order_samples() -> None:
-    g = filters.GridAccumulator(t0=0.0, step_s=1.0, max_gap_s=1.5)
-    g.add(0.7, 2.0).add(0.2, 4.0).add(1.0, 6.0).add(1.0, 8.0)   # out of order, duplicate t
-    vals, miss = g.close_until(1.5)                           # closes cells 0 and 1
-    np.testing.assert_array_equal(vals, [np.nan, (2.0 + 4.0 + 6.0 + 8.0) / 4])
-    np.testing.assert_array_equal(miss, [1, 0])
-    g.add(0.9, 100.0)                                         # cell 1 is closed: dropped
-    g.add(-5.0, 1.0)                                          # also late
-    assert g.n_late == 2
-    g.add(2.5, 1.0)                                           # cell 3 (2, 3]
-    vals, miss = g.close_until(4.0)                           # cells 2, 3 (t_k < 4)
-    np.testing.assert_array_equal(vals, [5.0, 1.0])           # cell 2 carried (2 - 1.0 <= 1.5)
-    np.testing.assert_array_equal(miss, [0, 0])
-    assert g.close_until(4.0)[0].shape == (0,)                # idempotent
-    h = pickle.loads(pickle.dumps(g))
-    assert (h.next_index, h.n_late, h.n_outside) == (4, 2, 0)
-    np.testing.assert_array_equal(h.close_until(6.5)[0], [1.0, np.nan, np.nan])
-    # far-future samples are refused, not allocated
-    f = filters.GridAccumulator(0.0, 1.0, 1.0, max_open_cells=10)
-    f.add(1e12, 1.0)
-    assert f.n_outside == 1
-    with pytest.raises(ValueError, match="close in smaller steps"):
-        f.close_until(1e12)
-    with pytest.raises(ValueError, match=r"ts must be finite, got nan"):
-        f.add(math.nan, 1.0)
-    with pytest.raises(ValueError, match=r"step_s must be finite and > 0, got 0"):
-        filters.to_grid([0.0], [1.0], 0.0, 0, 3, 1.0)
-    with pytest.raises(ValueError, match=r"ts must be finite, got ts\[1\]=inf"):
-        filters.to_grid([0.0, math.inf], [1.0, 2.0], 0.0, 1.0, 3, 1.0)

@@ -142,35 +142,6 @@ def test_stuck_properties(n: int, window_s: float, min_count: int, gaps: list[fl
 
 
 @SETTINGS
-@given(data=series(), step=st.sampled_from([0.5, 1.0, 3.0]),
-       gap=st.sampled_from([0.0, 2.0, math.inf]),
-       shift=st.sampled_from([-3.0, 0.0, 2.5]), seed=st.integers(0, 2**32 - 1))
-def test_grid_properties(data: tuple[np.ndarray, np.ndarray], step: float, gap: float,
-                         shift: float, seed: int) -> None:
-    ts, x = data
-    t0 = float(ts[0]) + shift
-    n = max(int((ts[-1] - t0) / step) + 3, 0)
-    grid, missing = filters.to_grid(ts, x, t0, step, n, gap)
-    wg, wm = ref.ref_to_grid(ts, x, t0, step, n, gap)
-    np.testing.assert_array_equal(missing, wm)
-    fin = np.abs(x[np.isfinite(x)])
-    assert_matches(grid, wg, 1e-12, 1e-12 * (float(fin.max()) if fin.size else 0.0), "to_grid")
-    # any arrival order, cells closed at random moments: never crashes, every
-    # non-NaN sample is either used or counted as dropped
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(ts.shape[0])
-    g = filters.GridAccumulator(t0, step, gap)
-    emitted = 0
-    for i in order:
-        g.add(ts[i], x[i])
-        if rng.random() < 0.3:
-            emitted += g.close_until(ts[i] + rng.choice([-1.0, 0.0, 2.0]))[0].shape[0]
-    emitted += g.close_until(t0 + (n - 1) * step + step / 2)[0].shape[0]
-    assert emitted == g.next_index >= n
-    assert g.n_late + g.n_outside <= int(np.count_nonzero(~np.isnan(x)))
-
-
-@SETTINGS
 @given(data=series(), lag_s=WINDOWS)
 def test_change_matches_reference_and_stream(data: tuple[np.ndarray, np.ndarray],
                                              lag_s: float) -> None:

@@ -6,7 +6,7 @@ The kernels live in the top-level ``kernels/`` folder and are installed as the
 
 import sys
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 try:
     import numpy
@@ -59,17 +59,12 @@ setup(
     version="0.1.0",
     description="Edge appliance that predicts production-line faults an hour ahead",
     python_requires=">=3.11",
-    packages=[
-        "appliance",
-        "appliance.stages",
-        "appliance.storage",
-        "appliance.features",
-        "appliance.training",
-        "appliance.devtools.bench",
-        "appliance.kernels",
-    ],
+    # every folder of appliance/ with an __init__.py (tests/unit/test_packaging.py holds it)
+    packages=[*find_packages(include=["appliance", "appliance.*"]), "appliance.kernels"],
     package_dir={"appliance.kernels": "kernels"},
-    package_data={"appliance.storage": ["migrations/*.sql"]},
+    package_data={"appliance.storage": ["migrations/*.sql"],
+                  # the starter model serves when nothing else is configured
+                  "appliance.models": ["starter.onnx"]},
     ext_modules=_extensions(),
     install_requires=[
         "numpy>=1.26",

@@ -313,7 +313,7 @@ def _build(cls: type, table: dict[str, Any], source: str, section: str) -> Any:
 
 
 #: Names of lines, assets, sensors and variants: what an MQTT topic level (and a folder
-#: name) may hold; ``appliance.topics`` and the import's SQL use the same.
+#: name) may hold; ``appliance.mqtt.topics`` and the import's SQL use the same.
 NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
 _NAME = re.compile(NAME_PATTERN)
 

@@ -23,6 +23,16 @@ def to_us(ts: float | np.ndarray) -> int | np.ndarray:
     return int(us) if us.ndim == 0 else us
 
 
+@overload
+def from_us(us: int) -> float: ...
+@overload
+def from_us(us: np.ndarray) -> np.ndarray: ...
+def from_us(us: int | np.ndarray) -> float | np.ndarray:
+    """Stored microseconds → Unix seconds (float64)."""
+    seconds = np.asarray(us, dtype=np.float64) / 1e6
+    return float(seconds) if seconds.ndim == 0 else seconds
+
+
 def rfc3339(ts: float) -> str:
     """Unix seconds → ``YYYY-MM-DDTHH:MM:SSZ`` (UTC)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -39,7 +39,7 @@ Design:
 """
 
 from libc.math cimport INFINITY, NAN, floor, isfinite
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 import numpy as np
@@ -101,7 +101,8 @@ cdef int grid_init(GridState *st, double max_gap, double gap_intervals,
     st.max_gap = max_gap
     st.gap_intervals = gap_intervals
     st.n_cap = n_cap
-    st.intervals = <double *> malloc(2 * n_cap * sizeof(double))
+    # zeroed: the ring's unused slots are pickled too, so equal states pickle equal
+    st.intervals = <double *> calloc(2 * n_cap, sizeof(double))
     if st.intervals == NULL:
         st.scratch = NULL
         return -1
@@ -359,6 +360,10 @@ cdef class Grid:
     def __setstate__(self, state):
         cdef GridState *s = &self._st
         cdef Py_ssize_t i
+        # the ring's indices address C memory: a state from elsewhere is checked first
+        if (len(state["intervals"]) != s.n_cap or not 0 <= state["n_intervals"] <= s.n_cap
+                or not 0 <= state["next_slot"] < s.n_cap):
+            raise ValueError(f"Grid state does not fit a ring of {s.n_cap} intervals")
         for i in range(s.n_cap):
             s.intervals[i] = state["intervals"][i]
         s.n_intervals = state["n_intervals"]

@@ -27,7 +27,7 @@ _BATCH = {
 
 def grid_values(ts: np.ndarray, values: np.ndarray, ticks: np.ndarray, cadence_s: float,
                 max_gap_s: float, gap_intervals: float) -> tuple[np.ndarray, np.ndarray]:
-    """Place readings on the tick grid (``spec``, step 1; ``appliance.kernels.grid.grid``).
+    """Place readings on the tick grid (``spec``, step 1; ``appliance.kernels.grid.to_grid``).
 
     ``ts`` must be sorted.  A NaN reading (an invalid one) makes the sensor present
     and nothing else.  Returns the grid and each cell's status (``GRID_FRESH``: the

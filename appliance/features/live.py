@@ -138,7 +138,8 @@ class AssetFeatures:
         self._row_of: dict[str, int] = {}
         self._validity: dict[str, filters.Validity] = {}
         self._next_k: int | None = None
-        #: The silences after which the asset starts afresh (readings that were not late).
+        #: The silences after which the asset starts afresh: every reading not in an
+        #: emitted cell shows the asset alive (one late for its own sensor too).
         self._idle = IdleGap(spec.idle_gap_s)
         self.late = 0
         self.invalid = 0

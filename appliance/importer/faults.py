@@ -29,6 +29,7 @@ from appliance.importer.staging import (
 )
 from appliance.mqtt.topics import is_name
 from appliance.storage import tables
+from appliance.timefmt import from_us
 
 FAULT_COLUMNS: tuple[str, ...] = ("asset", "ts_start", "ts_end", "code")
 
@@ -113,7 +114,7 @@ def import_faults(con: duckdb.DuckDBPyConnection, path: str | Path, *,
             report.assets = [a for (a,) in con.execute(
                 f"SELECT DISTINCT asset FROM {t}_ok ORDER BY asset").fetchall()]
             if report.stored:
-                report.t_from, report.t_to = lo / 1e6, hi / 1e6
+                report.t_from, report.t_to = from_us(lo), from_us(hi)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -32,6 +32,7 @@ from appliance.mqtt.topics import FAULT_SENSOR, is_name
 from appliance.storage import tables
 from appliance.storage.history import Say
 from appliance.storage.tables import SeriesRegistry
+from appliance.timefmt import from_us
 
 #: A sensor may not be called this: the topic level is taken by fault events.
 RESERVED_SENSOR = FAULT_SENSOR
@@ -222,7 +223,7 @@ def _store_readings(con: duckdb.DuckDBPyConnection, staged: Staged, valid: str,
                                 ).fetchone()
     report.already_stored = firsts - total
     if total:
-        report.t_from, report.t_to = lo / 1e6, hi / 1e6
+        report.t_from, report.t_to = from_us(lo), from_us(hi)
     label = f"storing {total} readings"
     for start in range(0, total, chunk):
         tables.insert_readings_from(con, f"SELECT series_id, ts_us, value FROM {t}_new "

@@ -51,13 +51,13 @@ def serving_model(cfg: Config, registry: Registry | None = None) -> Serving:
     """
     registry = registry or Registry(cfg.models_dir())
     spec_hash = PipelineSpec.from_config(cfg.pipeline).hash
-    active = registry.active_name()
     refused = ""
-    if active:
-        try:
+    try:
+        active = registry.active_name()  # raises on an unreadable registry.json
+        if active:
             return Serving(load_model(registry.path_of(active), spec_hash))
-        except ModelError as exc:
-            refused = f"active model {active} refused: {exc}"
+    except ModelError as exc:
+        refused = f"active model refused: {exc}"
     try:
         return Serving(load_model(fallback_path(cfg), spec_hash), refused)
     except ModelError as exc:
@@ -95,7 +95,11 @@ class ModelWatcher:
         version = self.registry.version()
         if version != self._version:
             self._version = version
-            active = self.registry.active_name()
+            try:
+                active = self.registry.active_name()
+            except ModelError as exc:  # a registry.json being hand-edited, say
+                log.error("%s; still serving %s", exc, serving.name if serving else "none")
+                active = None
             if active and (serving is None or active != serving.name):
                 try:
                     promoted = load_model(self.registry.path_of(active), self.spec_hash)

@@ -101,6 +101,14 @@ class ConnectionMonitor:
         since = self.down_since
         return 0.0 if since is None else self.clock.monotonic() - since
 
+    def problem(self, after_s: float) -> str | None:
+        """Why the client counts as down, once it has been down longer than ``after_s``."""
+        down_s = self.down_for()
+        if down_s <= after_s:
+            return None
+        return (f"MQTT not connected to {self.cfg.host}:{self.cfg.port} for {down_s:.0f} s "
+                f"({self.failures} failed attempts; last: {self.last_failure or 'none yet'})")
+
     # -- paho callbacks (network thread): never raise ---------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
                     reason_code: object, properties: object) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 #: The entries every stage has in the status; the rest are the stage's own counters.
 STAGE_STATUS_KEYS = frozenset({"state", "restarts", "last_error", "processed", "errors",
-                               "rate_per_s", "problem"})
+                               "rate_per_s", "problem", "note"})
 #: Stage states that make the service degraded.
 DEGRADED_STATES = frozenset({"failed", "hung"})
 
@@ -38,6 +38,7 @@ def snapshot(supervisor: Supervisor, queues: Mapping[str, queue.Queue], *,
     now = time.time()
     stages: dict[str, dict[str, Any]] = {}
     problems = []
+    notes = []  # what an operator should know that is not a fault (a chosen mode)
     for stage in supervisor.stages:
         h = supervisor.health[stage.name]
         entry = {"state": supervisor.state(stage), "restarts": h.restarts,
@@ -50,10 +51,13 @@ def snapshot(supervisor: Supervisor, queues: Mapping[str, queue.Queue], *,
             problems.append(f"{stage.name} {entry['state']}")
         if "problem" in entry:
             problems.append(f"{stage.name}: {entry['problem']}")
+        if "note" in entry:
+            notes.append(f"{stage.name}: {entry['note']}")
         stages[stage.name] = entry
     return {
         "state": "degraded" if problems else "running",
         "problems": problems,
+        "notes": notes,
         "version": __version__,
         "ts": now,
         "mqtt_connected": bool(stages.get("ingest", {}).get("connected")),
@@ -114,6 +118,8 @@ def text(snap: dict, age_s: float) -> str:
              f"model {snap['model']}, MQTT {'connected' if snap['mqtt_connected'] else 'DOWN'}"]
     for problem in snap.get("problems", []):
         lines.append(f"!! {problem}")
+    for note in snap.get("notes", []):
+        lines.append(f"-- {note}")
     if snap.get("damaged_wal"):
         lines.append(f"!! damaged write-ahead log set aside at {snap['damaged_wal']}")
     lines.append("queues: " + ", ".join(f"{k} {v}" for k, v in snap["queues"].items()))

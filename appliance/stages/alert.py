@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -38,11 +39,14 @@ class AlertStage(Stage):
         self.topics = Topics.from_config(cfg)
         self._states: dict[tuple[str, str], AlarmState] = {}
         self._client: mqtt.Client | None = None
+        self.link: ConnectionMonitor | None = None
 
     def start(self) -> None:
         client, props = make_client(self.cfg.mqtt, "alert")
         client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
-        ConnectionMonitor(self.cfg.mqtt, self.name, self.clock).attach(client)
+        # its own connection: a broker may refuse the alert client alone (ACL, client id)
+        self.link = ConnectionMonitor(self.cfg.mqtt, self.name, self.clock)
+        self.link.attach(client)
         self._client = client
         connect(client, self.cfg.mqtt, props)
 
@@ -75,6 +79,14 @@ class AlertStage(Stage):
                               payloads.alert_payload(alert), qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             log.warning("alert publish for %s failed: %s", alert.asset, mqtt.error_string(info.rc))
+
+    def status(self) -> dict[str, Any]:
+        entry = super().status()
+        link = self.link
+        problem = link.problem(self.cfg.service.mqtt_down_after_s) if link else None
+        if problem:
+            entry["problem"] = f"alerts are not published: {problem}"
+        return entry
 
     def close(self) -> None:
         client, self._client = self._client, None

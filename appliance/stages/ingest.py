@@ -271,9 +271,7 @@ class IngestStage(Stage):
         c = self.link
         entry: dict[str, Any] = {**super().status(),
                                  "connected": c is not None and c.connected.is_set()}
-        down_s = c.down_for() if c is not None else 0.0
-        if c is not None and down_s > self.cfg.service.mqtt_down_after_s:
-            entry["problem"] = (f"MQTT not connected to {self.cfg.mqtt.host}:"
-                                f"{self.cfg.mqtt.port} for {down_s:.0f} s ({c.failures} failed "
-                                f"attempts; last: {c.last_failure or 'none yet'})")
+        problem = c.problem(self.cfg.service.mqtt_down_after_s) if c is not None else None
+        if problem:
+            entry["problem"] = problem
         return entry

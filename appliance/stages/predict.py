@@ -79,7 +79,11 @@ class PredictStage(Stage):
         return (self.predict(rows),)
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "model": self.model.name if self.model else None}
+        entry = {**super().status(), "model": self.model.name if self.model else None}
+        if self.model is None:
+            entry["note"] = ("running without a model ([model] required = false): readings "
+                             "are stored, nothing is predicted until a model is promoted")
+        return entry
 
     def predict(self, rows: FeatureRows) -> Predictions:
         model, explainer = self.model, self._explainer

@@ -94,6 +94,9 @@ class StoreStage(Stage):
                 log.error("store: commit of %d batches failed (%s); retrying in %.1f s, "
                           "nothing acknowledged", len(self._pending), exc, delay)
                 self.clock.sleep(delay, signals.abort)
+                # Backing off is the store doing its job (a full disk, say): degraded by
+                # its problem, not hung; a restart by the watchdog would not free the disk.
+                self.progressed()
                 delay = min(delay * 2, self.cfg.storage.retry_max_s)
                 continue
             self._failing = ""

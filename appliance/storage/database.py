@@ -1,7 +1,7 @@
 """Opening the DuckDB file (the service's one connection, an offline tool's, or an
 in-memory one), running numbered migrations, recovering a damaged log.
 
-Writes are columnar (a dict of numpy arrays scanned by DuckDB), never row by row.
+Every write to a table is in ``tables``.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import duckdb
 import numpy as np
 
 from appliance.console import short_list
+from appliance.timefmt import from_us
 
 Say = Callable[[str], None]
-
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -57,7 +57,7 @@ def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
                        # stored, as the service saw them (validity depends on it)
                        "ORDER BY series_id, ts, rowid").fetchnumpy()
     sid = np.asarray(data["series_id"], dtype=np.int64)
-    ts = np.asarray(data["t"], dtype=np.float64) / 1e6
+    ts = from_us(np.asarray(data["t"]))
     values = np.asarray(data["value"], dtype=np.float64)
     if len(ts) == 0:
         raise ValueError("no readings stored: import a history first (appliance import)")
@@ -98,7 +98,7 @@ def _pair_faults(events: Sequence[tuple[str, str, int]]
     unmatched_end = restarted = 0
     open_at: dict[str, float] = {}
     for asset, state, ts_us in events:
-        t = ts_us / 1e6
+        t = from_us(ts_us)
         starts, ends = out.setdefault(asset, ([], []))
         if state == "start":
             if asset in open_at:  # a start while open: the end was never logged

@@ -6,7 +6,7 @@ A *variant* is a pipeline spec and a model family.  Built in:
   gradient-boosted trees: what ``appliance train`` builds;
 * ``no_filter`` — the same with the cleaning step bypassed;
 * ``static_threshold`` — no model: a tuned single-sensor limit on raw values,
-  what a SCADA alarm does (``training.static``).
+  what a SCADA alarm does (``training.static_threshold``).
 
 ``[variants.<name>]`` tables in ``appliance.toml`` override these or define
 new ones (``config.VariantConfig``).
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from appliance.console import fmt, minutes, table
 from appliance.features.spec import PipelineSpec
 from appliance.importer.command import load_files
 from appliance.storage.database import open_offline
-from appliance.storage.history import StoredHistory, load_histories
+from appliance.storage.history import Say, StoredHistory, load_histories
 from appliance.timefmt import parse_time, rfc3339
 from appliance.training.dataset import Dataset, build_dataset
 from appliance.training.families import TrainParams
@@ -48,8 +48,6 @@ from appliance.training.metrics import (
     threshold_candidates,
 )
 from appliance.training.static_threshold import fit_static
-
-Say = Callable[[str], None]
 
 #: The built-in variants: (description, overrides of the configured pipeline).
 BUILTIN: dict[str, tuple[str, VariantConfig]] = {
@@ -160,7 +158,6 @@ class BacktestResult:
         return headers, rows
 
     def as_dict(self) -> dict[str, object]:
-
         return {
             "train_until": rfc3339(self.train_until), "test_until": rfc3339(self.test_until),
             "budget_false_per_asset_week": self.budget,
@@ -302,7 +299,7 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
     variants = resolve_variants(cfg, names)
     if readings is not None:
         history, reports = load_files(readings, faults, asset=asset, line=line,
-                                           progress=progress)
+                                      progress=progress)
         for r in reports:
             say(r.summary())
     else:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from appliance.console import markdown_table
-from appliance.timefmt import rfc3339
+from appliance.timefmt import rfc3339, to_us
 from appliance.training.backtest import BacktestResult
 
 
@@ -132,13 +132,13 @@ def _plot_probability(result: BacktestResult, vr: Any, path: Path, max_assets: i
     for ax, asset in zip(axes[:, 0], assets, strict=True):
         sel = vr.pred_asset == asset
         ts, p = _peaks(vr.pred_ts[sel], vr.pred_probability[sel])
-        t = (ts * 1e6).astype("datetime64[us]")
+        t = to_us(ts).astype("datetime64[us]")
         ax.plot(t, p, linewidth=0.6, color="tab:blue")
         ax.axhline(vr.threshold, color="tab:orange", linestyle="--", linewidth=0.8)
         starts = result.fault_starts.get(asset, np.empty(0))
         starts = starts[(starts > result.train_until) & (starts <= result.test_until)]
         for s in starts:
-            ax.axvline(np.datetime64(int(s * 1e6), "us"), color="tab:red", linewidth=0.8)
+            ax.axvline(np.datetime64(to_us(s), "us"), color="tab:red", linewidth=0.8)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(asset, fontsize=8)
         ax.tick_params(labelsize=7)

@@ -24,7 +24,7 @@ class TrainParams:
     #: Fraction of (t_start, t_end] used for training; validation follows a horizon gap.
     train_fraction: float = 0.75
     max_false_per_asset_week: float = 1.0
-    #: Alarm hysteresis, as in the alert stage: clear below threshold × clear_ratio.
+    #: Alarm hysteresis (``appliance.alarm``): clear below threshold × clear_ratio.
     clear_ratio: float = 0.8
     #: Ticks left out after a fault ends; None = one horizon.
     cooldown_s: float | None = None

@@ -136,6 +136,10 @@ def test_grid_stream_checks_pickle_and_reset() -> None:
         obj.add(17.0, 1.0).close(20.0).close(30.0)
     assert (h.value, h.status, h.carry_s, h.last_ts) == (g.value, g.status, g.carry_s, 17.0)
     assert g.value == 3.0 and g.status == CARRIED
+    assert pickle.dumps(g) == pickle.dumps(h)  # unused ring slots are zero, not garbage
+    state = g.__getstate__()
+    with pytest.raises(ValueError, match="does not fit a ring of 5 intervals"):
+        kgrid.Grid(25.0, 3.0).__setstate__({**state, "next_slot": 5})
     with pytest.raises(ValueError, match="in a closed cell"):
         g.add(30.0, 1.0)
     with pytest.raises(ValueError, match="tick must increase"):

@@ -50,7 +50,10 @@ def imports_of(path: Path, *, runtime_only: bool = False) -> set[str]:
             continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("appliance"))
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            # relative imports would slip past every rule here: the package uses none
+            raise AssertionError(f"{path}:{node.lineno}: relative import; name the module")
+        elif isinstance(node, ast.ImportFrom) and node.module \
                 and node.module.startswith("appliance"):
             # ``from appliance.x import y`` may name a module y or a name in x
             for a in node.names:
@@ -72,7 +75,7 @@ def _files(*subdirs: str) -> list[Path]:
 
 def test_the_package_has_the_layout_the_readme_describes():
     rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert rooms >= {*SERVICE_SIDE, *OFFLINE, "importer"}
+    assert rooms >= {*SERVICE_SIDE, *OFFLINE}
     loose = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
     assert loose == {"cli", "config", "messages", "clock", "timefmt", "alarm", "console"}
 
@@ -142,3 +145,10 @@ def test_the_checker_sees_an_import_inside_a_function(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from appliance.training import fit\n")
     assert "appliance.training.fit" in imports_of(probe)
+
+
+def test_the_checker_refuses_a_relative_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from .training import fit\n")
+    with pytest.raises(AssertionError, match="relative import"):
+        imports_of(probe)

@@ -7,7 +7,7 @@
    lubricant temperature sensor (+``drift`` °C on every asset) at day 30;
 2. import: ``import_into`` of ``readings.csv`` and ``faults.csv`` into a
    fresh DuckDB file (timed);
-3. training: ``training.run.train_from_database`` (timed, per family);
+3. training: ``training.command.train_from_database`` (timed, per family);
 4. backtest: ``full``, ``no_filter`` and ``static_threshold`` trained on days
    0–30 and scored on days 30–45 (``backtest.run``), report in ``<work>/backtest``.
 

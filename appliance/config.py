@@ -129,13 +129,17 @@ class ModelConfig:
     poll_s: float = field(default=2.0, metadata=_range(0.1, 3600.0))
 
 
+#: An alarm clears below threshold × this (hysteresis); ``[alerts] clear_ratio``.
+DEFAULT_CLEAR_RATIO = 0.8
+
+
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
     topic_prefix: str = "appliance"
     #: Raise at this probability; 0 means "use the threshold stored in the model".
     threshold: float = field(default=0.0, metadata=_range(0.0, 1.0))
     #: Clear when the probability falls below threshold × clear_ratio (hysteresis).
-    clear_ratio: float = field(default=0.8, metadata=_range(0.0, 1.0))
+    clear_ratio: float = field(default=DEFAULT_CLEAR_RATIO, metadata=_range(0.0, 1.0))
     top_factors: int = field(default=3, metadata=_range(0, 50))
     #: ``appliance train`` and ``backtest`` choose the threshold with the best recall
     #: whose false alarm episodes per asset-week stay at or below this, on validation.
@@ -177,6 +181,8 @@ class ServiceConfig:
 #: The model families of ``appliance train`` (``--family``), each with the family name
 #: a model records in its metadata: the one table of families.
 FAMILIES: dict[str, str] = {"gbt": "hist_gradient_boosting", "logistic": "logistic_regression"}
+#: The family trained when none is named.
+DEFAULT_FAMILY = "gbt"
 #: A backtest's tuned single-sensor limit: a variant family, never a trained model.
 STATIC_FAMILY = "static_threshold"
 #: Families a backtest variant may use.

@@ -30,7 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.config import STATIC_FAMILY, Config, TrainingConfig, VariantConfig
+from appliance.config import (
+    DEFAULT_CLEAR_RATIO,
+    DEFAULT_FAMILY,
+    STATIC_FAMILY,
+    Config,
+    TrainingConfig,
+    VariantConfig,
+)
 from appliance.console import fmt, minutes, table
 from appliance.features.spec import PipelineSpec
 from appliance.importer.command import load_files
@@ -53,10 +60,10 @@ from appliance.training.static_threshold import fit_static
 BUILTIN: dict[str, tuple[str, VariantConfig]] = {
     "full": ("The configured pipeline ([pipeline], with its cleaning step) and "
              "gradient-boosted trees, as `appliance train` builds it.",
-             VariantConfig(family="gbt")),
+             VariantConfig(family=DEFAULT_FAMILY)),
     "no_filter": ("The configured pipeline with its cleaning step (the Hampel filter) "
                   "bypassed, and gradient-boosted trees.",
-                  VariantConfig(family="gbt", clean=False)),
+                  VariantConfig(family=DEFAULT_FAMILY, clean=False)),
     "static_threshold": ("No model: one sensor's value (raw, or its mean over the "
                          "shortest window as a process-value filter) against a limit, what "
                          "a SCADA alarm does. The sensor, signal, direction and limit "
@@ -91,7 +98,7 @@ def resolve_variants(cfg: Config, names: Sequence[str]) -> list[Variant]:
             raise ValueError(f"unknown variant {name!r}; known: "
                              f"{', '.join(known_variants(cfg))} (define others as "
                              f"[variants.{name}] in the config)")
-        description, merged = base if base else ("", VariantConfig(family="gbt"))
+        description, merged = base if base else ("", VariantConfig(family=DEFAULT_FAMILY))
         if table is not None:
             given = {k: v for k, v in dataclasses.asdict(table).items() if v is not None}
             merged = dataclasses.replace(merged, **given)
@@ -104,8 +111,8 @@ def resolve_variants(cfg: Config, names: Sequence[str]) -> list[Variant]:
             # it also wins over a sensor's own ``clean = true``.
             pipeline = dataclasses.replace(pipeline, sensors=tuple(
                 (n, dataclasses.replace(s, clean=False)) for n, s in pipeline.sensors))
-        out.append(Variant(name, merged.family or "gbt", PipelineSpec.from_config(pipeline),
-                           description))
+        out.append(Variant(name, merged.family or DEFAULT_FAMILY,
+                           PipelineSpec.from_config(pipeline), description))
     return out
 
 
@@ -172,7 +179,8 @@ class BacktestResult:
 
 
 def run(history: StoredHistory, variants: Sequence[Variant], train_until: float,
-        test_until: float | None = None, *, budget: float = 1.0, clear_ratio: float = 0.8,
+        test_until: float | None = None, *, budget: float = 1.0,
+        clear_ratio: float = DEFAULT_CLEAR_RATIO,
         training: TrainingConfig | None = None, out_dir: Path | None = None,
         progress: Say | None = None, seed: int = 0) -> BacktestResult:
     """Train each variant up to ``train_until``, score it on (train_until, test_until]."""

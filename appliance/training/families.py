@@ -8,10 +8,11 @@ converts whole).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config import FAMILIES, TrainingConfig
+from appliance.config import DEFAULT_CLEAR_RATIO, DEFAULT_FAMILY, FAMILIES, TrainingConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,13 +20,13 @@ class TrainParams:
     """What ``fit.train`` does; the defaults make a small, quick model."""
 
     #: ``gbt`` (HistGradientBoosting) or ``logistic`` (imputer + scaler + regression).
-    family: str = "gbt"
+    family: str = DEFAULT_FAMILY
 
     #: Fraction of (t_start, t_end] used for training; validation follows a horizon gap.
     train_fraction: float = 0.75
     max_false_per_asset_week: float = 1.0
     #: Alarm hysteresis (``appliance.alarm``): clear below threshold × clear_ratio.
-    clear_ratio: float = 0.8
+    clear_ratio: float = DEFAULT_CLEAR_RATIO
     #: Ticks left out after a fault ends; None = one horizon.
     cooldown_s: float | None = None
     max_iter: int = 100
@@ -73,13 +74,19 @@ class TrainParams:
 
 def make_classifier(params: TrainParams) -> Any:
     """An unfitted scikit-learn classifier of ``params.family``."""
-    if params.family == "gbt":
-        from sklearn.ensemble import HistGradientBoostingClassifier
+    return BUILDERS[params.family](params)
 
-        return HistGradientBoostingClassifier(
-            max_iter=params.max_iter, max_depth=params.max_depth,
-            learning_rate=params.learning_rate, l2_regularization=params.l2_regularization,
-            early_stopping=False, random_state=params.seed)
+
+def _gradient_boosting(params: TrainParams) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(
+        max_iter=params.max_iter, max_depth=params.max_depth,
+        learning_rate=params.learning_rate, l2_regularization=params.l2_regularization,
+        early_stopping=False, random_state=params.seed)
+
+
+def _logistic(params: TrainParams) -> Any:
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
@@ -92,3 +99,8 @@ def make_classifier(params: TrainParams) -> Any:
         ("scale", StandardScaler()),
         ("model", LogisticRegression(C=params.C, max_iter=2000, random_state=params.seed)),
     ])
+
+
+#: How each family of ``config.FAMILIES`` is built (the same keys; a test holds it).
+BUILDERS: dict[str, Callable[[TrainParams], Any]] = {"gbt": _gradient_boosting,
+                                                     "logistic": _logistic}

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from appliance.alarm import alarm_active
+from appliance.config import DEFAULT_CLEAR_RATIO
 
 _WEEK_S = 7 * 86400.0
 
@@ -105,7 +106,8 @@ def _asset_counts(s: AssetScores, threshold: float, horizon_s: float, clear_rati
 
 
 def event_metrics(scores: Sequence[AssetScores], threshold: float, horizon_s: float,
-                  clear_ratio: float = 0.8, pr_auc: float | None = None) -> EventMetrics:
+                  clear_ratio: float = DEFAULT_CLEAR_RATIO, pr_auc: float | None = None
+                  ) -> EventMetrics:
     """Event metrics of all assets at one threshold (see the module docstring)."""
     faults = caught = episodes = false_eps = 0
     leads: list[float] = []
@@ -159,7 +161,8 @@ def threshold_candidates(scores: Sequence[AssetScores], lo: float = 0.02, hi: fl
     return np.unique(np.clip(grid, lo, hi))
 
 
-def metrics_curve(scores: Sequence[AssetScores], horizon_s: float, clear_ratio: float = 0.8,
+def metrics_curve(scores: Sequence[AssetScores], horizon_s: float,
+                  clear_ratio: float = DEFAULT_CLEAR_RATIO,
                   candidates: np.ndarray | None = None) -> list[EventMetrics]:
     """Event metrics at each candidate threshold (default ``threshold_candidates``):
     recall against false alarms, as the threshold moves."""
@@ -193,7 +196,8 @@ def best_within_budget(curve: Sequence[EventMetrics], max_false_per_asset_week: 
 
 
 def choose_threshold(scores: Sequence[AssetScores], horizon_s: float,
-                     max_false_per_asset_week: float = 1.0, clear_ratio: float = 0.8,
+                     max_false_per_asset_week: float = 1.0,
+                     clear_ratio: float = DEFAULT_CLEAR_RATIO,
                      lo: float = 0.02, hi: float = 0.995) -> tuple[EventMetrics, bool]:
     """The threshold with the best recall whose false alarms stay within the budget.
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from appliance.config import DEFAULT_CLEAR_RATIO
 from appliance.features.spec import PipelineSpec
 from appliance.training.dataset import Dataset
 from appliance.training.metrics import EventMetrics, best_within_budget, metrics_curve
@@ -70,7 +71,7 @@ def candidate_features(spec: PipelineSpec, names: Sequence[str]) -> list[str]:
 
 
 def fit_static(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
-               max_false_per_asset_week: float, clear_ratio: float = 0.8,
+               max_false_per_asset_week: float, clear_ratio: float = DEFAULT_CLEAR_RATIO,
                n_candidates: int = 41, progress: Callable[[str], None] | None = None
                ) -> StaticLimit:
     """Tune the limit on the ticks of ``ds`` in (t_start, t_end] (see the module docstring).

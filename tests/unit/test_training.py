@@ -178,3 +178,12 @@ def test_starter_entry_point_writes_a_loadable_model(tmp_path, capsys):
     assert m.n_features == len(SPEC.feature_names(("a", "b", "c", "d", "e"))) - len(
         json.loads(m.metadata[export.KEY_TRAINING])["dropped_features"])
     assert str(out) in capsys.readouterr().out
+
+
+def test_every_family_of_the_one_table_has_a_builder():
+    from appliance.config import FAMILIES
+    from appliance.training.families import BUILDERS, make_classifier
+
+    assert BUILDERS.keys() == FAMILIES.keys()
+    for family in FAMILIES:
+        assert hasattr(make_classifier(TrainParams(family=family)), "fit")

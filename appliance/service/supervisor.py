@@ -2,9 +2,10 @@
 
 Restarts back off exponentially (0.5 s doubling to 30 s) and are budgeted: a
 stage that fails more than ``max_restarts`` times within ``window_s`` is marked
-failed and left down while the others run on.  A running stage with input
-waiting, room on its output and no progress for ``hung_after_s`` (on the
-supervisor's clock, which it gives every stage) is reported hung.  Health is read
+failed and left down while the others run on.  A stage that makes no progress
+for ``hung_after_s`` (on the supervisor's clock, which it gives every stage) while
+its ``start`` runs, or while it runs with input waiting and room on its output,
+is reported hung (see ``state``).  Health is read
 by the status snapshot and the systemd watchdog.
 """
 
@@ -61,8 +62,9 @@ class Supervisor:
         backoff = self.backoff_min_s
         while True:
             try:
-                stage.start()
                 stage.progressed()  # the time it was down is not time without progress
+                stage.start()
+                stage.progressed()
                 health.state = "running"
                 stage.run(self.signals)
                 health.state = "stopped"
@@ -110,15 +112,18 @@ class Supervisor:
                 stage.counters.bump("discarded")
 
     def state(self, stage: Stage) -> str:
-        """The stage's health state, or "hung" when it runs but does not move: input
-        waiting, room on its output (else it is held up by the stage below, whose
-        own state says so) and no progress for ``hung_after_s``."""
+        """The stage's health state, or "hung" when it does not move for ``hung_after_s``:
+        its ``start`` has not returned, or it runs with input waiting (a source's
+        input, the network, always waits) and room on its output (else the stage
+        below holds it up, and that one's own state says so)."""
         state = self.health[stage.name].state
-        if (state == "running" and stage.inbox is not None and not stage.inbox.empty()
-                and not (stage.out is not None and stage.out.full())
-                and self.clock.monotonic() - stage.last_progress >= self.hung_after_s):
+        if self.clock.monotonic() - stage.last_progress < self.hung_after_s:
+            return state
+        if state == "starting":
             return "hung"
-        return state
+        waiting = stage.inbox is None or not stage.inbox.empty()
+        held_up = stage.out is not None and stage.out.full()
+        return "hung" if state == "running" and waiting and not held_up else state
 
     def essential_working(self) -> bool:
         """True while no essential stage has failed or hung (what feeds the watchdog)."""

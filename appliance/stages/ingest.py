@@ -214,6 +214,7 @@ class IngestStage(Stage):
         while not signals.drain.is_set() and not signals.abort.is_set():
             self._send_acks(timeout=min(POLL_S, batch_s / 2))
             self.hand_on(due_only=True)
+            self.progressed()
         # Drain: stop receiving, hand on what we hold, then the end marker.
         self._disconnect()
         self.hand_on(due_only=False)

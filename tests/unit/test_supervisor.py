@@ -8,7 +8,7 @@ from appliance.clock import ManualClock
 from appliance.messages import EndOfStream
 from appliance.service.status import snapshot
 from appliance.service.supervisor import Supervisor
-from appliance.stages.base import Stage, put
+from appliance.stages.base import Stage, StopSignals, put
 
 
 class Counter(Stage):
@@ -185,6 +185,60 @@ def test_a_stage_held_up_by_a_full_output_is_not_hung():
         clock.advance(3600)
         assert not inbox.empty() and sup.state(gate) == "running"
     finally:
+        sup.signals.abort.set()
+        assert sup.join(2)
+
+
+class Source(Stage):
+    """A source whose loop moves until ``stall`` is set, then waits for ``release``;
+    with ``stall_in_start`` its ``start`` does not return until released."""
+
+    name = "source"
+
+    def __init__(self, out: queue.Queue, stall_in_start: bool = False) -> None:
+        super().__init__(None, out)
+        self.stall_in_start = stall_in_start
+        self.stall = threading.Event()
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+
+    def start(self) -> None:
+        if self.stall_in_start:
+            self.stalled.set()
+            self.release.wait(10)
+
+    def run(self, signals: StopSignals) -> None:
+        while not signals.abort.is_set():
+            if self.stall.is_set():
+                self.stalled.set()
+                self.release.wait(10)
+                self.stall.clear()
+            self.progressed()
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stall_in_start", [False, True], ids=["in its loop", "in start"])
+def test_a_stage_that_stops_moving_is_hung_source_or_start(stall_in_start):
+    clock = ManualClock()
+    source = Source(queue.Queue(10), stall_in_start)
+    sup = Supervisor([source], clock, hung_after_s=60)
+    sup.start()
+    try:
+        if not stall_in_start:
+            assert wait_until(lambda: sup.health["source"].state == "running")
+            clock.advance(600)  # a loop that moves is never hung, however long
+            assert wait_until(lambda: source.last_progress == clock.monotonic())
+            assert sup.state(source) == "running"
+            source.stall.set()
+        assert source.stalled.wait(5)
+        clock.advance(59)
+        assert sup.state(source) in ("starting", "running") and sup.essential_working()
+        clock.advance(1)
+        assert sup.state(source) == "hung" and not sup.essential_working()
+        source.release.set()
+        assert wait_until(lambda: sup.state(source) == "running")
+    finally:
+        source.release.set()
         sup.signals.abort.set()
         assert sup.join(2)
 

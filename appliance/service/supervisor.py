@@ -62,6 +62,7 @@ class Supervisor:
         backoff = self.backoff_min_s
         while True:
             try:
+                health.state = "starting"  # a start that never returns is hung (``state``)
                 stage.progressed()  # the time it was down is not time without progress
                 stage.start()
                 stage.progressed()

@@ -95,3 +95,22 @@ def test_ingest_without_a_broker_reports_a_problem_after_the_grace_period():
         assert "last: no connection (broker down or unreachable)" in problem
     finally:
         ingest.close()
+
+
+def test_the_alert_publisher_without_a_broker_reports_that_alerts_are_not_published():
+    from appliance.stages.alert import AlertStage
+
+    cfg = config.from_dict({"mqtt": {"port": free_port(), "reconnect_max_s": 1},
+                            "service": {"mqtt_down_after_s": 10}})
+    clock = ManualClock()
+    alert = AlertStage(cfg, queue.Queue(), queue.Queue())
+    alert.use_clock(clock)
+    alert.start()
+    try:
+        assert wait_until(lambda: alert.link.failures >= 1, 10, "a failed connect") >= 0
+        assert "problem" not in alert.status()
+        clock.advance(10.5)
+        assert alert.status()["problem"].startswith(
+            f"alerts are not published: MQTT not connected to 127.0.0.1:{cfg.mqtt.port}")
+    finally:
+        alert.close()

@@ -270,3 +270,24 @@ def test_a_problem_a_stage_reports_makes_the_service_degraded():
     s = snap(sup, t=q)
     assert s["state"] == "degraded" and s["problems"] == ["t: the disk is full"]
     assert s["stages"]["t"]["problem"] == "the disk is full"
+
+
+def test_a_start_that_never_returns_after_a_restart_is_hung():
+    class FailsThenStallsInStart(Source):
+        def run(self, signals: StopSignals) -> None:
+            self.stall_in_start = True  # the restart's start will not return
+            raise RuntimeError("injected")
+
+    clock = ManualClock()
+    source = FailsThenStallsInStart(queue.Queue(10))
+    sup = Supervisor([source], clock, backoff_min_s=0.01, hung_after_s=60)
+    sup.start()
+    try:
+        assert source.stalled.wait(5)
+        assert sup.health["source"].state == "starting"
+        clock.advance(60)
+        assert sup.state(source) == "hung" and not sup.essential_working()
+    finally:
+        source.release.set()
+        sup.signals.abort.set()
+        assert sup.join(2)

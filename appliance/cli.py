@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "static_threshold; more as [variants.NAME] in the config)")
     p.add_argument("--train-until", metavar="TS",
                    help="end of the training window (RFC 3339 or Unix seconds; default: "
-                   "three quarters into the history)")
+                   "where three quarters of the data lie before it)")
     p.add_argument("--test-until", metavar="TS", help="end of the test window (default: "
                    "the end of the history)")
     p.add_argument("--out", metavar="DIR", help="write report.md, plots and per variant "

@@ -93,6 +93,12 @@ class PipelineConfig:
     #: An asset silent this long is idle: no rows for the silence, and its features
     #: start afresh at its next reading (a line stopped over a weekend); 0 = never.
     idle_gap_s: float = field(default=6 * 3600.0, metadata=_range(0.0))
+    #: After an asset's data starts (or restarts after an idle gap) its windows fill
+    #: for this long before it is predicted on, trained on or scored: a window still
+    #: filling tells the time since a restart, not the machine's health.  Unset = the
+    #: time the longest window takes to fill (its span and one of its grid points:
+    #: 1 h 1 min at the defaults); 0 = from the first tick.
+    warmup_s: float | None = field(default=None, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()
     #: Cleaning on the grid: a Hampel filter replaces a value more than ``hampel_k``

@@ -109,7 +109,8 @@ def render(service: Service, cfg: Config) -> str:
         lines.append(f"{asset:10} {ts:%Y-%m-%d %H:%M:%S} {p:16.3f} {bar:22} {flag:8} {k:>6}  "
                      f"{fault}")
     if not rows:
-        lines.append("(waiting for the first predictions: the windows are filling)")
+        lines.append("(waiting for the first predictions: each asset's first hour of "
+                     "event time is its warm-up, in which its windows fill)")
     if last is not None:
         asset, ts, p, factors = last
         why = ", ".join(f"{f['feature']} = {f['value']:.3g}" for f in json.loads(factors))

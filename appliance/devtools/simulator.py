@@ -128,8 +128,9 @@ class SimParams:
     stuck_every_h: float = 12.0
     stuck_s: tuple[float, float] = (300.0, 1800.0)
     #: The first asset to fail does so this many hours after the start (uniform), so
-    #: a demo shows a fault soon; the others are spread over their first cycle.
-    first_fault_h: tuple[float, float] = (0.75, 1.5)
+    #: a demo shows a fault soon — after the first hour, the warm-up in which the
+    #: service predicts nothing; the others are spread over their first cycle.
+    first_fault_h: tuple[float, float] = (2.0, 3.0)
     #: Sensor recalibrations (drift), none by default.
     recalibrations: tuple[Recalibration, ...] = ()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from appliance.features.spec import (
@@ -105,13 +107,16 @@ def asset_features(
     t_start: float,
     t_end: float,
 ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """Feature rows of one asset at every tick in (t_start, t_end] while it is active.
+    """Feature rows of one asset at its ticks in (t_start, t_end], as live makes them.
 
     ``series`` maps sensor name to (sorted ts, values), invalid readings included
-    (they are judged here, as live does).  Each stretch of activity between two
-    silences longer than ``spec.idle_gap_s`` is computed on its own, as live
-    starts afresh after one (see ``spec``).  Returns the feature names, the tick
-    times and the matrix (ticks × features), NaN where missing.
+    (they are judged here, as live does).  The asset has ticks only where it has
+    data: each stretch of activity between two silences longer than
+    ``spec.idle_gap_s`` runs from the tick of its first reading to the tick of
+    its last, is computed on its own from its start (as live starts afresh after
+    one), and makes no rows during its warm-up (see ``spec``).  Returns the
+    feature names, the tick times and the matrix (ticks × features), NaN where
+    missing.
     """
     c = spec.cadence_s
     first = spec.tick_index(t_start)
@@ -126,40 +131,41 @@ def asset_features(
     # validity runs over the whole series: live keeps its state across a silence
     valid = {s: valid_readings(spec.sensor(s), *arrays[s]) for s in sensors}
     parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for lo_ts, hi_ts, k_first, k_last in _stretches(spec, arrays, first, last):
+    for lo_ts, hi_ts, k_first, k_last in stretches(spec, arrays):
+        # a stretch is computed from its start (its windows fill there) up to t_end
+        k_rows = max(first, k_first + spec.warmup_ticks)
+        k_last = min(last, k_last)
+        if k_last < k_rows:
+            continue
         k = np.arange(k_first, k_last + 1, dtype=np.int64)
         stretch = {}
         for s in sensors:
             ts, values = arrays[s]
             inside = (ts >= lo_ts) & (ts <= hi_ts)
             stretch[s] = (ts[inside], values[inside], valid[s][inside])
-        parts.append((k * c, _stretch_features(spec, stretch, k)))
+        kept = k >= k_rows
+        parts.append((k[kept] * c, _stretch_features(spec, stretch, k)[kept]))
     if not parts:
         return names, np.empty(0), np.empty((0, len(names)))
     return (names, np.concatenate([t for t, _ in parts]),
             np.vstack([m for _, m in parts]))
 
 
-def _stretches(spec: PipelineSpec, arrays: dict[str, tuple[np.ndarray, np.ndarray]],
-               first: int, last: int) -> list[tuple[float, float, int, int]]:
-    """(first reading, last reading, first tick, last tick) of each stretch of
-    activity, its ticks clipped to [first, last]; the first stretch takes every
-    reading before it, the last every reading after."""
-    every = np.sort(np.concatenate([ts for ts, _ in arrays.values()])) if arrays \
+def stretches(spec: PipelineSpec, series: Mapping[str, tuple[np.ndarray, np.ndarray]]
+              ) -> list[tuple[float, float, int, int]]:
+    """(first reading, last reading, its tick, its tick) of each stretch of activity:
+    the readings between two silences longer than ``spec.idle_gap_s``."""
+    every = np.sort(np.concatenate([np.asarray(ts, dtype=np.float64)
+                                    for ts, _ in series.values()])) if series \
         else np.empty(0)
+    if len(every) == 0:
+        return []
     cuts = np.flatnonzero(grid.idle_restarts(every, spec.idle_gap_s))
-    if len(cuts) == 0:
-        return [(-np.inf, np.inf, first, last)] if last >= first else []
-    starts = [-np.inf, *every[cuts].tolist()]
-    ends = [*every[cuts - 1].tolist(), np.inf]
-    out = []
-    for j, (lo_ts, hi_ts) in enumerate(zip(starts, ends, strict=True)):
-        k_first = first if j == 0 else max(first, spec.tick_index(lo_ts))
-        # live closes the cell of the last reading before it starts afresh
-        k_last = last if j == len(ends) - 1 else min(last, spec.tick_index(hi_ts))
-        if k_last >= k_first:
-            out.append((lo_ts, hi_ts, k_first, k_last))
-    return out
+    starts = every[np.r_[0, cuts]].tolist()
+    # live closes the cell of the last reading before it starts afresh
+    ends = every[np.r_[cuts - 1, len(every) - 1]].tolist()
+    return [(lo, hi, spec.tick_index(lo), spec.tick_index(hi))
+            for lo, hi in zip(starts, ends, strict=True)]
 
 
 def _stretch_features(spec: PipelineSpec,

@@ -128,7 +128,8 @@ class AssetFeatures:
     check is not used either, and counted in ``invalid``.  ``stuck`` names the
     sensors whose ``stuck`` feature was 1 at the last tick.  After a silence
     longer than ``spec.idle_gap_s`` the asset starts afresh (see ``spec``);
-    ``restarts`` counts those.
+    ``restarts`` counts those.  The first ``spec.warmup_ticks`` ticks after each
+    start are closed (the windows fill) but make no row; ``warmup`` counts them.
     """
 
     def __init__(self, spec: PipelineSpec, banks: FeatureBanks) -> None:
@@ -138,12 +139,15 @@ class AssetFeatures:
         self._row_of: dict[str, int] = {}
         self._validity: dict[str, filters.Validity] = {}
         self._next_k: int | None = None
+        #: The first tick of the current stretch that makes a row (see ``spec``).
+        self._warm_k = 0
         #: The silences after which the asset starts afresh: every reading not in an
         #: emitted cell shows the asset alive (one late for its own sensor too).
         self._idle = IdleGap(spec.idle_gap_s)
         self.late = 0
         self.invalid = 0
         self.restarts = 0
+        self.warmup = 0
         self._start_afresh()
 
     def _start_afresh(self) -> None:
@@ -171,20 +175,18 @@ class AssetFeatures:
             return rows
         restart = self._idle.update(ts).restart  # never at the first reading
         if self._next_k is None:
-            self._next_k = self.spec.tick_index(ts)
+            self._begin(ts)
         elif restart:
             # the cell of the last reading closes, then everything starts afresh
             last_k = self.spec.tick_index(self._idle.previous_ts)
             while self._next_k <= last_k:
-                rows.append((self._next_k * c, self._names, self._close(self._next_k)))
-                self._next_k += 1
+                self._close_next(rows)
             self.banks.reset(self._rows)
             self._start_afresh()
             self.restarts += 1
-            self._next_k = self.spec.tick_index(ts)
+            self._begin(ts)
         while ts > self._next_k * c:
-            rows.append((self._next_k * c, self._names, self._close(self._next_k)))
-            self._next_k += 1
+            self._close_next(rows)
         state = self._states.get(sensor)
         if state is None:
             state = self._add_sensor(sensor)
@@ -194,6 +196,20 @@ class AssetFeatures:
         if not state.add(ts, value):
             self.invalid += 1
         return rows
+
+    def _begin(self, ts: float) -> None:
+        """A stretch of activity starts with the cell of the reading at ``ts``."""
+        self._next_k = self.spec.tick_index(ts)
+        self._warm_k = self._next_k + self.spec.warmup_ticks
+
+    def _close_next(self, rows: list[tuple[float, tuple[str, ...], np.ndarray]]) -> None:
+        k = self._next_k
+        row = self._close(k)
+        if k >= self._warm_k:
+            rows.append((k * self.spec.cadence_s, self._names, row))
+        else:
+            self.warmup += 1
+        self._next_k = k + 1
 
     def _add_sensor(self, sensor: str) -> SensorState:
         row = self._row_of.get(sensor)

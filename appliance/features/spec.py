@@ -46,11 +46,21 @@ An asset none of whose sensors has sent a reading for more than ``idle_gap_s`` i
 idle: the rows end with the tick whose cell holds its last reading, none are
 made for the silence, and at its next reading every step above starts afresh
 (validity alone keeps its state) — a stopped line is not predicted on, and
-a weekend does not come back as 17,000 rows per asset at once.
+a weekend does not come back as 17,000 rows per asset at once.  An asset has
+rows only where it has data: from the tick of its first reading to the tick of
+its last, with no rows before, after, or between its stretches of activity.
+
+Warm-up: for ``warmup_s`` after an asset's first tick (and after each fresh
+start) its windows fill but it has no rows.  A window still filling is NaN or
+built on a few points, and that pattern tells a model the time since a restart
+(of the machine or of the service), not the machine's health; a model fed it
+learns to predict a fault one window after every start.  So no tick of a
+warm-up is predicted on, trained on or scored, in live and batch alike.
 
 The hash covers every setting above, the per-sensor ones included (a sensor whose
 settings equal the pipeline's adds nothing), and ``SEMANTICS``, the version of
-the definitions themselves.
+the definitions themselves; not the warm-up, which decides which ticks have
+rows but changes no feature's value.
 """
 
 from __future__ import annotations
@@ -126,6 +136,8 @@ class PipelineSpec:
     max_gap_intervals: float = 3.0
     #: Silence after which an asset's features start afresh; 0 = never.
     idle_gap_s: float = 6 * 3600.0
+    #: Ticks after an asset's (fresh) start that fill its windows but make no rows.
+    warmup_s: float = 0.0
     stats: tuple[str, ...] = STATS
     #: The cleaning step before the grid; None = no cleaning (e.g. variant no_filter).
     clean: CleanSpec | None = None
@@ -149,6 +161,8 @@ class PipelineSpec:
             baseline_halflife_s=cfg.baseline_halflife_s,
             differences=tuple((a, b) for a, b in cfg.differences),
         )
+        spec = replace(spec, warmup_s=spec.filled_after_s() if cfg.warmup_s is None
+                       else cfg.warmup_s)
         default = spec.default_sensor()
         resolved = ((name, _resolve(cfg, s)) for name, s in sorted(cfg.sensors))
         # A table that changes nothing must not change the hash a model is checked by.
@@ -176,6 +190,7 @@ class PipelineSpec:
     def hash(self) -> str:
         """sha256 of the canonical JSON of the spec and ``SEMANTICS``, first 16 hex digits."""
         fields = asdict(self)
+        del fields["warmup_s"]  # which ticks have rows, not what a row holds
         fields["semantics"] = SEMANTICS
         # Infinite validity limits are written as JSON's usual extension, Infinity.
         canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -203,6 +218,16 @@ class PipelineSpec:
         the configured differences come last."""
         per_sensor = [n for s in sorted(sensors) for n in self.sensor_feature_names(s)]
         return (*per_sensor, *(f"diff__{a}__{b}" for a, b in self.differences))
+
+    def filled_after_s(self) -> float:
+        """Seconds after a start when every window holds its span of points (a long
+        window's first point comes when its first coarse cell closes)."""
+        return max(w + self.stride(w) * self.cadence_s for w in self.windows_s)
+
+    @property
+    def warmup_ticks(self) -> int:
+        """Ticks at the start of each stretch of activity that make no rows."""
+        return math.ceil(self.warmup_s / self.cadence_s - 1e-9)
 
     def tick_index(self, ts: float) -> int:
         """Index k of the first grid tick k × cadence_s at or after event time ``ts``.

@@ -2,8 +2,10 @@
 
 Readings of each asset go through that asset's ``features.live.AssetFeatures``
 (grid + rolling kernels); the rows completed by one input batch are grouped by
-tick so the predict stage makes one model call per tick for all assets.  A
-sensor that becomes stuck (or moves again) is logged, and the status counts
+tick so the predict stage makes one model call per tick for all assets.  An
+asset's ticks in its warm-up make no rows (see ``features.spec``); the status
+counts them (``warmup_ticks``), so a quiet predict stage after a start is
+explained.  A sensor that becomes stuck (or moves again) is logged, and the status counts
 the stuck ones: a stuck sensor is a fault of its own for the line engineer.
 """
 
@@ -33,7 +35,8 @@ class FeaturesStage(Stage):
         self.spec = PipelineSpec.from_config(cfg.pipeline)
         self.banks = FeatureBanks(self.spec)
         self._assets: dict[tuple[str, str], AssetFeatures] = {}
-        for counter in ("late_readings", "invalid_readings", "idle_restarts", "stuck_sensors"):
+        for counter in ("late_readings", "invalid_readings", "idle_restarts", "stuck_sensors",
+                        "warmup_ticks"):
             self.counters.extra[counter] = 0
 
     def handle(self, batch: StoredReadings) -> list[FeatureRows]:
@@ -41,7 +44,7 @@ class FeaturesStage(Stage):
         assets = self._assets
         #: The counters of each asset this batch touches, as they were before it:
         #: the status is kept up to date from these, not by summing over every asset.
-        before: dict[tuple[str, str], tuple[int, int, int, frozenset[str]]] = {}
+        before: dict[tuple[str, str], tuple[int, int, int, int, frozenset[str]]] = {}
         for k, ts, value in zip(batch.keys, batch.ts.tolist(), batch.values.tolist(),
                                 strict=True):
             key = (k.line, k.asset)
@@ -49,7 +52,8 @@ class FeaturesStage(Stage):
             if state is None:
                 state = assets[key] = AssetFeatures(self.spec, self.banks)
             if key not in before:
-                before[key] = (state.late, state.invalid, state.restarts, state.stuck)
+                before[key] = (state.late, state.invalid, state.restarts, state.warmup,
+                               state.stuck)
             for tick, names, row in state.push(k.sensor, ts, value):
                 by_tick[(tick, names)].append((key, row))
         self.counters.processed += len(batch.keys)
@@ -65,15 +69,17 @@ class FeaturesStage(Stage):
             ))
         return out
 
-    def _report(self, before: dict[tuple[str, str], tuple[int, int, int, frozenset[str]]]
+    def _report(self,
+                before: dict[tuple[str, str], tuple[int, int, int, int, frozenset[str]]]
                 ) -> None:
         window = self.spec.stuck_window_s
         bump = self.counters.bump
-        for key, (late, invalid, restarts, was) in before.items():
+        for key, (late, invalid, restarts, warmup, was) in before.items():
             state = self._assets[key]
             bump("late_readings", state.late - late)
             bump("invalid_readings", state.invalid - invalid)
             bump("idle_restarts", state.restarts - restarts)
+            bump("warmup_ticks", state.warmup - warmup)
             bump("stuck_sensors", len(state.stuck) - len(was))
             for sensor in sorted(state.stuck - was):
                 log.warning("sensor %s/%s/%s is stuck: no change over %g s",

@@ -40,6 +40,17 @@ class StoredHistory:
         return {h.asset: np.sort(np.asarray(h.fault_starts, dtype=np.float64))
                 for h in self.histories}
 
+    def data_quantile(self, q: float, cadence_s: float) -> float:
+        """The time before which a fraction ``q`` of the data lies, counted in cells
+        of ``cadence_s`` in which an asset has a reading: a quantile of the real
+        ticks, not of the calendar (data in bursts leaves data on both sides)."""
+        cells = [np.unique(np.ceil(np.concatenate([ts for ts, _ in h.series.values()])
+                                   / cadence_s))
+                 for h in self.histories if h.series]
+        if not cells:
+            return self.t_start + q * (self.t_end - self.t_start)
+        return float(np.quantile(np.concatenate(cells), q)) * cadence_s
+
 
 def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
                    ) -> StoredHistory:

@@ -320,7 +320,7 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
     for note in history.notes:
         say(f"note: {note}")
     t_train = (parse_time(train_until) if train_until
-               else history.t_start + 0.75 * (history.t_end - history.t_start))
+               else history.data_quantile(0.75, cfg.pipeline.cadence_s))
     t_test = parse_time(test_until) if test_until else None
     result = run(history, variants, t_train, t_test,
                  budget=cfg.alerts.max_false_per_asset_week,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance.features.batch import asset_features
+from appliance.features.batch import asset_features, stretches
 from appliance.features.spec import PipelineSpec
 from appliance.storage.history import AssetHistory
 from appliance.training.labels import label_ticks
@@ -92,6 +92,8 @@ def build_dataset(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start
         parts["idx"].append(np.full(len(ticks), i, dtype=np.int32))
         if progress:
             progress(f"features {h.asset}: {len(ticks)} ticks, {int(pos[ok].sum())} positive")
+    if not sum(len(t) for t in parts["ticks"]):
+        raise ValueError(_no_ticks(spec, histories))
     return Dataset(
         names=tuple(names), assets=tuple(h.asset for h in histories),
         asset_index=np.concatenate(parts["idx"]), ticks=np.concatenate(parts["ticks"]),
@@ -99,6 +101,16 @@ def build_dataset(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start
         usable=np.concatenate(parts["ok"]),
         fault_starts={h.asset: np.sort(np.asarray(h.fault_starts, dtype=np.float64))
                       for h in histories})
+
+
+def _no_ticks(spec: PipelineSpec, histories: Sequence[AssetHistory]) -> str:
+    """Why no asset has a tick: most often data in runs shorter than the warm-up."""
+    longest = max((hi - lo for h in histories for lo, hi, _k0, _k1 in stretches(spec, h.series)),
+                  default=0.0)
+    return (f"no asset has a tick past its warm-up in the window: its longest stretch of data "
+            f"is {longest:.0f} s, and [pipeline] warmup_s is {spec.warmup_s:.0f} s (the time "
+            f"the longest window, {max(spec.windows_s):.0f} s, takes to fill). For data in "
+            f"short runs use a shorter horizon_s or windows_s (or set warmup_s)")
 
 
 def select_features(X: np.ndarray, names: Sequence[str], duplicate_corr: float = 0.999,

@@ -6,6 +6,9 @@ scikit-learn agree (see ``export``).
 
 Split by time: training ticks in (t_start, t_split], then a gap of one horizon
 (whose labels would look into the validation window), then validation ticks.
+t_split is where ``train_fraction`` of the ticks lie before it: a quantile of
+the real ticks, not of the calendar, so data in a few bursts over months (test
+runs, run-to-failure tests) still leaves real data to validate on.
 The threshold is chosen on validation with ``metrics.choose_threshold``.
 """
 
@@ -98,8 +101,8 @@ def fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
         params: TrainParams, progress: Progress | None = None) -> TrainResult:
     """Fit ``params.family`` on the rows of ``ds`` with ticks in (t_start, t_end].
 
-    Training ticks are those up to t_split = t_start + train_fraction × (t_end −
-    t_start); validation ticks follow after a gap of one horizon.  The threshold
+    Training ticks are the first ``train_fraction`` of the ticks in the window (up
+    to t_split); validation ticks follow after a gap of one horizon.  The threshold
     is the one with the best validation recall within the false-alarm budget.
     """
     # Import scikit-learn (and so its OpenMP runtime) first: threadpoolctl limits
@@ -118,7 +121,9 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
     timings: dict[str, float] = {}
     family = FAMILIES[params.family]
     in_window = (ds.ticks > t_start) & (ds.ticks <= t_end)
-    t_split = t_start + params.train_fraction * (t_end - t_start)
+    if not in_window.any():
+        raise ValueError("no ticks in the training window: no asset has data there")
+    t_split = float(np.quantile(ds.ticks[in_window], params.train_fraction))
     train_rows = in_window & ds.usable & (ds.ticks <= t_split)
     val_rows = in_window & (ds.ticks > t_split + spec.horizon_s)  # alarms need every tick
     if not val_rows.any():

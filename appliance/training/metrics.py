@@ -5,8 +5,10 @@ threshold, clear below threshold × clear_ratio, NaN holds); a tick that is not
 usable (see ``labels``) clears it too.  An *episode* is one raise.
 
 * a fault is *caught* when an alarm is active at some usable tick in
-  [start − horizon, start); only faults with start in [first tick + horizon,
-  last tick] are counted, so each had a full horizon of ticks to be caught;
+  [start − horizon, start); only faults with ticks over that whole horizon (one
+  tick's slack) are counted, so each had a full horizon of ticks to be caught —
+  not one at the start of the data, after an idle gap or a warm-up, or after
+  the data ended (a fault at the very end of a run-to-failure test counts);
 * *recall* = caught / counted faults;
 * a *false alarm episode* is a raise at t with no fault of the asset starting in
   (t, t + horizon]; reported per asset-week of usable ticks;
@@ -89,9 +91,12 @@ def _asset_counts(s: AssetScores, threshold: float, horizon_s: float, clear_rati
     episodes = int(raised.sum())
     false_eps = int(episodes - np.count_nonzero(true_ep))
 
-    counted = starts[(starts >= t[0] + horizon_s) & (starts <= t[-1])]
-    lo = np.searchsorted(t, counted - horizon_s, side="left")
-    hi = np.searchsorted(t, counted, side="left")  # ticks in [s - h, s)
+    step = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+    lo = np.searchsorted(t, starts - horizon_s, side="left")
+    hi = np.searchsorted(t, starts, side="left")  # ticks in [s - h, s)
+    need = max(1, round(horizon_s / step) - 1) if step > 0 else np.inf
+    covered = (hi - lo) >= need
+    counted, lo, hi = starts[covered], lo[covered], hi[covered]
     # First active tick at or after each index (len(t) when none).
     first_active = np.where(active, np.arange(len(t)), len(t))
     first_active = np.minimum.accumulate(first_active[::-1])[::-1]
@@ -100,7 +105,6 @@ def _asset_counts(s: AssetScores, threshold: float, horizon_s: float, clear_rati
     caught = j < hi
     leads = (counted[caught] - t[j[caught]]).tolist()
 
-    step = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
     usable_s = float(np.count_nonzero(s.usable)) * step
     return len(counted), int(caught.sum()), episodes, false_eps, leads, usable_s
 

@@ -64,7 +64,9 @@ def test_bad_models_are_refused_the_current_one_serves_and_a_good_promote_switch
         tmp_path, broker, fault_service, publishers):
     rng = np.random.default_rng(6)
     db = tmp_path / "appliance.duckdb"
-    cfg = fault_config(tmp_path, broker, db=db, model={"poll_s": 0.3})
+    # predictions from the first tick: this test is about models, not the warm-up
+    cfg = fault_config(tmp_path, broker, db=db, model={"poll_s": 0.3},
+                       pipeline={"warmup_s": 0})
     models = tmp_path / "models"  # Config.models_dir(): "models" beside the database
     models.mkdir()
     starter = load_model(STARTER_MODEL, PipelineSpec.from_config(

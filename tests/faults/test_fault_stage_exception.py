@@ -59,6 +59,8 @@ def _witness(p: runner.Pipeline, name: str) -> tuple[str, int]:
 
 def _build(tmp_path, broker, **sections) -> tuple[runner.Service, object]:
     db = tmp_path / "appliance.duckdb"
+    # predictions from the first tick: these tests are about stages, not the warm-up
+    sections.setdefault("pipeline", {"warmup_s": 0})
     cfg = config_mod.load(fault_config(tmp_path, broker, db=db, **sections))
     return runner.Service(cfg), db
 

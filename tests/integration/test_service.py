@@ -160,8 +160,9 @@ def test_without_a_model_it_collects_history_says_so_and_serves_a_promoted_one(
 
     from appliance.models.contract import STARTER_MODEL, load_model
 
+    # predictions from the first tick: five minutes of data are all warm-up otherwise
     cfg = write_config(tmp_path, broker, '[model]\npath = "nowhere.onnx"\nrequired = false\n'
-                                         'poll_s = 0.2\n')
+                                         'poll_s = 0.2\n[pipeline]\nwarmup_s = 0\n')
     svc = service_factory(cfg).start()
     pub = publisher(broker)
     sensors = ("lube_temp", "vibration", "motor_current", "oil_pressure", "ambient_temp")

@@ -73,6 +73,22 @@ def test_a_fault_in_the_first_horizon_is_not_counted():
     assert m.faults == 0 and math.isnan(m.recall)
 
 
+def test_only_faults_with_a_full_horizon_of_ticks_before_them_are_counted():
+    # two stretches of activity with a day of silence between them (no ticks there)
+    ticks = np.r_[np.arange(0.0, 20000.0, 600.0), np.arange(106400.0, 130000.0, 600.0)]
+    starts = np.array([
+        10000.0,            # mid-stretch: counted
+        20100.0,            # the data ended 500 s before: a run-to-failure end, counted
+        60000.0,            # in the silence, hours after the last tick: not counted
+        107000.0,           # 600 s after the restart: no horizon of ticks, not counted
+        125000.0,           # counted
+    ])
+    pos, ok = label_ticks(ticks, starts, starts + 60.0, H, cooldown_s=0.0)
+    m = event_metrics([AssetScores("a", ticks, np.full(len(ticks), 0.9), ok, pos, starts)],
+                      0.5, H)
+    assert m.faults == 3
+
+
 def test_missed_fault_and_no_alarm():
     m = event_metrics([_one_asset(p_false=0.05, p_true=0.05)], 0.5, H)
     assert (m.faults, m.caught, m.recall, m.episodes) == (1, 0, 0.0, 0)

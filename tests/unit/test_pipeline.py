@@ -18,7 +18,9 @@ from appliance.messages import EndOfStream, SeriesKey, StoredReadings
 from appliance.stages.base import StopSignals
 from appliance.stages.features import FeaturesStage
 
-SPEC = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60))
+#: Rows from the first tick on (no warm-up), so the tests can look at a start.
+SPEC = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60,
+                                               warmup_s=0))
 
 
 def irregular_series(rng: np.random.Generator, t0: float, seconds: float, mean_dt: float,
@@ -163,7 +165,7 @@ def test_change_over_each_window_in_both_drivers(horizon_s):
     # a ramp of 0.01 per second: the change over a window is 0.01 × window once a
     # point that old exists, NaN before
     spec = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=horizon_s,
-                                                   max_gap_s=30, clean=False))
+                                                   max_gap_s=30, clean=False, warmup_s=0))
     lag = min(spec.windows_s)
     t0 = 1_700_000_000.0
     ts = t0 + np.arange(0, 9000, 2.0)
@@ -225,7 +227,7 @@ def test_one_outage_does_not_stretch_the_carry_limit():
 
 @pytest.mark.parametrize("gap_intervals", [3.0, 0.0])
 def test_an_hourly_sensor_is_carried_between_readings_and_not_stuck(gap_intervals):
-    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=60, horizon_s=3600,
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=60, horizon_s=3600, warmup_s=0,
                                                    max_gap_intervals=gap_intervals))
     t0 = 1_700_000_000.0
     rng = np.random.default_rng(9)
@@ -256,7 +258,8 @@ def test_an_hourly_sensor_is_carried_between_readings_and_not_stuck(gap_interval
 
 def sensors_spec(**sensors: config.SensorConfig) -> PipelineSpec:
     return PipelineSpec.from_config(PipelineConfig(
-        cadence_s=10, horizon_s=600, max_gap_s=60, sensors=tuple(sensors.items())))
+        cadence_s=10, horizon_s=600, max_gap_s=60, warmup_s=0,
+        sensors=tuple(sensors.items())))
 
 
 #: temp: range and rate limits, its own Hampel; vib: a range, no cleaning, a short
@@ -399,8 +402,11 @@ def test_features_stage_reports_invalid_and_late_readings():
     inbox.put(StoredReadings(keys[:1], np.array([5.0]), np.array([20.0])))
     inbox.put(EndOfStream())
     stage.run(StopSignals())
+    # a1's tick 10 and 20 closed in its warm-up: counted, no rows for predict
     assert stage.counters.extra == {"invalid_readings": 2, "late_readings": 1,
-                                    "stuck_sensors": 0, "idle_restarts": 0}
+                                    "stuck_sensors": 0, "idle_restarts": 0,
+                                    "warmup_ticks": 2}
+    assert [type(m) for m in out.queue] == [EndOfStream]
 
 
 def test_features_stage_reports_a_stuck_sensor_and_its_recovery(caplog):
@@ -429,3 +435,67 @@ def test_features_stage_reports_a_stuck_sensor_and_its_recovery(caplog):
     assert stage.counters.extra["stuck_sensors"] == 0
     assert "sensor l1/a1/temp is no longer stuck" in caplog.text
     assert "vib" not in caplog.text
+
+
+def test_an_asset_has_rows_only_from_its_first_reading_to_its_last():
+    # the history spans a month; this asset has an hour of it
+    rng = np.random.default_rng(21)
+    t0 = 1_700_000_000.0
+    series = {"temp": irregular_series(rng, t0 + 10 * 86400, 3600, 2.0, drop=0.0)}
+    _names, ticks, _X = asset_features(SPEC, series, t0, t0 + 30 * 86400)
+    ts = series["temp"][0]
+    assert ticks[0] == SPEC.tick_index(ts[0]) * 10 and ticks[-1] == SPEC.tick_index(ts[-1]) * 10
+    assert len(ticks) == SPEC.tick_index(ts[-1]) - SPEC.tick_index(ts[0]) + 1
+
+
+def short_runs(rng: np.random.Generator, t0: float, runs: int, run_s: float, days: float
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``runs`` runs of ``run_s`` seconds at 1 Hz, spread evenly over ``days``."""
+    starts = t0 + np.linspace(0, days * 86400, runs, endpoint=False)
+    ts = np.concatenate([s + np.arange(0.0, run_s) for s in starts])
+    return {"flow": (ts, 5 + rng.normal(0, 0.1, len(ts))),
+            "pressure": (ts + 0.5, 2 + rng.normal(0, 0.1, len(ts)))}
+
+
+def test_short_runs_spread_over_a_month_make_rows_for_their_data_alone():
+    # a pump testbed: 35 twenty-minute runs at 1 Hz over 30 days (idle gaps between)
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=300))
+    assert spec.warmup_s == max(spec.windows_s) + 10 == 310
+    series = short_runs(np.random.default_rng(3), 1_700_000_000.0, 35, 1200.0, 30)
+    every = np.concatenate([ts for ts, _ in series.values()])
+    _names, ticks, X = asset_features(spec, series, every.min() - 1, every.max())
+    # each run: ~121 ticks of data, less 31 of warm-up; a month would be 259,200
+    assert 35 * 88 <= len(ticks) <= 35 * 92
+    rows, state = live_rows(series, spec)
+    assert state.restarts == 34 and state.warmup == 35 * 31
+    assert [r[0] for r in rows] == ticks[:len(rows)].tolist() and len(rows) >= len(ticks) - 1
+    np.testing.assert_allclose(np.vstack([r[2] for r in rows]), X[:len(rows)], rtol=1e-9,
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize("spec", [
+    PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60)),
+    LONG], ids=["short-windows", "coarse-window"])
+def test_no_row_of_a_healthy_asset_shows_a_window_still_filling(spec):
+    # a start, an idle gap and a fresh start: every row after a warm-up holds every
+    # feature, so nothing in a row tells the time since a start
+    idle = dataclasses.replace(spec, idle_gap_s=3600.0)
+    rng = np.random.default_rng(8)
+    t0 = 1_700_000_000.0
+    span = 3 * max(spec.windows_s)
+    a = irregular_series(rng, t0, span, 1.5, drop=0.0)
+    b = irregular_series(rng, t0 + span + 86400, span, 1.5, drop=0.0)
+    series = {"temp": (np.r_[a[0], b[0]], np.r_[a[1], b[1]])}
+    _names, ticks, X = asset_features(idle, series, t0 - 1, b[0][-1])
+    rows, state = live_rows(series, idle)
+    assert state.restarts == 1 and state.warmup == 2 * idle.warmup_ticks
+    assert [r[0] for r in rows] == ticks[:len(rows)].tolist()
+    # the first row of each stretch is the first tick after its warm-up
+    starts = [idle.tick_index(a[0][0]), idle.tick_index(b[0][0])]
+    for k0 in starts:
+        assert (k0 + idle.warmup_ticks) * 10 in ticks
+        assert not np.any((ticks >= k0 * 10) & (ticks < (k0 + idle.warmup_ticks) * 10))
+    assert np.isfinite(X).all()
+    no_warmup = dataclasses.replace(idle, warmup_s=0.0)
+    _, _, cold = asset_features(no_warmup, series, t0 - 1, b[0][-1])
+    assert np.isnan(cold).any(axis=1).sum() > 10  # what the warm-up keeps out

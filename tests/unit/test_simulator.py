@@ -115,13 +115,13 @@ def test_first_fault_comes_early_for_a_demo():
     for seed in (0, 1, 2, 7):
         sim = LineSimulator(10, 0.1, seed, start_ts=0.0)
         first = None
-        for step in sim.steps(int(1.6 * HOUR * 0.1)):
+        for step in sim.steps(int(3.1 * HOUR * 0.1)):
             if step.faults:
                 first = step.faults[0]
                 break
-        assert first is not None, f"seed {seed}: no fault in the first 1.6 h"
+        assert first is not None, f"seed {seed}: no fault in the first 3.1 h"
         assert first.state == "start"
-        assert SimParams().first_fault_h[0] * HOUR <= first.ts <= 1.5 * HOUR + 10
+        assert SimParams().first_fault_h[0] * HOUR <= first.ts <= 3.0 * HOUR + 10
 
 
 def _near_and_far(history, sensor):
@@ -314,13 +314,13 @@ def fake_paho(monkeypatch):
 
 
 def test_publish_runs_event_time_speedup_times_faster_than_its_clock(fake_paho):
-    # A ManualClock only moves when the publisher sleeps on it: 1.5 clock seconds are
-    # 1.5 h of events however slow the machine is.
+    # A ManualClock only moves when the publisher sleeps on it: 3.1 clock seconds are
+    # 3.1 h of events however slow the machine is.
     clock = ManualClock()
     t_start, period = clock.time(), 1.0 / 3600.0
     acked = simulator.publish("broker", 1884, assets=3, hz=1.0, speedup=3600.0, seed=1,
-                              duration_s=1.5, clock=clock)
-    assert clock.monotonic() == pytest.approx(1.5, abs=2 * period)
+                              duration_s=3.1, clock=clock)
+    assert clock.monotonic() == pytest.approx(3.1, abs=2 * period)
     client = fake_paho.instances[0]
     assert client.addr == ("broker", 1884)
     assert acked == len(client.published)
@@ -337,8 +337,8 @@ def test_publish_runs_event_time_speedup_times_faster_than_its_clock(fake_paho):
     # Event time starts at the clock's now; steps are 1 s apart, each asset at its phase.
     ts = [p["ts"] for _, p in readings]
     assert t_start <= min(ts) < t_start + 1
-    assert max(ts) - min(ts) == pytest.approx(1.5 * HOUR, abs=2.0)
-    assert faults, "the first fault comes within 1.5 h"
+    assert max(ts) - min(ts) == pytest.approx(3.1 * HOUR, abs=2.0)
+    assert faults, "the first fault comes within 3 h"
     first = faults[0][1]
     assert first["state"] == "start" and first["code"] in simulator.FAULT_CODES
     assert t_start + SimParams().first_fault_h[0] * HOUR <= first["ts"] <= max(ts)

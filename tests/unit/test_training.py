@@ -91,9 +91,13 @@ def test_the_model_learns_the_precursors(trained):
 
 def test_build_dataset_labels_and_shapes(sim):
     hists = starter.histories_of(sim)[:2]
-    ds = build_dataset(SPEC, hists, sim.t_start, sim.t_start + 6 * 3600, stride=2)
-    n_ticks = int(6 * 3600 / SPEC.cadence_s)
-    assert len(ds.ticks) == 2 * len(range(0, n_ticks, 2))
+    t_end = sim.t_start + 6 * 3600
+    ds = build_dataset(SPEC, hists, sim.t_start, t_end, stride=2)
+    # each asset: from its first reading's tick, after the warm-up, every other tick
+    for i, h in enumerate(hists):
+        first = SPEC.tick_index(min(ts[0] for ts, _ in h.series.values()))
+        k = np.arange(first + SPEC.warmup_ticks, SPEC.tick_index(t_end) + 1)
+        assert (ds.asset_index == i).sum() == np.count_nonzero(k % 2 == 0)
     assert ds.X.dtype == np.float32 and ds.X.shape == (len(ds.ticks), len(ds.names))
     assert np.all(np.diff(ds.ticks[ds.asset_index == 0]) == 2 * SPEC.cadence_s)
     # A positive tick has a fault of its asset starting within the horizon after it.
@@ -107,7 +111,7 @@ def test_build_dataset_with_a_sensor_missing_on_one_asset(sim):
     a, b = starter.histories_of(sim)[:2]
     b_lacking = AssetHistory(b.asset, {k: v for k, v in b.series.items()
                                        if k != "vibration"}, b.fault_starts, b.fault_ends)
-    ds = build_dataset(SPEC, [a, b_lacking], sim.t_start, sim.t_start + 3600)
+    ds = build_dataset(SPEC, [a, b_lacking], sim.t_start, sim.t_start + 3 * 3600)
     col = ds.names.index("vibration__last")
     assert not np.isnan(ds.X[ds.asset_index == 0, col]).all()
     assert np.isnan(ds.X[ds.asset_index == 1, col]).all()
@@ -187,3 +191,13 @@ def test_every_family_of_the_one_table_has_a_builder():
     assert BUILDERS.keys() == FAMILIES.keys()
     for family in FAMILIES:
         assert hasattr(make_classifier(TrainParams(family=family)), "fit")
+
+
+def test_runs_shorter_than_the_warm_up_are_refused_with_the_reason():
+    # 20-minute runs and the default 1 h horizon: no window ever fills
+    rng = np.random.default_rng(2)
+    ts = np.concatenate([t0 + np.arange(0.0, 1200.0) for t0 in (0.0, 86400.0, 2 * 86400.0)])
+    h = AssetHistory("run", {"flow": (ts, rng.normal(5, 0.1, len(ts)))}, np.array([600.0]),
+                     np.array([660.0]))
+    with pytest.raises(ValueError, match=r"longest stretch of data is 1199 s.*warmup_s is 3660"):
+        build_dataset(SPEC, [h], -1.0, 3 * 86400.0)

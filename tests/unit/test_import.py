@@ -191,6 +191,39 @@ def test_a_file_that_cannot_be_imported_is_refused_whole(tmp_path, con):
     assert stored(con) == 0
 
 
+def test_a_fault_that_ends_where_it_starts_lasts_zero_seconds(tmp_path, con):
+    from appliance.importer.command import load_files
+    from appliance.messages import FaultEvent
+    from appliance.storage import tables
+
+    rows = "".join(f"{T0 + 10 * i},a1,temp,{i}\n{T0 + 10 * i},a2,temp,{i}\n"
+                   for i in range(100))
+    readings = write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows)
+    faults = write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\n"
+                                       f"a1,{T0 + 100},{T0 + 100},BLIP\n"
+                                       f"a1,{T0 + 500},{T0 + 600},X\n")
+    import_readings(con, readings)
+    r = import_faults(con, faults)
+    assert (r.stored, r.bad_rows) == (4, 0)
+    # Over MQTT on a2: two faults back to back (one ends as the next starts), then one
+    # of length 0, its end stored first.
+    ev = [(200, "start"), (300, "end"), (300, "start"), (400, "end"), (500, "end"),
+          (500, "start")]
+    tables.insert_faults(con, [FaultEvent("line1", "a2", T0 + t, s, "X") for t, s in ev],
+                         "mqtt")
+    h = history.load_histories(con)
+    a1, a2 = h.histories
+    assert a1.fault_starts.tolist() == [T0 + 100, T0 + 500]
+    assert a1.fault_ends.tolist() == [T0 + 100, T0 + 600]
+    assert a2.fault_starts.tolist() == [T0 + 200, T0 + 300, T0 + 500]
+    assert a2.fault_ends.tolist() == [T0 + 300, T0 + 400, T0 + 500]
+    assert h.notes == ()
+    # History straight from files, as train and backtest read it.
+    from_files, _ = load_files(readings, faults)
+    assert from_files.histories[0].fault_ends.tolist() == [T0 + 100, T0 + 600]
+    assert from_files.notes == ()
+
+
 def test_fault_log_becomes_start_and_end_events(tmp_path, con):
     f = write(tmp_path / "faults.csv",
               "asset,ts_start,ts_end,code\n"
@@ -234,6 +267,15 @@ def test_pairing_copes_with_missing_end_and_start_events():
         ("a", "end", 400_000_000)])
     assert faults["a"] == ([100.0, 300.0], [100.0, 400.0])
     assert len(notes) == 2
+
+
+@pytest.mark.parametrize("order", [("end", "start"), ("start", "end")])
+def test_pairing_at_one_time_depends_on_whether_a_fault_is_open(order):
+    zero, _ = history._pair_faults([("a", s, 100_000_000) for s in order])
+    assert zero["a"] == ([100.0], [100.0])
+    back_to_back, notes = history._pair_faults(
+        [("a", "start", 0)] + [("a", s, 100_000_000) for s in order] + [("a", "end", 2e8)])
+    assert back_to_back["a"] == ([0.0, 100.0], [100.0, 200.0]) and notes == []
 
 
 @pytest.fixture

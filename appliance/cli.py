@@ -167,6 +167,7 @@ def _db_path(cfg: config_mod.Config, db: str | None) -> Path:
 def _cmd_import(args: argparse.Namespace) -> int:
     from appliance.console import Progress
     from appliance.importer.command import import_into
+    from appliance.importer.names import parse_renames
     from appliance.importer.report import ImportRefused
     from appliance.storage.database import DatabaseBusy
 
@@ -179,7 +180,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         reports = import_into(
             db, args.file, args.faults, asset=args.asset, line=args.line,
             max_future_s=cfg.limits.max_future_s, progress=Progress(enabled=not args.quiet),
-            max_problems=args.show_bad)
+            max_problems=args.show_bad, renames=parse_renames(args.rename),
+            ignore=args.ignore)
     except DatabaseBusy as exc:
         print(f"appliance import: {exc}", file=sys.stderr)
         return 1
@@ -189,7 +191,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
     for report in reports:
         print(report.summary())
     print(f"database: {db}")
-    return 1 if any(r.stored == 0 and r.rows and r.bad_rows == r.rows for r in reports) else 0
+    # Done with problems (1): something of the files was not stored and nobody asked
+    # for that, or nothing at all could be stored.
+    losses = [loss for r in reports for loss in r.losses(args.allow_skipped)]
+    if losses:
+        print(f"appliance import: not everything was stored: {'; '.join(losses)} (--ignore "
+              f"COL leaves a column out on purpose, --allow-skipped accepts skipped rows)",
+              file=sys.stderr)
+    return 1 if losses or any(r.stored == 0 and r.rows and r.bad_rows == r.rows
+                              for r in reports) else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -219,13 +229,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
     from appliance.console import Progress
+    from appliance.importer.names import parse_renames
     from appliance.importer.report import ImportRefused
     from appliance.storage.database import DatabaseBusy
     from appliance.training import backtest, backtest_report
 
     cfg = _load_config(args.config)
-    if args.faults and not args.readings:
-        print("appliance backtest: --faults goes with --readings", file=sys.stderr)
+    if (args.faults or args.rename or args.ignore) and not args.readings:
+        print("appliance backtest: --faults, --rename and --ignore go with --readings",
+              file=sys.stderr)
         return 2
     try:
         result = backtest.main(
@@ -234,6 +246,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             out_dir=Path(args.out) if args.out else None,
             db=None if args.readings else _db_path(cfg, args.db),
             readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
+            renames=parse_renames(args.rename), ignore=args.ignore,
             progress=Progress(enabled=not args.quiet), seed=args.seed)
         if args.out:
             backtest_report.write_report(result, Path(args.out))
@@ -264,6 +277,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from appliance.devtools.bench import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
+
+
+def _add_name_options(p: argparse.ArgumentParser) -> None:
+    """``--rename`` and ``--ignore``: for every command that reads history files."""
+    p.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="store the line, asset or sensor name OLD as NEW (repeatable); "
+                   "other names a topic cannot carry are sanitised (see README)")
+    p.add_argument("--ignore", action="append", default=[], metavar="COL",
+                   help="leave the column COL out on purpose (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "column (default line1)")
     p.add_argument("--show-bad", type=int, default=20, metavar="N",
                    help="print the first N bad rows with their line numbers (default 20)")
+    _add_name_options(p)
+    p.add_argument("--allow-skipped", action="store_true",
+                   help="exit 0 even when bad or repeated rows were skipped (still counted)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_import)
 
@@ -362,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "column")
     p.add_argument("--line", default="line1", help="with --readings: the line of a file "
                    "without a line column")
+    _add_name_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_backtest)

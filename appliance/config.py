@@ -325,8 +325,11 @@ def _build(cls: type, table: dict[str, Any], source: str, section: str) -> Any:
 
 
 #: Names of lines, assets, sensors and variants: what an MQTT topic level (and a folder
-#: name) may hold; ``appliance.mqtt.topics`` and the import's SQL use the same.
-NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
+#: name) may hold; ``appliance.mqtt.topics`` and the import's SQL use the same, and the
+#: import maps other names onto these characters (``appliance.importer.names``).
+NAME_CHARS = r"A-Za-z0-9_.\-"
+NAME_MAX = 64
+NAME_PATTERN = rf"[{NAME_CHARS}]{{1,{NAME_MAX}}}"
 _NAME = re.compile(NAME_PATTERN)
 
 

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from appliance.importer.faults import import_faults
 from appliance.importer.readings import import_readings
-from appliance.importer.report import ImportReport
-from appliance.importer.staging import DEFAULT_LINE
+from appliance.importer.report import ImportRefused, ImportReport
+from appliance.importer.staging import DEFAULT_LINE, file_columns
 from appliance.storage.database import open_memory, open_offline
 from appliance.storage.history import StoredHistory, load_histories
 
 
 def load_files(readings: str | Path, faults: str | Path | None = None, *,
                asset: str | None = None, line: str = DEFAULT_LINE,
-               progress: Any = None) -> tuple[StoredHistory, list[ImportReport]]:
+               progress: Any = None, renames: Mapping[str, str] | None = None,
+               ignore: Collection[str] = ()) -> tuple[StoredHistory, list[ImportReport]]:
     """History straight from files, through an in-memory database (same checks as import)."""
     con = open_memory()
     try:
-        reports = [import_readings(con, readings, asset=asset, line=line, progress=progress,
-                                   max_future_s=math.inf)]
-        if faults is not None:
-            reports.append(import_faults(con, faults, line=line, progress=progress,
-                                         max_future_s=math.inf))
+        reports = _import(con, readings, faults, renames, ignore, asset=asset, line=line,
+                          progress=progress, max_future_s=math.inf)
         return load_histories(con, progress), reports
     finally:
         con.close()
@@ -33,20 +34,44 @@ def load_files(readings: str | Path, faults: str | Path | None = None, *,
 def import_into(db_path: str | Path, readings: str | Path | None = None,
                 faults: str | Path | None = None, *, asset: str | None = None,
                 line: str = DEFAULT_LINE, max_future_s: float = 300.0,
-                progress: Any = None, max_problems: int = 20) -> list[ImportReport]:
+                progress: Any = None, max_problems: int = 20,
+                renames: Mapping[str, str] | None = None,
+                ignore: Collection[str] = ()) -> list[ImportReport]:
     """``appliance import``: open the database (refusing while the service holds it) and
     import a readings file and/or a fault log into it."""
     con = open_offline(db_path)
     try:
-        reports = []
-        if readings is not None:
-            reports.append(import_readings(con, readings, asset=asset, line=line,
-                                           max_future_s=max_future_s, progress=progress,
-                                           max_problems=max_problems))
-        if faults is not None:
-            reports.append(import_faults(con, faults, line=line, max_future_s=max_future_s,
-                                         progress=progress, max_problems=max_problems))
+        reports = _import(con, readings, faults, renames, ignore, asset=asset, line=line,
+                          max_future_s=max_future_s, progress=progress,
+                          max_problems=max_problems)
         con.execute("CHECKPOINT")
         return reports
     finally:
         con.close()
+
+
+def _import(con: duckdb.DuckDBPyConnection, readings: str | Path | None,
+            faults: str | Path | None, renames: Mapping[str, str] | None,
+            ignore: Collection[str], *, line: str, asset: str | None,
+            **kwargs: Any) -> list[ImportReport]:
+    """Import the readings file and then the fault log; ``--ignore`` must name a column of
+    one of them (checked first: a misspelt one would ignore nothing), and a ``--rename``
+    that matched no name is noted."""
+    files = [Path(f) for f in (readings, faults) if f is not None]
+    columns = {c.lower() for f in files for c in file_columns(con, f)}
+    unknown = [c for c in ignore if c.lower() not in columns]
+    if unknown:
+        raise ImportRefused(f"--ignore {', '.join(unknown)}: no such column in "
+                            f"{' or '.join(map(str, files))}")
+    reports = []
+    if readings is not None:
+        reports.append(import_readings(con, readings, asset=asset, line=line, renames=renames,
+                                       ignore=ignore, **kwargs))
+    if faults is not None:
+        reports.append(import_faults(con, faults, line=line, renames=renames, ignore=ignore,
+                                     **kwargs))
+    used = {r.old for report in reports for r in report.renamed if r.by_option}
+    unused = [f"{old}={new}" for old, new in (renames or {}).items() if old not in used]
+    if unused:
+        reports[-1].notes.append(f"--rename {', '.join(unused)}: no such name in the files")
+    return reports

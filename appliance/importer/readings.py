@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from appliance.importer.checks import (
+    Check,
     first_problems,
     future_limit_us,
     judge_rows,
@@ -16,7 +18,8 @@ from appliance.importer.checks import (
     problems,
     time_check,
 )
-from appliance.importer.report import ImportRefused, ImportReport
+from appliance.importer.names import NameMap
+from appliance.importer.report import SILENCE, ImportRefused, ImportReport
 from appliance.importer.staging import (
     DEFAULT_LINE,
     Staged,
@@ -24,8 +27,11 @@ from appliance.importer.staging import (
     drop_tables,
     file_columns,
     lit,
+    non_numeric_columns,
+    quote,
     session,
     stage,
+    usable_columns,
 )
 from appliance.messages import SeriesKey
 from appliance.mqtt.topics import FAULT_SENSOR, is_name
@@ -38,17 +44,26 @@ from appliance.timefmt import from_us
 RESERVED_SENSOR = FAULT_SENSOR
 #: Column names understood as the time column, in order of preference.
 TS_NAMES: tuple[str, ...] = ("ts", "timestamp", "time", "datetime")
+#: Column names (any case) taken for labels, not sensors: a wide file's column of
+#: these is left out (and named), not stored as a sensor.
+LABEL_COLUMNS: tuple[str, ...] = ("anomaly", "is_anomaly", "label", "changepoint", "fault",
+                                  "target", "outlier")
 
 
 def import_readings(con: duckdb.DuckDBPyConnection, path: str | Path, *,
                     asset: str | None = None, line: str = DEFAULT_LINE,
                     max_future_s: float = 300.0, progress: Any = None,
-                    max_problems: int = 20, now: float | None = None) -> ImportReport:
+                    max_problems: int = 20, now: float | None = None,
+                    renames: Mapping[str, str] | None = None,
+                    ignore: Collection[str] = ()) -> ImportReport:
     """Import a readings file (see the module docstring); returns what happened.
 
     ``asset`` names the asset of a file without an ``asset`` column; ``line``
-    is the line of a file without a ``line`` column.  Raises ``ImportRefused``
-    for a file that cannot be read at all; bad rows are skipped and reported.
+    is the line of a file without a ``line`` column.  ``renames`` ({OLD: NEW},
+    ``--rename``) and the sanitising rule map names (``appliance.importer.names``);
+    ``ignore`` names columns to treat as absent (``--ignore``, any case).
+    Raises ``ImportRefused`` for a file that cannot be read at all; bad rows are
+    skipped and reported, and so are columns left out.
     """
     t0 = time.perf_counter()
     path = Path(path)
@@ -56,7 +71,7 @@ def import_readings(con: duckdb.DuckDBPyConnection, path: str | Path, *,
     report = ImportReport(str(path))
     session(con)
     names = file_columns(con, path)
-    lower = {n.lower(): n for n in names}
+    lower = usable_columns(names, ignore, report)
     ts_col = next((c for c in TS_NAMES if c in lower), None)
     if ts_col is None:
         raise ImportRefused(f"{path}: no time column (one of {', '.join(TS_NAMES)}); the "
@@ -71,25 +86,24 @@ def import_readings(con: duckdb.DuckDBPyConnection, path: str | Path, *,
             raise ImportRefused(f"{what} {value!r} is not a valid name (1-64 characters of "
                                f"A-Z a-z 0-9 _ . -)")
     keys = {ts_col, "line", "asset"}
-    long_form = "sensor" in lower and "value" in lower
-    if long_form:
+    name_map = NameMap(renames or {}, report)
+    sensors: list[str] = []  # wide form: the sensor columns kept
+    if "sensor" in lower and "value" in lower:
         report.form = "long"
         numeric = {"value"}
-        ignored = [lower[c] for c in lower if c not in keys | {"sensor", "value"}]
-        if ignored:
-            report.notes.append(f"ignored columns: {', '.join(ignored)}")
+        report.left_out += [(lower[c], _label(c) or f"not a column of the long form (ts, "
+                                                     f"asset, sensor, value, line); {SILENCE}")
+                            for c in lower if c not in keys | {"sensor", "value"}]
     else:
         report.form = "wide"
-        sensors = [lower[c] for c in lower if c not in keys]
+        sensors = _sensor_columns(con, path, [lower[c] for c in lower if c not in keys],
+                                  name_map, report)
         if not sensors:
             raise ImportRefused(f"{path}: no sensor columns: expected long form (ts, asset, "
                                f"sensor, value) or wide form (a time column and one column "
-                               f"per sensor); the columns are {', '.join(names)}")
-        bad = [s for s in sensors if not is_name(s) or s == RESERVED_SENSOR]
-        if bad:
-            raise ImportRefused(f"{path}: column names that cannot be sensor names: "
-                               f"{', '.join(map(repr, bad))} (1-64 characters of A-Z a-z "
-                               f"0-9 _ . -, and not {RESERVED_SENSOR!r})")
+                               f"per sensor); the columns are {', '.join(names)}"
+                               + "".join(f"; {c} left out: {why}"
+                                         for c, why in report.left_out))
         numeric = {s.lower() for s in sensors}
 
     size = path.stat().st_size
@@ -101,8 +115,12 @@ def import_readings(con: duckdb.DuckDBPyConnection, path: str | Path, *,
     try:
         report.rows = staged.rows + len(staged.rejected)
         say(f"read {report.rows} rows ({len(staged.rejected)} unreadable); checking")
-        valid = _check_readings(con, staged, report, ts_col, asset, line, future_us,
-                                max_problems)
+        for low in ("line", "asset", "sensor") if report.form == "long" else ("line", "asset"):
+            if low in lower:
+                name_map.add_column(con, staged, low, low)
+        name_map.store(con, f"{staged.table}_names")
+        valid = _check_readings(con, staged, report, ts_col, set(lower), sensors, asset,
+                                line, name_map, future_us, max_problems)
         con.execute("BEGIN")
         try:
             _store_readings(con, staged, valid, report, say)
@@ -116,30 +134,59 @@ def import_readings(con: duckdb.DuckDBPyConnection, path: str | Path, *,
     return report
 
 
+def _label(column: str) -> str | None:
+    """Why a column named like a label is left out, and what to do about it."""
+    return (f"looks like a label column; store its events as faults with --faults, or "
+            f"{SILENCE}" if column.lower() in LABEL_COLUMNS else None)
+
+
+def _sensor_columns(con: duckdb.DuckDBPyConnection, path: Path, columns: list[str],
+                    name_map: NameMap, report: ImportReport) -> list[str]:
+    """The wide form's sensor columns of ``columns``: label-like and non-numeric ones,
+    and those whose names cannot be sensor names, left out and named in the report."""
+    report.left_out += [(c, why) for c in columns if (why := _label(c))]
+    kept = [c for c in columns if not _label(c)]
+    non_numeric = non_numeric_columns(con, path, kept)
+    report.left_out += [(c, f"{why}; {SILENCE}") for c, why in non_numeric.items()]
+    kept = [c for c in kept if c not in non_numeric]
+    mapped = name_map.add("sensor", kept)
+    for c in kept:
+        if mapped[c] is None:
+            report.left_out.append((c, f"no character a sensor name can keep (A-Z a-z 0-9 "
+                                       f"_ . -); --rename it, or {SILENCE}"))
+        elif mapped[c] == RESERVED_SENSOR:
+            report.left_out.append((c, f"the sensor name {RESERVED_SENSOR!r} is reserved for "
+                                       f"fault events; --rename it, or {SILENCE}"))
+    return [c for c in kept if mapped[c] not in (None, RESERVED_SENSOR)]
+
+
 def _check_readings(con: duckdb.DuckDBPyConnection, staged: Staged, report: ImportReport,
-                    ts_col: str, asset: str | None, line: str, future_us: int,
-                    max_problems: int) -> str:
+                    ts_col: str, columns: set[str], sensors: list[str], asset: str | None,
+                    line: str, name_map: NameMap, future_us: int, max_problems: int) -> str:
     """Run the checks; fill the report's bad rows; return the table of valid long rows
-    (ord, ts_us, line, asset, sensor, value)."""
+    (ord, ts_us, line, asset, sensor, value), names as stored.  ``columns``: the
+    lower-case names of the columns used (not ``--ignore``d)."""
     t = staged.table
     valid = f"{t}_valid"
-    line_expr = staged.col("line") if "line" in staged.columns else lit(line)
-    asset_expr = staged.col("asset") if "asset" in staged.columns else lit(asset or "")
+    line_expr = name_map.sql("line", staged.col("line")) if "line" in columns else lit(line)
+    asset_expr = (name_map.sql("asset", staged.col("asset")) if "asset" in columns
+                  else lit(asset or ""))
     ts = staged.col(ts_col)
     row_checks = time_check(staged, ts_col, ts_col, future_us)
-    if "line" in staged.columns:
+    if "line" in columns:
         row_checks += name_check(line_expr, "line")
-    if "asset" in staged.columns:
+    if "asset" in columns:
         row_checks += name_check(asset_expr, "asset")
     found: list[tuple[int, str]] = []
     if report.form == "long":
-        sensor, value = staged.col("sensor"), staged.col("value")
+        sensor, value = name_map.sql("sensor", staged.col("sensor")), staged.col("value")
         checks = row_checks + name_check(sensor, "sensor") + [
-            f"WHEN {sensor} = '{RESERVED_SENSOR}' THEN 'sensor name {RESERVED_SENSOR} is "
-            f"reserved for fault events'",
-            f"WHEN {value} IS NULL THEN 'value is empty'",
-            f"WHEN NOT isfinite({value}) THEN 'value ' || CAST({value} AS VARCHAR) || "
-            f"' is not a finite number'"]
+            Check(f"{sensor} = '{RESERVED_SENSOR}'", f"'sensor name {RESERVED_SENSOR} is "
+                  f"reserved for fault events; --rename it'", "reserved sensor name"),
+            Check(f"{value} IS NULL", "'value is empty'", "empty value"),
+            Check(f"NOT isfinite({value})",
+                  f"'value ' || CAST({value} AS VARCHAR) || ' is not a finite number'",
+                  "non-finite value")]
         judge_rows(con, staged, t, checks, report)
         found = problems(con, f"SELECT ord, reason FROM {t}_chk WHERE reason IS NOT NULL",
                           max_problems)
@@ -149,23 +196,26 @@ def _check_readings(con: duckdb.DuckDBPyConnection, staged: Staged, report: Impo
             f"{value} AS value FROM {t} s JOIN {t}_chk c USING (ord) WHERE c.reason IS NULL")
         drop_tables(con, f"{t}_chk")
     else:
-        sensors = [c for c in staged.columns if c not in {ts_col, "line", "asset"}]
-        on = ", ".join(staged.col(c) for c in sensors)
+        on = ", ".join(quote(c) for c in sensors)
         judge_rows(con, staged, t, row_checks, report)
         con.execute(
             f"CREATE TEMP TABLE {t}_cells AS SELECT ord, ts_us, line, asset, sensor, value "
             f"FROM (SELECT s.ord, epoch_us({ts}) AS ts_us, {line_expr} AS line, "
             f"{asset_expr} AS asset, {on} FROM {t} s JOIN {t}_chk c USING (ord) "
             f"WHERE c.reason IS NULL) UNPIVOT INCLUDE NULLS (value FOR sensor IN ({on}))")
-        report.empty_values, report.bad_values = con.execute(
-            f"SELECT count(*) FILTER (value IS NULL OR isnan(value)), "
-            f"count(*) FILTER (isinf(value)) FROM {t}_cells").fetchone()
+        report.empty_values = con.execute(
+            f"SELECT count(*) FROM {t}_cells WHERE value IS NULL OR isnan(value)").fetchone()[0]
+        report.bad_value_reasons = dict(con.execute(
+            f"SELECT 'non-finite ' || sensor, count(*) FROM {t}_cells WHERE isinf(value) "
+            f"GROUP BY sensor").fetchall())
+        report.bad_values = sum(report.bad_value_reasons.values())
         found = problems(
             con,
             f"SELECT ord, reason FROM {t}_chk WHERE reason IS NOT NULL UNION ALL "
             f"SELECT ord, sensor || ': value ' || CAST(value AS VARCHAR) || "
             f"' is not a finite number' FROM {t}_cells WHERE isinf(value)", max_problems)
-        con.execute(f"CREATE TEMP TABLE {valid} AS SELECT * FROM {t}_cells "
+        con.execute(f"CREATE TEMP TABLE {valid} AS SELECT ord, ts_us, line, asset, "
+                    f"{name_map.sql('sensor', 'sensor')} AS sensor, value FROM {t}_cells "
                     f"WHERE isfinite(value)")
         drop_tables(con, f"{t}_chk", f"{t}_cells")
     report.problems = first_problems(staged, found, max_problems)

@@ -24,6 +24,26 @@ class Problem:
         return f"{self.where}: {self.reason}"
 
 
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """A name of the file stored under another: mapped by the rule or by ``--rename``."""
+
+    kind: str  # "line" | "asset" | "sensor"
+    old: str
+    new: str
+    by_option: bool
+
+    def __str__(self) -> str:
+        return (f"{self.kind} {self.old!r} → {self.new!r}"
+                + (" (--rename)" if self.by_option else ""))
+
+
+#: How a column left out unasked is accepted (``losses`` then no longer counts it).
+SILENCE = "--ignore it to silence this"
+#: The summary lists at most this many renamed names.
+RENAMED_LISTED = 20
+
+
 @dataclass
 class ImportReport:
     """What an import did, for the terminal and the tests."""
@@ -33,11 +53,16 @@ class ImportReport:
     rows: int = 0  # data rows in the file (parsed or not)
     stored: int = 0  # readings (or fault events) written
     bad_rows: int = 0  # rows skipped whole
+    bad_row_reasons: dict[str, int] = field(default_factory=dict)  # kind -> rows
     bad_values: int = 0  # wide form: single values skipped (the rest of the row kept)
+    bad_value_reasons: dict[str, int] = field(default_factory=dict)  # kind -> values
     empty_values: int = 0  # wide form: empty cells (no reading), not an error
     repeated_in_file: int = 0  # (series, ts) seen earlier in the same file
     already_stored: int = 0  # (series, ts) already in the database
     problems: list[Problem] = field(default_factory=list)  # the first few, in file order
+    renamed: list[Renamed] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # columns left out as asked (--ignore)
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # (column, why), unasked
     notes: list[str] = field(default_factory=list)
     assets: list[str] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
@@ -45,6 +70,21 @@ class ImportReport:
     t_from: float = math.nan
     t_to: float = math.nan
     seconds: float = 0.0
+
+    def losses(self, allow_skipped: bool = False) -> list[str]:
+        """What the file held that was not stored and nobody asked to leave out; a
+        non-empty list is why ``appliance import`` exits 1.
+
+        A column left out counts unless ``--ignore``d; skipped rows and values (bad,
+        or repeating an earlier row's series and time) unless ``allow_skipped``.
+        Rows already stored do not: the database holds them.
+        """
+        out = [f"column {c!r} left out" for c, _ in self.left_out]
+        if not allow_skipped:
+            out += [f"{n} {what} skipped" for n, what in (
+                (self.bad_rows, "bad rows"), (self.bad_values, "bad values"),
+                (self.repeated_in_file, "repeated rows")) if n]
+        return out
 
     def summary(self) -> str:
         what = "fault events" if self.form == "faults" else "readings"
@@ -56,9 +96,19 @@ class ImportReport:
             lines.append(f"  assets: {short_list(self.assets)}"
                          + (f"; sensors: {short_list(self.sensors)}" if self.sensors else "")
                          + (f"; {self.new_series} new series" if self.new_series else ""))
-        if self.bad_rows or self.bad_values:
-            lines.append(f"  skipped {self.bad_rows} bad rows"
-                         + (f" and {self.bad_values} bad values" if self.bad_values else "")
+        if self.renamed:
+            lines.append("  names stored under a topic name:")
+            lines += [f"    {r}" for r in self.renamed[:RENAMED_LISTED]]
+            if len(self.renamed) > RENAMED_LISTED:
+                lines.append(f"    and {len(self.renamed) - RENAMED_LISTED} more")
+        lines += [f"  left out: {c} ({why})" for c, why in self.left_out]
+        if self.ignored:
+            lines.append(f"  ignored as asked (--ignore): {', '.join(self.ignored)}")
+        skipped = [f"{n} {what} ({_by_kind(kinds)})" for n, what, kinds in (
+            (self.bad_rows, "bad rows", self.bad_row_reasons),
+            (self.bad_values, "bad values", self.bad_value_reasons)) if n]
+        if skipped:
+            lines.append("  skipped " + " and ".join(skipped)
                          + (f"; the first {len(self.problems)}:" if self.problems else ""))
         lines += [f"    {p}" for p in self.problems]
         if self.repeated_in_file:
@@ -71,3 +121,8 @@ class ImportReport:
             lines.append(f"  {self.empty_values} empty cells (no reading)")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _by_kind(kinds: dict[str, int]) -> str:
+    """``3 unreadable value, 1 empty asset``: the most frequent first."""
+    return ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kn: (-kn[1], kn[0])))

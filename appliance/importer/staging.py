@@ -7,14 +7,14 @@ import csv
 import gzip
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from appliance.importer.report import ImportRefused
+from appliance.importer.report import ImportRefused, ImportReport
 
 #: The line of a file without a ``line`` column.
 DEFAULT_LINE = "line1"
@@ -29,7 +29,7 @@ class Staged:
     kind: str  # "csv" | "parquet"
     path: Path
     delim: str = ","
-    rejected: dict[int, str] = field(default_factory=dict)  # CSV line -> reason
+    rejected: dict[int, tuple[str, str]] = field(default_factory=dict)  # CSV line -> kind, reason
     rows: int = 0  # rows in the table
 
     def col(self, low: str) -> str:
@@ -131,25 +131,67 @@ def file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
     return list(rel.columns)
 
 
+def usable_columns(names: Sequence[str], ignore: Collection[str], report: ImportReport
+                   ) -> dict[str, str]:
+    """The file's columns (lower-case name -> name) less those the user asked to
+    ``--ignore`` (in any case), which the report names."""
+    ignore = {c.lower() for c in ignore}
+    report.ignored += [n for n in names if n.lower() in ignore]
+    return {n.lower(): n for n in names if n.lower() not in ignore}
+
+
 def _csv_sql_columns(names: Sequence[str], types: dict[str, str]) -> str:
     return "{" + ", ".join(f"{lit(n)}: {lit(types[n.lower()])}" for n in names) + "}"
+
+
+#: How many of a CSV column's first non-empty values say whether it holds numbers.
+SNIFF_VALUES = 200
+
+
+def _csv_sniff_numbers(con: duckdb.DuckDBPyConnection, path: Path, delim: str,
+                       names: Sequence[str], columns: Iterable[str]
+                       ) -> dict[str, tuple[int, int, str | None]]:
+    """Per column (lower-case name): of its first ``SNIFF_VALUES`` non-empty values, how
+    many there are, how many are numbers, and the first that is not."""
+    types = {n.lower(): "VARCHAR" for n in names}
+    src = (f"read_csv({lit(str(path))}, delim={lit(delim)}, header=true, quote='\"', "
+           f"auto_detect=false, columns={_csv_sql_columns(names, types)}, "
+           f"ignore_errors=true)")
+    out = {}
+    for low in columns:
+        q = quote(next(n for n in names if n.lower() == low))
+        out[low] = con.execute(
+            f"SELECT count(*), count(TRY_CAST(v AS DOUBLE)), "
+            f"first(v) FILTER (TRY_CAST(v AS DOUBLE) IS NULL) FROM (SELECT trim({q}) AS v "
+            f"FROM {src} WHERE trim({q}) <> '' LIMIT {SNIFF_VALUES})").fetchone()
+    return out
 
 
 def _csv_epoch_columns(con: duckdb.DuckDBPyConnection, path: Path, delim: str,
                        names: Sequence[str], time_cols: set[str]) -> set[str]:
     """Time columns whose first values are numbers (Unix seconds) rather than times."""
-    types = {n.lower(): "VARCHAR" for n in names}
-    src = (f"read_csv({lit(str(path))}, delim={lit(delim)}, header=true, quote='\"', "
-           f"auto_detect=false, columns={_csv_sql_columns(names, types)}, "
-           f"ignore_errors=true)")
-    out = set()
-    for low in time_cols:
-        q = quote(next(n for n in names if n.lower() == low))
-        values, numbers = con.execute(
-            f"SELECT count(*), count(TRY_CAST(v AS DOUBLE)) FROM (SELECT trim({q}) AS v "
-            f"FROM {src} WHERE trim({q}) <> '' LIMIT 200)").fetchone()
-        if values and values == numbers:
-            out.add(low)
+    sniffed = _csv_sniff_numbers(con, path, delim, names, time_cols)
+    return {low for low, (values, numbers, _) in sniffed.items() if values and values == numbers}
+
+
+def non_numeric_columns(con: duckdb.DuckDBPyConnection, path: Path, columns: Sequence[str]
+                        ) -> dict[str, str]:
+    """The columns (file names) of ``columns`` that do not hold numbers, and why: in
+    Parquet a type that is not a number, in CSV more than half of the first
+    ``SNIFF_VALUES`` non-empty values not numbers (a column of numbers with a few
+    bad cells is kept, and those rows are reported)."""
+    if is_parquet(path):
+        rel = con.sql(f"SELECT * FROM read_parquet({lit(str(path))}) LIMIT 0")
+        types = dict(zip(rel.columns, map(str, rel.types), strict=True))
+        return {c: f"type {types[c]}, not numbers" for c in columns
+                if not _is_numeric_type(types[c])}
+    delim, names = csv_header(path)
+    sniffed = _csv_sniff_numbers(con, path, delim, names, [c.lower() for c in columns])
+    out = {}
+    for c in columns:
+        values, numbers, example = sniffed[c.lower()]
+        if 2 * numbers < values:
+            out[c] = f"not numbers (e.g. {example!r})"
     return out
 
 
@@ -234,16 +276,17 @@ def stage(con: duckdb.DuckDBPyConnection, path: Path, numeric: set[str],
 _counter = iter(range(1, 1 << 62))
 
 
-def _reject_reason(etype: str, column: str | None, message: str) -> str:
+def _reject_reason(etype: str, column: str | None, message: str) -> tuple[str, str]:
+    """(kind, reason) of a row DuckDB's reader rejected."""
     message = " ".join((message or "").split())
     if etype == "CAST":
         m = re.search(r'Could not convert string "(.*?)" to \'?([A-Z ]+)', message)
         if m:
             what = "a time" if "TIME" in m.group(2) else "a number"
-            return f"{column}: {m.group(1)!r} is not {what}"
+            return f"unreadable {column}", f"{column}: {m.group(1)!r} is not {what}"
     if etype in ("MISSING COLUMNS", "TOO MANY COLUMNS"):
-        return f"{etype.lower()} ({message})"
-    return f"{etype.lower()}: {message}"
+        return etype.lower(), f"{etype.lower()} ({message})"
+    return etype.lower(), f"{etype.lower()}: {message}"
 
 
 def _is_numeric_type(t: str) -> bool:
@@ -282,7 +325,8 @@ def drop_tables(con: duckdb.DuckDBPyConnection, *tables: str) -> None:
 
 def drop_staged(con: duckdb.DuckDBPyConnection, staged: Staged) -> None:
     t = staged.table
-    drop_tables(con, f"{t}_chk", f"{t}_cells", f"{t}_valid", f"{t}_keys", f"{t}_ok", f"{t}_new")
+    drop_tables(con, f"{t}_chk", f"{t}_cells", f"{t}_valid", f"{t}_keys", f"{t}_ok", f"{t}_new",
+                f"{t}_names")
     if staged.kind == "csv":
         con.execute(f"DROP VIEW IF EXISTS {t}")
         drop_tables(con, f"{t}_raw")

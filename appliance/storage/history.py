@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
 
     Assets are keyed by name; an asset name on two lines is one asset.  Fault
     events are paired per asset in time order: a start opens a fault, the next
-    end closes it; a fault still open at the end of the log has no end (NaN).
+    end closes it (a start and an end at one time: a fault of length 0); a fault
+    still open at the end of the log has no end (NaN).
     """
     say = progress or (lambda _m: None)
     series = {sid: (asset, sensor) for sid, _line, asset, sensor in
@@ -79,7 +81,7 @@ def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
         per_asset.setdefault(asset, {}).setdefault(sensor, []).append((ts[lo:hi],
                                                                        values[lo:hi]))
     events = con.execute("SELECT asset, state, epoch_us(ts) FROM faults "
-                         "ORDER BY asset, ts, state = 'start'").fetchall()
+                         "ORDER BY asset, ts").fetchall()
     faults, notes = _pair_faults(events)
     histories = []
     for asset in sorted(per_asset):
@@ -105,25 +107,35 @@ def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
 
 def _pair_faults(events: Sequence[tuple[str, str, int]]
                  ) -> tuple[dict[str, tuple[list[float], list[float]]], list[str]]:
+    """Pair start and end events, given in (asset, ts) order.
+
+    At one time, an end closes the fault open before it and a start opens the next
+    (one fault ends as the next begins); with no fault open, the start comes first,
+    so a start and an end at one time are a fault of length 0, not an end without
+    a start followed by a fault that never ends.
+    """
     out: dict[str, tuple[list[float], list[float]]] = {}
     unmatched_end = restarted = 0
     open_at: dict[str, float] = {}
-    for asset, state, ts_us in events:
+    for (asset, ts_us), group in itertools.groupby(events, key=lambda e: (e[0], e[2])):
         t = from_us(ts_us)
         starts, ends = out.setdefault(asset, ([], []))
-        if state == "start":
-            if asset in open_at:  # a start while open: the end was never logged
-                restarted += 1
-                ends[-1] = starts[-1]
-            starts.append(t)
-            ends.append(math.nan)
-            open_at[asset] = t
-        elif state == "end":
-            if asset in open_at:
-                ends[-1] = t
-                del open_at[asset]
-            else:
-                unmatched_end += 1
+        first = "end" if asset in open_at else "start"
+        states = sorted((state for _, state, _ in group), key=lambda state: state != first)
+        for state in states:
+            if state == "start":
+                if asset in open_at:  # a start while open: the end was never logged
+                    restarted += 1
+                    ends[-1] = starts[-1]
+                starts.append(t)
+                ends.append(math.nan)
+                open_at[asset] = t
+            elif state == "end":
+                if asset in open_at:
+                    ends[-1] = t
+                    del open_at[asset]
+                else:
+                    unmatched_end += 1
     notes = []
     if unmatched_end:
         notes.append(f"{unmatched_end} fault end events without a start were ignored")

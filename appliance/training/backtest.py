@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -299,7 +299,8 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
          test_until: str | None = None, out_dir: Path | None = None,
          db: Path | None = None, readings: str | None = None, faults: str | None = None,
          asset: str | None = None, line: str = "line1", progress: Say | None = None,
-         seed: int = 0) -> BacktestResult:
+         seed: int = 0, renames: Mapping[str, str] | None = None,
+         ignore: Collection[str] = ()) -> BacktestResult:
     """``appliance backtest``: history from the database (read-only) or from files."""
     say = progress or (lambda _m: None)
     if not names:
@@ -307,7 +308,7 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
     variants = resolve_variants(cfg, names)
     if readings is not None:
         history, reports = load_files(readings, faults, asset=asset, line=line,
-                                      progress=progress)
+                                      progress=progress, renames=renames, ignore=ignore)
         for r in reports:
             say(r.summary())
     else:

@@ -49,7 +49,7 @@ def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp
               "not-a-time,a1,temp,3\n"                        # 7 bad time
               "2025-01-01T00:00:40Z,a1,temp,4,5\n"            # 8 too many columns
               "2025-01-01T00:00:50Z,a1,temp,nan\n"            # 9 not finite
-              "2025-01-01T00:01:00Z,a b,temp,7\n"             # 10 invalid name
+              "2025-01-01T00:01:00Z,?!,temp,7\n"              # 10 nothing of the name kept
               "2025-01-01T00:01:10Z,a1,fault,7\n"             # 11 reserved sensor
               "2035-01-01T00:00:00Z,a1,temp,7\n"              # 12 in the future
               "2025-01-01T00:01:20Z,a1,temp,\n"               # 13 empty value
@@ -66,14 +66,20 @@ def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp
     assert "'not-a-time' is not a time" in lines["line 7"]
     assert "too many columns" in lines["line 8"]
     assert "not a finite number" in lines["line 9"]
-    assert "not a valid name" in lines["line 10"]
+    assert "no character a name can keep" in lines["line 10"]
     assert "reserved" in lines["line 11"]
     assert "in the future" in lines["line 12"]
     assert lines["line 13"] == "value is empty"
     ts = [t for (t,) in con.execute("SELECT epoch(ts) FROM readings ORDER BY ts").fetchall()]
     assert ts == [T0, T0 + 90]
+    assert r.bad_row_reasons == {
+        "unreadable value": 1, "missing columns": 1, "empty asset": 1, "unreadable ts": 1,
+        "too many columns": 1, "non-finite value": 1, "invalid asset name": 1,
+        "reserved sensor name": 1, "ts in the future": 1, "empty value": 1}
     text = r.summary()
-    assert "skipped 10 bad rows" in text and "line 3: value: 'abc' is not a number" in text
+    assert "skipped 10 bad rows (1 empty asset, 1 empty value, " in text
+    assert "line 3: value: 'abc' is not a number" in text
+    assert r.losses() == ["10 bad rows skipped"] and r.losses(allow_skipped=True) == []
 
 
 def test_only_the_first_n_problems_are_listed_but_all_are_counted(tmp_path, con):
@@ -140,6 +146,8 @@ def test_wide_form_with_asset_column_empty_cells_and_infinite_values(tmp_path, c
     r = import_readings(con, f)
     assert r.form == "wide" and r.sensors == ["pressure", "temp"]
     assert (r.stored, r.empty_values, r.bad_values, r.bad_rows) == (4, 1, 1, 1)
+    assert r.bad_value_reasons == {"non-finite temp": 1}
+    assert r.bad_row_reasons == {"unreadable pressure": 1}
     where = {p.where: p.reason for p in r.problems}
     assert "temp: value inf is not a finite number" in where["line 4"]
     assert "'oops' is not a number" in where["line 5"]
@@ -186,9 +194,173 @@ def test_a_file_that_cannot_be_imported_is_refused_whole(tmp_path, con):
         import_readings(con, write(tmp_path / "a.csv", "when,asset,x\n1,a,2\n"))
     with pytest.raises(ImportRefused, match="empty"):
         import_readings(con, write(tmp_path / "b.csv", ""))
-    with pytest.raises(ImportRefused, match="cannot be sensor names"):
-        import_readings(con, write(tmp_path / "c.csv", "ts,asset,bad name\n1,a,2\n"))
+    with pytest.raises(ImportRefused, match=r"no sensor columns.*° left out: no character"):
+        import_readings(con, write(tmp_path / "c.csv", "ts,asset,°\n1,a,2\n"))
     assert stored(con) == 0
+
+
+# The shape of SKAB's files: a sensor named with spaces, label columns, ";" between.
+SKAB_HEADER = "datetime;Accelerometer1RMS;Volume Flow RateRMS;anomaly;changepoint"
+
+
+def skab_like(path: Path, n: int = 60) -> Path:
+    """A wide file of SKAB's shape: an anomaly from row 20 to 39, its changepoint at 20."""
+    return write(path, SKAB_HEADER + "\n" + "".join(
+        f"{T0 + i};{0.2 + i / 1000};{32 + i % 3};{int(20 <= i < 40)};{int(i == 20)}\n"
+        for i in range(n)))
+
+
+def test_a_sensor_name_with_spaces_is_mapped_not_dropped_in_long_form(tmp_path, con):
+    rows = "".join(f"{T0 + i},valve 1,{s},{i}\n" for i in range(50)
+                   for s in ("Volume Flow RateRMS", "Accelerometer1RMS"))
+    r = import_readings(con, write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows))
+    assert (r.stored, r.bad_rows, r.losses()) == (100, 0, [])
+    assert [str(x) for x in r.renamed] == ["asset 'valve 1' → 'valve_1'",
+                                           "sensor 'Volume Flow RateRMS' → 'Volume_Flow_RateRMS'"]
+    assert "    sensor 'Volume Flow RateRMS' → 'Volume_Flow_RateRMS'" in r.summary()
+    assert con.execute("SELECT asset, sensor, count(*) FROM readings GROUP BY ALL ORDER BY ALL"
+                       ).fetchall() == [("valve_1", "Accelerometer1RMS", 50),
+                                        ("valve_1", "Volume_Flow_RateRMS", 50)]
+    # The fault log names the asset as the readings file did: the faults land on it.
+    f = import_faults(con, write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\n"
+                                                     f"valve 1,{T0 + 10},{T0 + 20},X\n"))
+    assert f.stored == 2 and f.assets == ["valve_1"] and not f.notes
+    assert history.load_histories(con).histories[0].fault_starts.tolist() == [T0 + 10]
+
+
+def test_a_wide_file_maps_its_sensor_names_and_leaves_label_columns_out(tmp_path, con):
+    r = import_readings(con, skab_like(tmp_path / "skab.csv"), asset="valve1")
+    assert r.form == "wide" and r.stored == 120 and r.bad_rows == 0
+    assert r.sensors == ["Accelerometer1RMS", "Volume_Flow_RateRMS"]
+    assert [c for c, _ in r.left_out] == ["anomaly", "changepoint"]
+    assert r.losses() == ["column 'anomaly' left out", "column 'changepoint' left out"]
+    text = r.summary()
+    assert "sensor 'Volume Flow RateRMS' → 'Volume_Flow_RateRMS'" in text
+    assert ("left out: anomaly (looks like a label column; store its events as faults with "
+            "--faults, or --ignore it to silence this)") in text
+    assert stored(con, "SELECT count(DISTINCT sensor) FROM readings") == 2
+
+
+def test_cli_import_exits_1_for_columns_left_out_unless_ignored(tmp_path, capsys):
+    f, db = skab_like(tmp_path / "skab.csv"), str(tmp_path / "d.duckdb")
+    assert cli.main(["import", str(f), "--asset", "valve1", "--db", db, "--quiet"]) == 1
+    out = capsys.readouterr()
+    assert "stored 120 readings" in out.out and "left out: changepoint" in out.out
+    assert "column 'anomaly' left out; column 'changepoint' left out" in out.err
+    assert cli.main(["import", str(f), "--asset", "valve2", "--db", db, "--quiet",
+                     "--ignore", "ANOMALY", "--ignore", "changepoint"]) == 0
+    out = capsys.readouterr().out
+    assert "ignored as asked (--ignore): anomaly, changepoint" in out and "left out" not in out
+    assert cli.main(["import", str(f), "--asset", "valve3", "--db", db, "--quiet",
+                     "--ignore", "anomaly", "--ignore", "nosuch"]) == 2
+    assert "--ignore nosuch: no such column" in capsys.readouterr().err
+
+
+def test_an_ignored_column_is_as_if_absent(tmp_path, con):
+    f = write(tmp_path / "r.csv", "ts,line,asset,sensor,value,note\n"
+                                  f"{T0},hall 2,a,s,1,checked\n")
+    r = import_readings(con, f, ignore=["LINE", "note"])
+    assert (r.stored, r.ignored, r.left_out, r.losses()) == (1, ["line", "note"], [], [])
+    assert con.execute("SELECT line FROM readings").fetchall() == [("line1",)]
+    r = import_readings(con, f)
+    assert r.left_out == [("note", "not a column of the long form (ts, asset, sensor, value, "
+                                   "line); --ignore it to silence this")]
+    assert con.execute("SELECT DISTINCT line FROM readings ORDER BY 1").fetchall() == \
+        [("hall_2",), ("line1",)]
+
+
+def test_rename_tells_apart_names_that_would_become_one(tmp_path, con, capsys):
+    f = write(tmp_path / "w.csv", "ts,asset,Flow Rate,Flow_Rate\n"
+                                  f"{T0},a,1,2\n{T0 + 10},a,3,4\n")
+    with pytest.raises(ImportRefused, match="the sensor names 'Flow Rate' and 'Flow_Rate' "
+                                            "would both be stored as 'Flow_Rate'"):
+        import_readings(con, f)
+    assert stored(con) == 0
+    r = import_readings(con, f, renames={"Flow Rate": "flow_in"})
+    assert r.stored == 4 and r.sensors == ["Flow_Rate", "flow_in"]
+    assert [str(x) for x in r.renamed] == ["sensor 'Flow Rate' → 'flow_in' (--rename)"]
+    db = str(tmp_path / "d.duckdb")
+    assert cli.main(["import", str(f), "--db", db, "--rename", "Flow Rate=bad name"]) == 2
+    assert "--rename 'Flow Rate=bad name': 'bad name' is not a valid name" in \
+        capsys.readouterr().err
+    assert cli.main(["import", str(f), "--db", db, "--quiet", "--rename", "Flow Rate=fin",
+                     "--rename", "nosuch=x"]) == 0
+    out = capsys.readouterr().out
+    assert "sensor 'Flow Rate' → 'fin' (--rename)" in out
+    assert "note: --rename nosuch=x: no such name in the files" in out
+
+
+def test_history_from_files_takes_the_same_name_options(tmp_path, capsys):
+    from appliance.importer.command import load_files
+
+    f = skab_like(tmp_path / "skab.csv")
+    h, reports = load_files(f, asset="valve1", renames={"Volume Flow RateRMS": "flow"},
+                            ignore=["anomaly", "changepoint"])
+    assert sorted(h.histories[0].series) == ["Accelerometer1RMS", "flow"]
+    assert reports[0].losses() == []
+    assert cli.main(["backtest", "--rename", "a=b"]) == 2
+    assert "--rename and --ignore go with --readings" in capsys.readouterr().err
+
+
+def test_sanitising_rule():
+    from appliance.importer.names import sanitise
+    from appliance.mqtt.topics import is_name
+
+    cases = {"Volume Flow RateRMS": "Volume_Flow_RateRMS", "temp.1": "temp.1",
+             "Drück (bar)": "Druck_bar", "Temp °C": "Temp_C", "_x y_": "_x_y_",
+             "a/b//c": "a_b_c", "x" * 70: "x" * 64, "°": None, "日本": None, "": None}
+    for name, want in cases.items():
+        got = sanitise(name)
+        assert got == want, name
+        assert got is None or is_name(got)
+
+
+def test_non_numeric_columns_are_left_out_not_their_rows(tmp_path, con):
+    f = write(tmp_path / "w.csv", "ts,asset,temp,status\n" + "".join(
+        f"{T0 + 10 * i},a,{i},{'RUNNING' if i % 2 else 'STOPPED'}\n" for i in range(10)))
+    r = import_readings(con, f)
+    assert (r.stored, r.bad_rows, r.sensors) == (10, 0, ["temp"])
+    assert r.left_out == [("status", "not numbers (e.g. 'STOPPED'); --ignore it to "
+                                     "silence this")]
+    path = tmp_path / "w.parquet"
+    duckdb.execute(f"COPY (SELECT to_timestamp({T0} + 10 * i) AS ts, 'b' AS asset, "
+                   f"i * 1.0 AS temp, 'RUNNING' AS status FROM range(10) t(i)) "
+                   f"TO '{path}' (FORMAT parquet)")
+    r = import_readings(con, path)
+    assert r.stored == 10 and [c for c, _ in r.left_out] == ["status"]
+
+
+def test_a_fault_that_ends_where_it_starts_lasts_zero_seconds(tmp_path, con):
+    from appliance.importer.command import load_files
+    from appliance.messages import FaultEvent
+    from appliance.storage import tables
+
+    rows = "".join(f"{T0 + 10 * i},a1,temp,{i}\n{T0 + 10 * i},a2,temp,{i}\n"
+                   for i in range(100))
+    readings = write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + rows)
+    faults = write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\n"
+                                       f"a1,{T0 + 100},{T0 + 100},BLIP\n"
+                                       f"a1,{T0 + 500},{T0 + 600},X\n")
+    import_readings(con, readings)
+    r = import_faults(con, faults)
+    assert (r.stored, r.bad_rows) == (4, 0)
+    # Over MQTT on a2: two faults back to back (one ends as the next starts), then one
+    # of length 0, its end stored first.
+    ev = [(200, "start"), (300, "end"), (300, "start"), (400, "end"), (500, "end"),
+          (500, "start")]
+    tables.insert_faults(con, [FaultEvent("line1", "a2", T0 + t, s, "X") for t, s in ev],
+                         "mqtt")
+    h = history.load_histories(con)
+    a1, a2 = h.histories
+    assert a1.fault_starts.tolist() == [T0 + 100, T0 + 500]
+    assert a1.fault_ends.tolist() == [T0 + 100, T0 + 600]
+    assert a2.fault_starts.tolist() == [T0 + 200, T0 + 300, T0 + 500]
+    assert a2.fault_ends.tolist() == [T0 + 300, T0 + 400, T0 + 500]
+    assert h.notes == ()
+    # History straight from files, as train and backtest read it.
+    from_files, _ = load_files(readings, faults)
+    assert from_files.histories[0].fault_ends.tolist() == [T0 + 100, T0 + 600]
+    assert from_files.notes == ()
 
 
 def test_fault_log_becomes_start_and_end_events(tmp_path, con):
@@ -236,6 +408,15 @@ def test_pairing_copes_with_missing_end_and_start_events():
     assert len(notes) == 2
 
 
+@pytest.mark.parametrize("order", [("end", "start"), ("start", "end")])
+def test_pairing_at_one_time_depends_on_whether_a_fault_is_open(order):
+    zero, _ = history._pair_faults([("a", s, 100_000_000) for s in order])
+    assert zero["a"] == ([100.0], [100.0])
+    back_to_back, notes = history._pair_faults(
+        [("a", "start", 0)] + [("a", s, 100_000_000) for s in order] + [("a", "end", 2e8)])
+    assert back_to_back["a"] == ([0.0, 100.0], [100.0, 200.0]) and notes == []
+
+
 @pytest.fixture
 def held_database(tmp_path):
     """A database file held open by another process, as the running service holds it."""
@@ -272,11 +453,16 @@ def test_cli_import_prints_the_report(tmp_path, capsys):
                                   "2025-01-01T00:00:10Z,a,s,zz\n")
     faults = write(tmp_path / "f.csv", "asset,ts_start,ts_end,code\na,2025-01-01T00:00:05Z,,X\n")
     db = tmp_path / "d.duckdb"
-    assert cli.main(["import", str(f), "--faults", str(faults), "--db", str(db)]) == 0
+    # A skipped row is done with problems (1), unless the user accepts skipped rows.
+    assert cli.main(["import", str(f), "--faults", str(faults), "--db", str(db)]) == 1
     out = capsys.readouterr()
     assert "stored 1 readings" in out.out and "line 3: value: 'zz' is not a number" in out.out
+    assert "skipped 1 bad rows (1 unreadable value)" in out.out
     assert "stored 1 fault events" in out.out
     assert "reading" in out.err  # progress on stderr
+    assert "not everything was stored: 1 bad rows skipped" in out.err
+    assert cli.main(["import", str(f), "--db", str(db), "--allow-skipped", "--quiet"]) == 0
+    assert "skipped 1 readings already stored" in capsys.readouterr().out
     assert cli.main(["import", str(tmp_path / "nope.csv"), "--db", str(db)]) == 2
     assert "file not found" in capsys.readouterr().err
 

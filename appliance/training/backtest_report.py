@@ -25,7 +25,7 @@ def write_report(result: BacktestResult, out_dir: Path) -> Path:
     except ModuleNotFoundError as exc:
         raise ValueError(f"the predictions are in {out_dir}, but the report's plots need "
                          f"{exc.name} (pip install 'appliance[train]')") from None
-    (out_dir / "backtest.json").write_text(json.dumps(result.as_dict(), indent=2))
+    _replace(out_dir / "backtest.json", json.dumps(result.as_dict(), indent=2))
     return path
 
 
@@ -89,8 +89,16 @@ def backtest_report(result: BacktestResult, out_dir: Path, max_assets: int = 4) 
         lines += ["", f"![probability of {v.name}]({v.name}/probability.png)", "",
                   f"Predictions: `{v.name}/predictions.parquet` (asset, ts, probability).", ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    _replace(path, "\n".join(lines))
     return path
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: the report is rewritten after every variant,
+    and a backtest killed mid-write must leave the previous one readable."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _plot_curves(result: BacktestResult, path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -116,7 +117,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args.config)
     spec_hash = PipelineSpec.from_config(cfg.pipeline).hash
-    registry = Registry(cfg.models_dir())
+    registry = Registry(cfg.models_dir(Path(args.db) if args.db else None))
     if args.action in ("show", "add", "promote") and not args.name:
         print(f"appliance models {args.action} needs a model name", file=sys.stderr)
         return 2
@@ -209,9 +210,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args.config)
     families = list(config_mod.FAMILIES) if args.family == "both" else [args.family]
+    db = _db_path(cfg, args.db)
     try:
         trained = command.train_from_database(
-            cfg, _db_path(cfg, args.db), families,
+            cfg, db, families,
             Path(args.out_dir) if args.out_dir else None,
             Progress(enabled=not args.quiet), seed=args.seed)
     except DatabaseBusy as exc:
@@ -222,8 +224,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 1
     print(command.summary_table(trained))
     print(f"validation metrics at the chosen threshold (budget "
-          f"{cfg.alerts.max_false_per_asset_week:g} false alarms per asset-week); "
-          f"activate a model with: appliance models promote {trained[0].name}")
+          f"{cfg.alerts.max_false_per_asset_week:g} false alarms per asset-week)")
+    for note in trained[0].result.notes:
+        print(f"note: {note}")
+    best = command.recommended(trained)
+    if best is None:
+        print("no model is recommended: none is usable (the reasons are above); they are "
+              "in the registry as candidates, but do not promote one")
+        return 0
+    # The command must find the registry train used and check the model against the
+    # same [pipeline]: the same config, and the database whose folder holds "models".
+    promote = ["appliance", "models", "promote", best.name]
+    if args.config:
+        promote += ["--config", args.config]
+    if args.db:
+        promote += ["--db", args.db]
+    print(f"recommended: {best.name} ({best.family}); activate it with: "
+          f"{shlex.join(promote)}")
+    if cfg.models_dir(db) != cfg.models_dir():
+        print(f"note: the registry is {cfg.models_dir(db)}, beside {db}; a service run "
+              f"with this config reads {cfg.models_dir()} (set [model] dir to share one)")
     return 0
 
 
@@ -239,17 +259,25 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         print("appliance backtest: --faults, --rename and --ignore go with --readings",
               file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else None
+    written: list[backtest.BacktestResult] = []
+
+    def write_so_far(so_far: backtest.BacktestResult) -> None:
+        # The report is rewritten as each variant finishes: one that stops later
+        # (killed, or a variant that cannot train) leaves the earlier ones.
+        assert out is not None
+        backtest_report.write_report(so_far, out)
+        written.append(so_far)
+
     try:
         result = backtest.main(
             cfg, [n.strip() for n in args.variants.split(",") if n.strip()],
-            train_until=args.train_until, test_until=args.test_until,
-            out_dir=Path(args.out) if args.out else None,
+            train_until=args.train_until, test_until=args.test_until, out_dir=out,
             db=None if args.readings else _db_path(cfg, args.db),
             readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
             renames=parse_renames(args.rename), ignore=args.ignore,
-            progress=Progress(enabled=not args.quiet), seed=args.seed)
-        if args.out:
-            backtest_report.write_report(result, Path(args.out))
+            progress=Progress(enabled=not args.quiet), seed=args.seed,
+            on_variant=write_so_far if out is not None else None)
     except DatabaseBusy as exc:
         print(f"appliance backtest: {exc}", file=sys.stderr)
         return 1
@@ -258,6 +286,9 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         return 2
     except ValueError as exc:
         print(f"appliance backtest: {exc}", file=sys.stderr)
+        if written and out is not None:
+            print(f"appliance backtest: {written[-1].progress_text()}; their results: "
+                  f"{out / 'report.md'}", file=sys.stderr)
         return 1
     print(backtest.terminal_table(result))
     if args.out:
@@ -337,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "show", "add", "promote", "rollback"])
     p.add_argument("name", nargs="?", help="model name (show, promote) or file (add)")
     p.add_argument("--config")
+    p.add_argument("--db", help="the registry is \"models\" beside this database file, "
+                   "as for `appliance train --db` (unless [model] dir is set)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("import", help="import readings (CSV or Parquet) and a fault log")

@@ -251,10 +251,13 @@ class Config:
     #: The file this was read from ("<defaults>" when built in code).
     source: str = "<defaults>"
 
-    def models_dir(self) -> Path:
+    def models_dir(self, db: Path | None = None) -> Path:
+        """The registry folder: ``[model] dir``, else "models" beside the database
+        (``db`` when a command was given one, else ``[storage] path``)."""
         if self.model.dir:
             return self.resolve(self.model.dir)
-        return self.resolve(self.storage.path).parent / "models"
+        return (Path(db) if db is not None else self.resolve(self.storage.path)).parent / \
+            "models"
 
     def variant(self, name: str) -> VariantConfig | None:
         """The ``[variants.<name>]`` table, or None when the file has none of that name."""

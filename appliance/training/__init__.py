@@ -7,6 +7,8 @@
 * ``families`` — the model families and their parameters;
 * ``fit``     — the time split, the fit, the threshold, the reference distributions;
 * ``export``  — ONNX export with the metadata of ``models/README.md``;
+* ``verdict`` — whether a model or variant is usable, and the windows too short
+  for the data: one judgement for ``train`` and ``backtest``;
 * ``static_threshold`` — a tuned single-sensor limit, the baseline a model must beat;
 * ``command`` — ``appliance train``: history from the database, fit, register;
 * ``backtest`` and ``backtest_report`` — ``appliance backtest`` and its report;

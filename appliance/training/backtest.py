@@ -16,15 +16,26 @@ Every variant sees the same history: it is trained on the ticks up to
 test window; inside that, the usual train / gap / validation split chooses the
 threshold) and scored on every tick in (``train_until``, ``test_until``] by
 the exported ONNX model, i.e. what the service would have said while replaying
-that history.  The scores use one set of event metrics (``training.metrics``).
+that history.  The scores use one set of event metrics (``training.metrics``),
+and each variant gets the verdict ``appliance train`` gives a model
+(``training.verdict``), on the test window: a variant that is not usable is
+never the best one.  A variant whose test probabilities equal an earlier one's
+is shown as identical to it, not as a second result; the notes say which
+windows are too short for the data.
+
+With ``on_variant``, the results so far are handed out as each variant
+finishes (the command writes the report then), so a backtest that stops
+part-way still leaves the variants it finished, marked partial.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +66,7 @@ from appliance.training.metrics import (
     threshold_candidates,
 )
 from appliance.training.static_threshold import fit_static
+from appliance.training.verdict import judge, rank, typical_intervals, window_notes
 
 #: The built-in variants: (description, overrides of the configured pipeline).
 BUILTIN: dict[str, tuple[str, VariantConfig]] = {
@@ -136,6 +148,14 @@ class VariantResult:
     pred_ts: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     pred_probability: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     seconds: float = 0.0
+    #: Why it is not usable (``verdict.judge`` on the test window); empty: usable.
+    problems: tuple[str, ...] = ()
+    #: The earlier variant whose test probabilities and threshold these equal, if any.
+    identical_to: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,27 +169,78 @@ class BacktestResult:
     fault_starts: Mapping[str, np.ndarray]
     variants: list[VariantResult]
     notes: tuple[str, ...] = ()
+    #: Every variant asked for, in order; more than ``variants`` while it runs.
+    planned: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.variants) >= len(self.planned)
+
+    def progress_text(self) -> str:
+        """'' when complete, else how far it got (for a report written part-way)."""
+        if self.complete:
+            return ""
+        done = {vr.variant.name for vr in self.variants}
+        return (f"partial: {len(self.variants)} of {len(self.planned)} variants done; not "
+                f"finished: {', '.join(n for n in self.planned if n not in done)}")
+
+    def best(self) -> VariantResult | None:
+        """The usable variant with the best test metrics at its own threshold
+        (``verdict.rank``); None when no variant is usable."""
+        usable = [vr for vr in self.variants if vr.usable and vr.identical_to is None]
+        if not usable:
+            return None
+        return max(usable, key=lambda vr: rank(vr.test))
+
+    def verdict_lines(self) -> list[str]:
+        """Per variant: identical to an earlier one, or why it is not usable; then the best."""
+        lines = []
+        for vr in self.variants:
+            if vr.identical_to is not None:
+                lines.append(f"{vr.variant.name}: identical to {vr.identical_to} (the same "
+                             f"test probabilities and threshold)")
+            else:
+                lines += [f"{vr.variant.name}: not usable: {p}" for p in vr.problems]
+        best = self.best()
+        if best is not None:
+            lines.append(f"best usable variant: {best.variant.name}")
+        elif self.variants:
+            lines.append("no variant is usable (the reasons are above)")
+        return lines
 
     def table_rows(self) -> tuple[list[str], list[list[str]]]:
         """The side-by-side table: (headers, rows), one row per variant."""
         headers = ["variant", "family", "threshold", "recall", "caught", "false/asset-wk",
-                   "episode precision", "median lead", "PR-AUC", "recall @ budget"]
+                   "episode precision", "median lead", "PR-AUC", "recall @ budget", "usable"]
         rows = []
         for vr in self.variants:
             t = vr.test
+            if vr.identical_to is not None:
+                # Its numbers are the other variant's: shown once, on that row.
+                rows.append([vr.variant.name, vr.variant.family, *[""] * 8,
+                             f"identical to {vr.identical_to}"])
+                continue
             rows.append([vr.variant.name, vr.variant.family, fmt(vr.threshold, 3),
                          fmt(t.recall), f"{t.caught}/{t.faults}",
                          fmt(t.false_per_asset_week), fmt(t.episode_precision),
                          minutes(t.median_lead_s), fmt(t.pr_auc),
-                         fmt(vr.at_budget.recall) + ("" if vr.budget_reachable else " (!)")])
+                         fmt(vr.at_budget.recall) + ("" if vr.budget_reachable else " (!)"),
+                         "yes" if vr.usable else "NO"])
         return headers, rows
 
     def as_dict(self) -> dict[str, object]:
+        best = self.best()
         return {
             "train_until": rfc3339(self.train_until), "test_until": rfc3339(self.test_until),
             "budget_false_per_asset_week": self.budget,
+            "complete": self.complete, "variants_planned": list(self.planned),
+            "variants_done": len(self.variants),
+            "best_usable_variant": best.variant.name if best is not None else None,
+            "notes": list(self.notes),
             "variants": {vr.variant.name: {
                 "family": vr.variant.family, "spec_hash": vr.variant.spec.hash,
+                "usable": vr.usable, "problems": list(vr.problems),
+                "identical_to": vr.identical_to,
                 "threshold": vr.threshold, "test": vr.test.as_dict(),
                 "validation": vr.validation.as_dict(),
                 "recall_at_budget": vr.at_budget.as_dict(),
@@ -182,8 +253,13 @@ def run(history: StoredHistory, variants: Sequence[Variant], train_until: float,
         test_until: float | None = None, *, budget: float = 1.0,
         clear_ratio: float = DEFAULT_CLEAR_RATIO,
         training: TrainingConfig | None = None, out_dir: Path | None = None,
-        progress: Say | None = None, seed: int = 0) -> BacktestResult:
-    """Train each variant up to ``train_until``, score it on (train_until, test_until]."""
+        progress: Say | None = None, seed: int = 0,
+        on_variant: Callable[[BacktestResult], None] | None = None) -> BacktestResult:
+    """Train each variant up to ``train_until``, score it on (train_until, test_until].
+
+    ``on_variant`` is called with the results so far each time a variant finishes
+    (``BacktestResult.complete`` is False until the last one).
+    """
     say = progress or (lambda _m: None)
     training = training or TrainingConfig()
     t_start = history.t_start
@@ -199,26 +275,83 @@ def run(history: StoredHistory, variants: Sequence[Variant], train_until: float,
     full = next((v for v in variants if v.name == "full"), None)
     if full is not None and full.spec.clean is None:
         notes.append("[pipeline] clean is off, so full has no cleaning step either")
-    datasets: dict[str, Dataset] = {}
-    results = []
+    notes += _window_notes(variants, typical_intervals(history.histories))
+    for note in notes:
+        say(f"note: {note}")
+    datasets: dict[str, Dataset] = {}  # by spec hash, while a variant still to run needs it
+    #: (variant, fingerprint of its matrix) per data set built: a digest, not the matrix,
+    #: so that a data set no later variant needs leaves memory (one is ~100 B a tick)
+    built: list[tuple[str, str]] = []
+    needed = Counter(v.spec.hash for v in variants)
+    results: list[VariantResult] = []
+
+    def so_far() -> BacktestResult:
+        return BacktestResult(tuple(h.asset for h in history.histories), t_start,
+                              train_until, test_until, horizon, budget,
+                              history.fault_starts(), list(results), tuple(notes),
+                              tuple(v.name for v in variants))
+
     with tempfile.TemporaryDirectory(prefix="appliance-backtest-") as tmp:
         for v in variants:
             t0 = time.perf_counter()
             say(f"variant {v.name} ({v.family}, spec {v.spec.hash})")
             ds = datasets.get(v.spec.hash)
+            same_matrix = None
             if ds is None:
                 ds = build_dataset(v.spec, history.histories, t_start, test_until,
                                    training.cooldown_s, 1, say)
+                # Settings that change nothing on this history (a filter whose window
+                # holds one point) give the same matrix: say so.
+                digest = _fingerprint(ds)
+                same_matrix = next((name for name, d in built if d == digest), None)
+                if same_matrix is not None:
+                    say(f"{v.name}: the same feature matrix as {same_matrix}")
                 datasets[v.spec.hash] = ds
+                built.append((v.name, digest))
             model_dir = (out_dir / v.name) if out_dir is not None else Path(tmp) / v.name
             vr = _run_variant(v, ds, t_start, train_until, test_until, horizon, budget,
                               clear_ratio, training, model_dir, say, seed)
-            results.append(dataclasses.replace(vr, seconds=time.perf_counter() - t0))
+            if same_matrix is not None:
+                vr.details["feature matrix"] = (f"identical to {same_matrix}'s: its pipeline "
+                                                f"settings change nothing on this history")
+            twin = next((r.variant.name for r in results if _same_scores(r, vr)), None)
+            if twin is not None:
+                say(f"{v.name}: identical to {twin}")
+            results.append(dataclasses.replace(vr, seconds=time.perf_counter() - t0,
+                                               identical_to=twin))
             if out_dir is not None:
                 write_predictions(out_dir / v.name / "predictions.parquet", vr)
-    return BacktestResult(tuple(h.asset for h in history.histories), t_start, train_until,
-                          test_until, horizon, budget, history.fault_starts(), results,
-                          tuple(notes))
+            if on_variant is not None:
+                on_variant(so_far())
+            needed[v.spec.hash] -= 1
+            if not needed[v.spec.hash]:
+                del datasets[v.spec.hash]
+            del ds, vr  # or the next variant's data set is built while this one is held
+    return so_far()
+
+
+def _window_notes(variants: Sequence[Variant], intervals: Mapping[str, float]) -> list[str]:
+    """``verdict.window_notes`` of every variant, each note once with the variants it
+    concerns (full and no_filter share their rolling windows)."""
+    by_note: dict[str, list[str]] = {}
+    for v in variants:
+        for note in window_notes(v.spec, intervals):
+            by_note.setdefault(note, []).append(v.name)
+    return [f"{', '.join(names)}: {note}" for note, names in by_note.items()]
+
+
+def _fingerprint(ds: Dataset) -> str:
+    """A digest of the rows of a data set: equal digests, the same matrix."""
+    h = hashlib.sha256("\0".join(ds.names).encode())
+    for a in (ds.ticks, ds.asset_index, ds.X):
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def _same_scores(a: VariantResult, b: VariantResult) -> bool:
+    """The same alarms on the test window: equal probabilities and threshold."""
+    return (a.threshold == b.threshold
+            and np.array_equal(a.pred_probability, b.pred_probability, equal_nan=True))
 
 
 def _run_variant(v: Variant, ds: Dataset, t_start: float, train_until: float,
@@ -234,7 +367,9 @@ def _run_variant(v: Variant, ds: Dataset, t_start: float, train_until: float,
     if v.family == STATIC_FAMILY:
         limit = fit_static(fit_ds, v.spec, t_start, fit_until, budget, clear_ratio,
                            progress=say)
-        p_test = limit.score(ds.X[test_rows], ds.names)
+        features, chosen_on = (limit.feature,), ("training", limit.training)
+        X_test = ds.X[test_rows][:, [ds.names.index(limit.feature)]]
+        p_test = limit.score(X_test, features)
         threshold, validation = limit.threshold, limit.training
         details["limit"] = f"`{limit.describe()}`"
         details["budget met on the training window"] = fmt(limit.met_budget)
@@ -243,8 +378,9 @@ def _run_variant(v: Variant, ds: Dataset, t_start: float, train_until: float,
         result = fit(fit_ds, v.spec, t_start, fit_until, params, say)
         loaded, agreement = write(result, model_dir / "model.onnx")
         # Scored by the exported model, as the service would run it.
-        cols = loaded.column_index(ds.names)
-        p_test = loaded.predict_proba(ds.X[test_rows][:, cols])
+        features, chosen_on = loaded.feature_names, ("validation", result.validation)
+        X_test = ds.X[test_rows][:, loaded.column_index(ds.names)]
+        p_test = loaded.predict_proba(X_test)
         threshold, validation = result.threshold, result.validation
         details["model"] = f"`{v.name}/model.onnx` ({loaded.name})"
         details["features"] = f"{len(result.feature_names)} ({len(result.dropped)} dropped)"
@@ -258,9 +394,12 @@ def _run_variant(v: Variant, ds: Dataset, t_start: float, train_until: float,
     say(f"{v.name}: test recall {fmt(test.recall)} ({test.caught}/{test.faults}), "
         f"{fmt(test.false_per_asset_week)} false alarms per asset-week, median lead "
         f"{minutes(test.median_lead_s)}")
-    names = np.array(ds.assets, dtype=object)
+    assets = np.array(ds.assets, dtype=object)[ds.asset_index[test_rows]]
+    problems = tuple(judge("test", test, budget, p_test, features, X_test, assets, chosen_on))
+    for problem in problems:
+        say(f"{v.name}: NOT USABLE: {problem}")
     return VariantResult(v, threshold, test, at_budget, reachable, validation, curve, details,
-                         names[ds.asset_index[test_rows]], ds.ticks[test_rows], p_test)
+                         assets, ds.ticks[test_rows], p_test, problems=problems)
 
 
 def write_predictions(path: Path, vr: VariantResult) -> None:
@@ -291,7 +430,10 @@ def terminal_table(result: BacktestResult) -> str:
              "recall @ budget: best test recall of any threshold within the budget "
              "((!) = no threshold met it); the other columns: at the threshold chosen on "
              "the training window"]
+    lines += result.verdict_lines()
     lines += [f"note: {n}" for n in result.notes]
+    if not result.complete:
+        lines.append(result.progress_text())
     return "\n".join(lines)
 
 
@@ -300,8 +442,10 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
          db: Path | None = None, readings: str | None = None, faults: str | None = None,
          asset: str | None = None, line: str = "line1", progress: Say | None = None,
          seed: int = 0, renames: Mapping[str, str] | None = None,
-         ignore: Collection[str] = ()) -> BacktestResult:
-    """``appliance backtest``: history from the database (read-only) or from files."""
+         ignore: Collection[str] = (),
+         on_variant: Callable[[BacktestResult], None] | None = None) -> BacktestResult:
+    """``appliance backtest``: history from the database (read-only) or from files;
+    ``on_variant`` as in ``run``."""
     say = progress or (lambda _m: None)
     if not names:
         raise ValueError("no variants named")
@@ -326,5 +470,5 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
     result = run(history, variants, t_train, t_test,
                  budget=cfg.alerts.max_false_per_asset_week,
                  clear_ratio=cfg.alerts.clear_ratio, training=cfg.training, out_dir=out_dir,
-                 progress=say, seed=seed)
+                 progress=say, seed=seed, on_variant=on_variant)
     return result

@@ -1,7 +1,8 @@
 """The backtest's Markdown report and its PNG plots.
 
 Plots need matplotlib (the ``train`` extra); it is imported only when a report
-is written.
+is written.  ``appliance backtest --out`` writes it after every variant, so a
+report of a backtest that did not finish says so at its top.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def write_report(result: BacktestResult, out_dir: Path) -> Path:
     except ModuleNotFoundError as exc:
         raise ValueError(f"the predictions are in {out_dir}, but the report's plots need "
                          f"{exc.name} (pip install 'appliance[train]')") from None
-    (out_dir / "backtest.json").write_text(json.dumps(result.as_dict(), indent=2))
+    _replace(out_dir / "backtest.json", json.dumps(result.as_dict(), indent=2))
     return path
 
 
@@ -43,9 +44,12 @@ def backtest_report(result: BacktestResult, out_dir: Path, max_assets: int = 4) 
         _plot_probability(result, vr, path, max_assets)
         prob_pngs[vr.variant.name] = path
 
-    lines = [
-        "# Backtest",
-        "",
+    lines = ["# Backtest", ""]
+    if not result.complete:
+        partial = result.progress_text()
+        lines += [f"**{partial[:1].upper()}{partial[1:]}.** The backtest stopped, or is "
+                  "still running; this report holds the variants it finished.", ""]
+    lines += [
         f"History: {len(result.assets)} assets, {rfc3339(result.t_start)} to "
         f"{rfc3339(result.test_until)}.  Every variant is trained on the ticks up to "
         f"{rfc3339(result.train_until)} (threshold chosen on the last part of that "
@@ -64,7 +68,11 @@ def backtest_report(result: BacktestResult, out_dir: Path, max_assets: int = 4) 
         "while keeping false alarms within the budget (the threshold is picked looking at "
         "the test window, so this is an upper bound that compares the variants at the same "
         "false-alarm rate); the other columns are at the threshold chosen on the training "
-        "window, as the appliance would have run.",
+        "window, as the appliance would have run; *usable*: whether the variant has none of "
+        "the problems listed below (the verdict `appliance train` gives a model).",
+        "",
+        *[f"* {line}" for line in result.verdict_lines()],
+        *[f"* note: {n}" for n in result.notes],
         "",
         "![recall against false alarms](recall_vs_false_alarms.png)",
         "",
@@ -72,12 +80,25 @@ def backtest_report(result: BacktestResult, out_dir: Path, max_assets: int = 4) 
     for vr in result.variants:
         v = vr.variant
         lines += [f"## {v.name}", "", v.description, ""]
+        if vr.identical_to is not None:
+            lines += [f"**Identical to {vr.identical_to}**: the same test probabilities and "
+                      "threshold, so the same alarms and numbers.", ""]
+        elif vr.problems:
+            lines += ["**Not usable:**", "", *[f"* {p}" for p in vr.problems], ""]
         lines += [f"* {k}: {val}" for k, val in vr.details.items()]
         lines += ["", f"![probability of {v.name}]({v.name}/probability.png)", "",
                   f"Predictions: `{v.name}/predictions.parquet` (asset, ts, probability).", ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    _replace(path, "\n".join(lines))
     return path
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: the report is rewritten after every variant,
+    and a backtest killed mid-write must leave the previous one readable."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _plot_curves(result: BacktestResult, path: Path) -> None:
@@ -85,6 +106,8 @@ def _plot_curves(result: BacktestResult, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for vr in result.variants:
+        if vr.identical_to is not None:  # its curve is drawn already, under the other name
+            continue
         fa = np.nan_to_num(np.array([m.false_per_asset_week for m in vr.curve], dtype=float))
         rc = np.nan_to_num(np.array([m.recall for m in vr.curve], dtype=float))
         order = np.argsort(fa, kind="stable")

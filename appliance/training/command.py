@@ -4,8 +4,10 @@ Reads every reading and fault from the database, builds the data set once with
 the pipeline spec the service runs, fits each family, exports each model to
 ONNX (checked against scikit-learn on validation rows), adds it to the model
 registry *without* promoting it, and records it in the ``models`` table
-(status ``candidate``) and in ``training_runs``.  ``appliance models promote
-NAME`` then makes the running service switch to it.
+(status ``candidate``) and in ``training_runs``, each with its verdict
+(``verdict.judge``: why it is not usable, if it is not).  ``recommended`` picks
+the model worth promoting, if any; ``appliance models promote NAME`` then makes
+the running service switch to it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from appliance.storage.history import load_histories
 from appliance.timefmt import rfc3339
 from appliance.training.families import TrainParams
 from appliance.training.fit import TrainResult, train_families, write
+from appliance.training.verdict import rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,7 @@ def train_from_database(cfg: Config, db_path: Path, families: Sequence[str],
                 f"spec {spec.hash}")
             results = train_families(spec, history.histories, history.t_start, history.t_end,
                                      params_for(cfg, families, seed), say)
-            trained = _export_and_register(models_dir(cfg, db_path), spec, results, out_dir,
+            trained = _export_and_register(cfg.models_dir(db_path), spec, results, out_dir,
                                            say)
         except ValueError as exc:
             tables.insert_training_run(con, started, time.time(), None, "failed",
@@ -85,11 +88,6 @@ def train_from_database(cfg: Config, db_path: Path, families: Sequence[str],
         return trained
     finally:
         con.close()
-
-
-def models_dir(cfg: Config, db_path: Path) -> Path:
-    """The registry folder: ``[model] dir``, else "models" beside the database used."""
-    return cfg.models_dir() if cfg.model.dir else Path(db_path).parent / "models"
 
 
 def _export_and_register(directory: Path, spec: PipelineSpec,
@@ -126,19 +124,32 @@ def _run_detail(t: Trained, db_path: Path) -> dict[str, Any]:
             "trained_from": rfc3339(r.trained_from), "trained_to": rfc3339(r.trained_to),
             "validation": r.validation.as_dict(), "rows": r.metrics.get("rows"),
             "features": len(r.feature_names), "dropped": len(r.dropped),
+            "usable": r.usable, "problems": list(r.problems), "pipeline_notes": list(r.notes),
             "onnx_check": t.onnx_check,
             "timings_s": {k: round(v, 2) for k, v in r.timings.items()}}
 
 
 def summary_table(trained: Sequence[Trained]) -> str:
-    """Per family: the validation metrics at the chosen threshold."""
+    """Per family: the validation metrics at the chosen threshold and whether the model
+    is usable; then why each one that is not, is not."""
     headers = ["family", "threshold", "recall", "caught", "false/asset-wk",
-               "episode precision", "median lead", "PR-AUC", "budget met", "model"]
+               "episode precision", "median lead", "PR-AUC", "budget met", "usable", "model"]
     rows = []
     for t in trained:
         v = t.result.validation
         rows.append([t.family, fmt(t.result.threshold, 3), fmt(v.recall),
                      f"{v.caught}/{v.faults}", fmt(v.false_per_asset_week),
                      fmt(v.episode_precision), minutes(v.median_lead_s), fmt(v.pr_auc),
-                     fmt(t.result.threshold_met_budget), t.name])
-    return table(headers, rows, text=("budget met", "model"))
+                     fmt(t.result.threshold_met_budget), "yes" if t.result.usable else "NO",
+                     t.name])
+    lines = [table(headers, rows, text=("budget met", "usable", "model"))]
+    lines += [f"{t.family}: not usable: {problem}" for t in trained
+              for problem in t.result.problems]
+    return "\n".join(lines)
+
+
+def recommended(trained: Sequence[Trained]) -> Trained | None:
+    """The model worth promoting: the usable one with the best validation metrics
+    (``verdict.rank``); None when no model is usable."""
+    usable = [t for t in trained if t.result.usable]
+    return max(usable, key=lambda t: rank(t.result.validation)) if usable else None

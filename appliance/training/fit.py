@@ -9,7 +9,9 @@ Split by time: training ticks in (t_start, t_split], then a gap of one horizon
 t_split is where ``train_fraction`` of the ticks lie before it: a quantile of
 the real ticks, not of the calendar, so data in a few bursts over months (test
 runs, run-to-failure tests) still leaves real data to validate on.
-The threshold is chosen on validation with ``metrics.choose_threshold``.
+The threshold is chosen on validation with ``metrics.choose_threshold``, and
+the model judged there with ``verdict.judge``: its problems go into the metrics,
+so a model that is not usable says so wherever it is looked at.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from appliance.training import export
 from appliance.training.dataset import Dataset, Progress, build_dataset, select_features
 from appliance.training.families import TrainParams, make_classifier
 from appliance.training.metrics import EventMetrics, choose_threshold, tick_pr_auc
+from appliance.training.verdict import judge, typical_intervals, window_notes
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -52,8 +55,16 @@ class TrainResult:
     metrics: Mapping[str, Any]
     training: Mapping[str, Any]
     timings: Mapping[str, float]
+    #: Why the model is not usable (``verdict.judge`` on validation); empty: usable.
+    problems: tuple[str, ...]
     #: Validation rows (float32) in the model's feature order, to check an export against.
     X_validation: np.ndarray = field(repr=False)
+    #: The pipeline's windows too short for the data (``verdict.window_notes``).
+    notes: tuple[str, ...] = ()
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
 
     def metadata(self, extra_metrics: Mapping[str, Any] | None = None,
                  created_at: float | None = None) -> dict[str, str]:
@@ -77,9 +88,14 @@ def train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
 def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
                    t_end: float, params: Sequence[TrainParams],
                    progress: Progress | None = None) -> list[TrainResult]:
-    """One data set (with the first params' cool-down and stride), a fit per params."""
+    """One data set (with the first params' cool-down and stride), a fit per params;
+    each result carries the notes on the pipeline's windows for this history."""
     if not params:
         raise ValueError("no model family to train")
+    say = progress or (lambda _msg: None)
+    notes = tuple(window_notes(spec, typical_intervals(histories)))
+    for note in notes:
+        say(f"note: {note}")
     t0 = time.perf_counter()
     first = params[0]
     ds = build_dataset(spec, histories, t_start, t_end, first.cooldown_s, first.stride,
@@ -88,6 +104,8 @@ def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_star
     results = []
     for p in params:
         r = fit(ds, spec, t_start, t_end, p, progress)
+        r = dataclasses.replace(r, notes=notes,
+                                metrics={**r.metrics, "pipeline_notes": list(notes)})
         results.append(_with_timing(r, "features_s", features_s))
     return results
 
@@ -139,6 +157,9 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
         keep, dropped = select_features(X_train, ds.names, params.duplicate_corr)
     else:
         keep, dropped = np.arange(len(ds.names)), {}
+    if not len(keep):
+        raise ValueError(f"all {len(ds.names)} features are never present or constant in "
+                         f"the training window: nothing to learn from")
     names = tuple(ds.names[j] for j in keep)
     X_train = X_train[:, keep]
     say(f"{params.family}: training on {len(X_train)} ticks ({int(y_train.sum())} positive), "
@@ -155,12 +176,17 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
     scores = ds.scores(val_rows, p_val)
     chosen, met = choose_threshold(scores, spec.horizon_s, params.max_false_per_asset_week,
                                    params.clear_ratio)
+    val_assets = np.asarray(ds.assets, dtype=object)[ds.asset_index[val_rows]]
+    problems = tuple(judge("validation", chosen, params.max_false_per_asset_week, p_val, names,
+                           X_val, val_assets))
     p_train = clf.predict_proba(X_train.astype(np.float64))[:, 1]
     train_scores = ds.scores(train_rows, p_train)
     timings["validate_s"] = time.perf_counter() - t0
     say(f"{params.family}: threshold {chosen.threshold:.3f}: recall {chosen.recall:.2f} "
         f"({chosen.caught}/{chosen.faults}), {chosen.false_per_asset_week:.2f} false alarms "
         f"per asset-week, median lead {chosen.median_lead_s / 60:.0f} min")
+    for problem in problems:
+        say(f"{params.family}: on validation: {problem}")
 
     val_ticks = ds.ticks[val_rows]
     metrics = {
@@ -169,6 +195,8 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
         "validation_to": rfc3339(float(val_ticks.max())),
         "max_false_per_asset_week": params.max_false_per_asset_week,
         "threshold_met_budget": met,
+        "usable": not problems,
+        "problems": list(problems),
         "train_pr_auc": _round(tick_pr_auc(train_scores)),
         "rows": {"train": int(train_rows.sum()), "train_positive": int(y_train.sum()),
                  "validation": int(val_rows.sum()),
@@ -185,7 +213,7 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
         trained_from=t_start, trained_to=t_split,
         validated_from=float(val_ticks.min()), validated_to=float(val_ticks.max()),
         validation=chosen, metrics=metrics, training=training, timings=timings,
-        X_validation=X_val)
+        problems=problems, X_validation=X_val)
 
 
 def _round(x: float) -> float | None:

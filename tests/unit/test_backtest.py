@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from appliance import config
 from appliance.config import PipelineConfig
 from appliance.features.spec import PipelineSpec
 from appliance.training import backtest
-from appliance.training.dataset import Dataset
 from appliance.training.metrics import (
     AssetScores,
     best_within_budget,
@@ -21,6 +21,7 @@ from appliance.training.metrics import (
     metrics_curve,
 )
 from appliance.training.static_threshold import fit_static
+from tests.support import lines
 
 H = 3600.0
 
@@ -109,37 +110,8 @@ def test_parse_time():
         backtest.parse_time("yesterday")
 
 
-def _dataset(rng: np.random.Generator, n_assets: int = 3, days: float = 4.0,
-             cadence: float = 60.0) -> tuple[Dataset, PipelineSpec]:
-    """Two sensors: `good` climbs over the hour before each fault, `noise` does not."""
-    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=cadence, clean=False))
-    names = ("good__last", "noise__last")
-    ticks_one = np.arange(1, int(days * 86400 / cadence) + 1) * cadence
-    parts, faults = [], {}
-    for a in range(n_assets):
-        starts = np.sort(rng.uniform(3 * H, ticks_one[-1] - H, 6))
-        good = rng.normal(0, 1, len(ticks_one))
-        for s in starts:
-            before = (ticks_one > s - H) & (ticks_one <= s)
-            good[before] += 6 * (1 - (s - ticks_one[before]) / H)
-        X = np.column_stack([good, rng.normal(0, 1, len(ticks_one))]).astype(np.float32)
-        nxt = np.searchsorted(starts, ticks_one, side="right")
-        pos = np.zeros(len(ticks_one), bool)
-        has = nxt < len(starts)
-        pos[has] = starts[nxt[has]] <= ticks_one[has] + H
-        parts.append((X, pos))
-        faults[f"a{a}"] = starts
-    ds = Dataset(names=names, assets=tuple(faults), ticks=np.tile(ticks_one, n_assets),
-                 asset_index=np.repeat(np.arange(n_assets), len(ticks_one)),
-                 X=np.concatenate([p[0] for p in parts]),
-                 positive=np.concatenate([p[1] for p in parts]),
-                 usable=np.ones(n_assets * len(ticks_one), bool), fault_starts=faults)
-    return ds, spec
-
-
 def test_static_limit_finds_the_sensor_that_announces_faults():
-    rng = np.random.default_rng(3)
-    ds, spec = _dataset(rng, days=2.0)
+    ds, spec = lines.dataset(seed=3, days=2.0)
     limit = fit_static(ds, spec, 0.0, float(ds.ticks.max()), max_false_per_asset_week=1.0)
     assert limit.feature == "good__last" and limit.direction == "above"
     assert limit.met_budget and limit.training.recall > 0.8
@@ -183,3 +155,108 @@ def test_a_variant_without_cleaning_also_bypasses_a_sensors_own_cleaning():
     assert full.spec.sensor("vib").clean is None  # hampel_k alone does not turn it on
     assert no_filter.spec.sensor("temp").clean is None
     assert no_filter.spec.sensor("temp").valid_max == 100.0  # its other settings stay
+
+
+# Verdicts, identical variants and partial reports, on histories the tests make.
+
+DAY = 86400.0
+
+
+def _backtest_cli(tmp_path: Path, hists, variants: str, train_day: float,
+                  config_text: str = "[pipeline]\ncadence_s = 600\n[training]\nmax_iter = 20\n"
+                  ) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    from appliance import cli
+
+    readings, faults = lines.write_files(hists, tmp_path / "files")
+    cfg = write(tmp_path, config_text)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["backtest", "--readings", str(readings), "--faults", str(faults),
+                         "--config", str(cfg), "--variants", variants, "--train-until",
+                         str(lines.START + train_day * DAY), "--out", str(tmp_path / "out"),
+                         "--quiet"])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_at_600_s_no_filter_is_shown_as_identical_to_full_and_the_notes_say_why(tmp_path):
+    hists = lines.histories(assets=3, days=8.0, interval_s=600.0, seed=1)
+    code, text, err = _backtest_cli(tmp_path, hists, "full,no_filter", 6.0)
+    assert code == 0, err
+    # The 120 s Hampel window holds one point of the 600 s grid: the filter does nothing.
+    assert ("note: full: hampel_window_s = 120 holds 1 point of the 600 s grid (cadence_s) "
+            "for sensors good, noise: the Hampel filter needs 3 and does nothing; set "
+            "hampel_window_s >= 1800") in text
+    assert "note: full, no_filter: the 600 s window (windows_s) holds 1 point" in text
+    row = next(r for r in text.splitlines() if r.startswith("no_filter "))
+    assert row.split()[-3:] == ["identical", "to", "full"]
+    assert "no_filter: identical to full (the same test probabilities and threshold)" in text
+    result = json.loads((tmp_path / "out" / "backtest.json").read_text())
+    assert result["complete"] and result["variants_done"] == 2
+    assert result["variants"]["no_filter"]["identical_to"] == "full"
+    assert result["variants"]["no_filter"]["details"]["feature matrix"].startswith(
+        "identical to full's")
+    assert result["best_usable_variant"] in ("full", None)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**Identical to full**" in report and "hampel_window_s >= 1800" in report
+    assert "Partial" not in report
+    # With the window the note names, the filter has points to judge: no note about it.
+    code, text, err = _backtest_cli(
+        tmp_path, hists, "full", 6.0,
+        "[pipeline]\ncadence_s = 600\nhampel_window_s = 1800\n[training]\nmax_iter = 20\n")
+    assert code == 0, err
+    assert "hampel_window_s" not in text
+
+
+def test_a_static_limit_on_a_sensor_the_test_assets_lack_is_not_usable():
+    from appliance.storage.history import AssetHistory, StoredHistory
+
+    train_until = lines.START + 6 * DAY
+    hists = []
+    for h in lines.histories(assets=3, days=8.0, interval_s=600.0, seed=2):
+        ts, values = h.series["good"]
+        gone = ts <= train_until - H  # the sensor that announces faults is removed
+        hists.append(AssetHistory(h.asset, {"good": (ts[gone], values[gone]),
+                                            "noise": h.series["noise"]},
+                                  h.fault_starts, h.fault_ends))
+    history = StoredHistory(tuple(hists), lines.START, lines.START + 8 * DAY - 600.0, 0, 0)
+    cfg = config.from_dict({"pipeline": {"cadence_s": 600.0}})
+    variants = backtest.resolve_variants(cfg, ["static_threshold"])
+    result = backtest.run(history, variants, train_until)
+    vr = result.variants[0]
+    assert vr.details["limit"].startswith("`good__")  # set where the sensor still was
+    n = len(vr.pred_probability)
+    assert np.isnan(vr.pred_probability).all() and not vr.usable
+    assert f"every prediction is NaN ({n} test ticks)" in vr.problems
+    assert any(p.startswith("features missing: 1 of the model's 1 features (good__") and
+               p.endswith("is NaN on every test tick of assets a0, a1, a2")
+               for p in vr.problems), vr.problems
+    assert result.best() is None
+    assert result.verdict_lines()[-1] == "no variant is usable (the reasons are above)"
+    assert "NO" in backtest.terminal_table(result)
+
+
+def test_a_backtest_that_stops_part_way_leaves_the_variants_it_finished(tmp_path):
+    # Every fault falls in the last quarter of the training window: the limit is set on
+    # the whole window, but the model's own split leaves it no positive tick to fit on.
+    hists = lines.histories(assets=3, days=8.0, interval_s=600.0, seed=3, faults=2,
+                            faults_between=(4.9 * DAY, 5.9 * DAY))
+    code, _text, err = _backtest_cli(tmp_path, hists, "static_threshold,full", 6.0)
+    assert code == 1 and "positive ticks" in err
+    assert "partial: 1 of 2 variants done; not finished: full" in err
+    out = tmp_path / "out"
+    result = json.loads((out / "backtest.json").read_text())
+    assert not result["complete"] and result["variants_planned"] == ["static_threshold", "full"]
+    assert list(result["variants"]) == ["static_threshold"]
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[2].startswith(
+        "**Partial: 1 of 2 variants done; not finished: full.**")
+    assert "## static_threshold" in report and "## full" not in report
+    n = duckdb.connect().execute(
+        f"SELECT count(*) FROM '{out / 'static_threshold' / 'predictions.parquet'}'"
+    ).fetchone()[0]
+    # every 600 s tick after day 6 up to the last reading, 600 s before day 8, per asset
+    assert n == 3 * (2 * 144 - 1)
+    assert not (out / "full" / "predictions.parquet").exists()

@@ -160,3 +160,78 @@ def test_status_exits_non_zero_and_says_why_when_degraded(tmp_path, capsys):
     assert main(["status", "--config", str(cfg)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("state degraded") and "!! predict failed" in out
+
+
+def _train(tmp_path: Path, capsys, **history) -> tuple[int, str, Path, Path]:
+    """Import a generated 600 s line into a database away from the config's, train on it."""
+    from tests.support import lines
+
+    readings, faults = lines.write_files(
+        lines.histories(assets=3, days=8.0, interval_s=600.0, seed=1, **history),
+        tmp_path / "files")
+    cfg = write(tmp_path, f'[storage]\npath = "{tmp_path / "service.duckdb"}"\n'
+                          '[pipeline]\ncadence_s = 600\n[training]\nmax_iter = 20\n')
+    (tmp_path / "elsewhere").mkdir()
+    db = tmp_path / "elsewhere" / "line.duckdb"
+    assert main(["import", str(readings), "--faults", str(faults), "--db", str(db),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    code = main(["train", "--config", str(cfg), "--db", str(db), "--quiet"])
+    return code, capsys.readouterr().out, cfg, db
+
+
+def _runs(db: Path) -> list[tuple[str, dict]]:
+    import json
+
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute("SELECT r.model, r.detail, m.metrics FROM training_runs r "
+                           "JOIN models m ON m.name = r.model ORDER BY r.model").fetchall()
+    finally:
+        con.close()
+    return [(name, {**json.loads(detail), "metrics": json.loads(metrics)})
+            for name, detail, metrics in rows]
+
+
+def test_train_recommends_the_best_usable_model_with_a_command_that_works(tmp_path, capsys):
+    import shlex
+
+    code, out, cfg, db = _train(tmp_path, capsys)
+    assert code == 0, out
+    # 600 s readings on a 600 s grid: the default 120 s Hampel window holds one point.
+    assert ("note: hampel_window_s = 120 holds 1 point of the 600 s grid (cadence_s) for "
+            "sensors good, noise: the Hampel filter needs 3 and does nothing; set "
+            "hampel_window_s >= 1800") in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("recommended: "))
+    name = line.split()[1]
+    command = line.split("activate it with: ")[1]
+    assert command == (f"appliance models promote {name} --config {shlex.quote(str(cfg))} "
+                       f"--db {shlex.quote(str(db))}")
+    runs = dict(_runs(db))
+    assert runs[name]["usable"] is True and runs[name]["problems"] == []
+    assert runs[name]["metrics"]["usable"] is True
+    assert runs[name]["pipeline_notes"] == runs[name]["metrics"]["pipeline_notes"] != []
+    # The models are beside the database trained on, not in the config's registry: the
+    # command without --db does not find them, the printed one does.
+    assert f"a service run with this config reads {tmp_path / 'models'}" in out
+    assert main(["models", "promote", name, "--config", str(cfg)]) == 1
+    capsys.readouterr()
+    assert main(shlex.split(command)[1:]) == 0
+    assert f"active model: {name}" in capsys.readouterr().out
+
+
+def test_train_recommends_no_model_when_none_is_usable(tmp_path, capsys):
+    # Every fault in the first half: validation, the last quarter, holds none.
+    code, out, _cfg, db = _train(tmp_path, capsys, faults=3,
+                                 faults_between=(3 * 3600.0, 3 * 86400.0))
+    assert code == 0, out
+    for family in ("gbt", "logistic"):
+        assert (f"{family}: not usable: the validation window held no faults: the "
+                f"threshold (") in out
+    assert "activate it with" not in out and "models promote" not in out
+    assert "no model is recommended: none is usable" in out
+    for _name, run in _runs(db):
+        assert run["usable"] is False and run["metrics"]["usable"] is False
+        assert run["problems"][0].startswith("the validation window held no faults")

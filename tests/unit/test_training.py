@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -18,7 +19,10 @@ from appliance.timefmt import rfc3339
 from appliance.training import export, starter
 from appliance.training.dataset import build_dataset, select_features
 from appliance.training.families import TrainParams
-from appliance.training.fit import train, write
+from appliance.training.fit import fit, train, write
+from appliance.training.metrics import EventMetrics
+from appliance.training.verdict import judge, typical_intervals, window_notes
+from tests.support import lines
 
 SPEC = PipelineSpec.from_config(PipelineConfig())
 
@@ -201,3 +205,119 @@ def test_runs_shorter_than_the_warm_up_are_refused_with_the_reason():
                      np.array([660.0]))
     with pytest.raises(ValueError, match=r"longest stretch of data is 1199 s.*warmup_s is 3660"):
         build_dataset(SPEC, [h], -1.0, 3 * 86400.0)
+
+
+# The verdict (training.verdict): a model that is not usable says so, in words.
+
+def test_a_constant_model_is_not_usable_and_the_verdict_is_on_record(tmp_path):
+    ds, spec = lines.dataset(seed=4, days=3.0)
+    stuck = dataclasses.replace(ds, X=np.ones_like(ds.X))  # every sensor stuck at one value
+    t_end = float(ds.ticks.max())
+    with pytest.raises(ValueError, match="all 2 features are never present or constant"):
+        fit(stuck, spec, 0.0, t_end, TrainParams(max_iter=10))
+    # Kept anyway, the features give the trees nothing to split on: one output.
+    result = fit(stuck, spec, 0.0, t_end, TrainParams(max_iter=10, drop_useless=False))
+    n = result.metrics["rows"]["validation"]
+    p = result.classifier.predict_proba(result.X_validation[:1].astype(np.float64))[0, 1]
+    assert [q for q in result.problems if q.startswith("output is constant")] == [
+        f"output is constant (p={p:.4g} on all {n} validation ticks)"]
+    assert not result.usable and result.metrics["usable"] is False
+    loaded, _ = write(result, tmp_path / "m.onnx")
+    assert loaded.metrics["problems"] == list(result.problems)
+
+
+def test_validation_without_faults_makes_a_fallback_threshold_not_a_usable_model():
+    ds, spec = lines.dataset(seed=5, days=4.0, faults_before=1.5 * 86400)
+    result = fit(ds, spec, 0.0, float(ds.ticks.max()), TrainParams(max_iter=20))
+    assert result.validation.faults == 0 and result.threshold == pytest.approx(0.995)
+    assert result.problems[0] == ("the validation window held no faults: the threshold "
+                                  "(0.995) is a fallback, not chosen")
+    assert not result.usable
+
+
+def test_a_model_that_catches_no_validation_fault_is_not_usable():
+    logistic = TrainParams(family="logistic")
+    # Validation's faults come without their precursor: the model cannot see them.
+    ds, spec = lines.dataset(seed=6, days=4.0, quiet_after=3.0 * 86400)
+    result = fit(ds, spec, 0.0, float(ds.ticks.max()), logistic)
+    v = result.validation
+    assert v.faults > 0 and v.caught == 0
+    assert f"caught 0 of {v.faults} validation faults" in result.problems
+    # With their precursors it catches them and is usable.
+    ds, spec = lines.dataset(seed=6, days=4.0)
+    assert fit(ds, spec, 0.0, float(ds.ticks.max()), logistic).usable
+    # The trees on the same rows cannot keep the budget below 0.995, where they catch
+    # nothing: a threshold and a "budget met" that used to pass for a model.
+    trees = fit(ds, spec, 0.0, float(ds.ticks.max()), TrainParams(max_iter=20))
+    assert trees.threshold_met_budget and trees.validation.caught == 0
+    assert trees.problems == (f"caught 0 of {trees.validation.faults} validation faults",)
+
+
+def test_judge_names_a_near_constant_output_missing_features_and_the_budget():
+    rng = np.random.default_rng(1)
+    n = 300
+    assets = np.repeat(np.array(["a1", "a2", "a3"], dtype=object), n // 3)
+    X = rng.normal(size=(n, 3))
+    X[assets == "a2", 1] = np.nan  # a2 lacks the sensor of the second feature
+    m = EventMetrics(threshold=0.5, faults=4, caught=3, recall=0.75, episodes=6,
+                     false_episodes=3, asset_weeks=1.0, false_per_asset_week=3.0,
+                     episode_precision=0.5, median_lead_s=900.0, pr_auc=0.6)
+    features = ["x__last", "y__last", "z__last"]
+    assert judge("test", dataclasses.replace(m, false_per_asset_week=0.5), 1.0,
+                 rng.random(n), features, np.nan_to_num(X), assets) == []
+    problems = judge("test", m, 1.0, 0.3 + 0.004 * rng.random(n), features, X, assets)
+    assert problems[0] == "over the false-alarm budget on the test window (3.00 > 1 per " \
+                          "asset-week)"
+    assert problems[1].startswith("output is near-constant (p from 0.3")
+    assert problems[2] == ("features missing: 1 of the model's 3 features (y__last) is NaN "
+                           "on every test tick of asset a2")
+    assert judge("test", m, 5.0, np.full(n, np.nan), features, X, assets)[0] == \
+        f"every prediction is NaN ({n} test ticks)"
+
+
+def test_window_notes_say_which_window_holds_too_few_readings_and_what_would_work():
+    service = PipelineSpec.from_config(PipelineConfig())  # 10 s grid, 120 s Hampel window
+    assert window_notes(service, {"fast": 1.0, "slow": 30.0}) == []
+    # 120 s hold two readings of a sensor read every minute; the filter needs three.
+    assert window_notes(service, {"slow": 60.0})[0].startswith(
+        "hampel_window_s = 120 holds 2 readings of sensor slow (one every 60 s): the other "
+        "grid points in it repeat them")
+    assert window_notes(service, {"fast": 1.0, "slow": 600.0}) == [
+        "hampel_window_s = 120 holds 1 reading of sensor slow (one every 600 s): the other "
+        "grid points in it repeat that reading, so the filter cannot tell a spike from a "
+        "change and holds each new reading back for up to half its window; set "
+        "hampel_window_s >= 1800",
+        "the 600 s window (windows_s) holds 1 reading of sensor slow (one every 600 s): its "
+        "std, slope and median say next to nothing; make it >= 1800 s"]
+    coarse = PipelineSpec.from_config(PipelineConfig(cadence_s=300))
+    assert window_notes(coarse, {"fast": 1.0, "slow": 300.0})[0] == (
+        "hampel_window_s = 120 holds 1 point of the 300 s grid (cadence_s) for sensors fast, "
+        "slow: the Hampel filter needs 3 and does nothing; set hampel_window_s >= 900")
+    assert window_notes(coarse, {"fast": 1.0})[1] == (
+        "the 600 s window (windows_s) holds 2 points of the 300 s grid (cadence_s) for "
+        "sensor fast: its std, slope and median say next to nothing; make it >= 900 s")
+    fixed = PipelineSpec.from_config(PipelineConfig(cadence_s=300, hampel_window_s=900,
+                                                    windows_s=(900.0, 3600.0)))
+    assert window_notes(fixed, {"fast": 1.0, "slow": 300.0}) == []
+    assert typical_intervals(lines.histories(days=1.0, interval_s=600.0)) == {
+        "good": 600.0, "noise": 600.0}
+
+
+def test_the_notes_describe_what_the_hampel_kernel_does():
+    from appliance.kernels import filters
+
+    rng = np.random.default_rng(2)
+    # One point per window: nothing is judged, the spike passes.
+    t = np.arange(50) * 600.0
+    x = rng.normal(0, 1, 50)
+    x[30] = 40.0
+    cleaned, _ = filters.hampel(t, x, 120.0, 3.0, 3)
+    assert np.array_equal(cleaned, x)
+    cleaned, _ = filters.hampel(t, x, 1800.0, 3.0, 3)  # the window the note names
+    assert cleaned[30] != 40.0
+    # A 10 s grid of a sensor read every 600 s: copies fill the window, and a change
+    # is held back for half of it.
+    t = np.arange(0, 1800, 10.0)
+    x = np.where(t >= 600, 5.0, 1.0)
+    cleaned, _ = filters.hampel(t, x, 120.0, 3.0, 3)
+    assert (cleaned[(t >= 600) & (t < 650)] == 1.0).all() and cleaned[t == 660] == 5.0

@@ -111,6 +111,8 @@ class Prediction:
     threshold: float
     model: str
     top_factors: tuple[Factor, ...] = ()
+    #: "champion" (its alerts are published) or "challenger" (scored, never published).
+    role: str = "champion"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,7 @@ class AlertEvent:
     horizon_s: float
     model: str
     top_factors: tuple[Factor, ...] = ()
+    role: str = "champion"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,38 @@ class ModelEvent:
     spec_hash: str
     status: str  # "active" | "candidate" | "refused"
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEvent:
+    """Drift → alert (published) → record: a drift or a sensor fault started or ended.
+
+    ``kind`` "drift": the live distribution of ``features`` (the ones that moved
+    most, most first) moved away from ``model``'s reference; ``statistic`` is the
+    distance and ``threshold`` the calibrated limit.  ``kind`` "sensor": ``sensor``
+    of ``asset`` is stuck, silent or mostly missing (``detail``), and its
+    features are left out of the drift decision while it lasts.
+    """
+
+    ts: float
+    line: str
+    asset: str  # "*" = the whole line
+    kind: str  # "drift" | "sensor"
+    state: str  # "started" | "ended"
+    features: tuple[str, ...]
+    statistic: float | None
+    threshold: float | None
+    model: str | None
+    #: JSON: drift: per feature {"live": ..., "reference": ..., "shift": ...} in the
+    #: feature's units; sensor: {"sensor": ..., "kind": "stuck"|"silent"|..., "since": ...}
+    detail: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEvents:
+    """Drift → alert → record: the events of one tick."""
+
+    items: tuple[DriftEvent, ...]
 
 
 @dataclass(frozen=True, slots=True)

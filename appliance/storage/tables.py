@@ -131,9 +131,10 @@ def insert_predictions(con: duckdb.DuckDBPyConnection, items: list[Prediction]) 
         "probability": np.array([p.probability for p in items], dtype=np.float64),
         "threshold": np.array([p.threshold for p in items], dtype=np.float64),
         "model": np.array([p.model for p in items], dtype=object),
+        "role": np.array([p.role for p in items], dtype=object),
     }
     con.execute("INSERT INTO predictions SELECT make_timestamp(ts_us), line, asset, "
-                "probability, threshold, model FROM batch")
+                "probability, threshold, model, role FROM batch")
 
 
 def insert_alerts(con: duckdb.DuckDBPyConnection, alerts: list[AlertEvent]) -> None:
@@ -142,9 +143,10 @@ def insert_alerts(con: duckdb.DuckDBPyConnection, alerts: list[AlertEvent]) -> N
         return
     docs = [alert_document(a) for a in alerts]
     con.executemany(
-        "INSERT INTO alerts VALUES (make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO alerts VALUES (make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(to_us(d["ts"]), d["line"], d["asset"], d["state"], d["probability"], d["threshold"],
-          d["horizon_s"], d["model"], json.dumps(d["top_factors"])) for d in docs])
+          d["horizon_s"], d["model"], json.dumps(d["top_factors"]), a.role)
+         for a, d in zip(alerts, docs, strict=True)])
 
 
 def insert_model_event(con: duckdb.DuckDBPyConnection, event: ModelEvent) -> None:

@@ -97,7 +97,7 @@ class PipelineConfig:
     #: for this long before it is predicted on, trained on or scored: a window still
     #: filling tells the time since a restart, not the machine's health.  Unset = the
     #: time the longest window takes to fill (its span and one of its grid points:
-    #: 1 h 1 min at the defaults); 0 = from the first tick.
+    #: 1 h 2 min at the defaults); 0 = from the first tick.
     warmup_s: float | None = field(default=None, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()

@@ -220,9 +220,19 @@ class PipelineSpec:
         return (*per_sensor, *(f"diff__{a}__{b}" for a, b in self.differences))
 
     def filled_after_s(self) -> float:
-        """Seconds after a start when every window holds its span of points (a long
-        window's first point comes when its first coarse cell closes)."""
-        return max(w + self.stride(w) * self.cadence_s for w in self.windows_s)
+        """Seconds after a start when every window holds its span of points.
+
+        A long window's points are coarse cells of ``stride`` ticks, aligned to the
+        grid, not to the start: the first closes up to one cell after the start, and
+        a window that is not a whole number of cells needs one cell more to reach
+        a point a full window old.
+        """
+        def filled(w: float) -> float:
+            cell = self.stride(w) * self.cadence_s
+            return (math.ceil(w / cell - 1e-9) + 2) * cell if self.stride(w) > 1 \
+                else w + self.cadence_s
+
+        return max(filled(w) for w in self.windows_s)
 
     @property
     def warmup_ticks(self) -> int:

@@ -120,9 +120,7 @@ def _pair_faults(events: Sequence[tuple[str, str, int]]
     for (asset, ts_us), group in itertools.groupby(events, key=lambda e: (e[0], e[2])):
         t = from_us(ts_us)
         starts, ends = out.setdefault(asset, ([], []))
-        first = "end" if asset in open_at else "start"
-        states = sorted((state for _, state, _ in group), key=lambda state: state != first)
-        for state in states:
+        for state in _one_time_order([state for _, state, _ in group], asset in open_at):
             if state == "start":
                 if asset in open_at:  # a start while open: the end was never logged
                     restarted += 1
@@ -136,10 +134,28 @@ def _pair_faults(events: Sequence[tuple[str, str, int]]
                     del open_at[asset]
                 else:
                     unmatched_end += 1
-    notes = []
+    notes: list[str] = []
     if unmatched_end:
         notes.append(f"{unmatched_end} fault end events without a start were ignored")
     if restarted:
         notes.append(f"{restarted} faults started again before an end was logged; the "
                      f"earlier one is taken to end where it started")
     return out, notes
+
+
+def _one_time_order(states: Sequence[str], open_before: bool) -> list[str]:
+    """The events at one time in the order that pairs them: an end first when a fault
+    is open (it closes that one), then start, end, start, ... (faults of length 0)."""
+    starts, ends = states.count("start"), states.count("end")
+    order = []
+    if open_before and ends:
+        order.append("end")
+        ends -= 1
+    while starts or ends:
+        if starts:
+            order.append("start")
+            starts -= 1
+        if ends:
+            order.append("end")
+            ends -= 1
+    return order

@@ -271,7 +271,7 @@ def run(history: StoredHistory, variants: Sequence[Variant], train_until: float,
     if len(horizons) != 1:
         raise ValueError("all variants must share one horizon to be compared")
     horizon = horizons.pop()
-    notes = []
+    notes = list(history.notes)
     full = next((v for v in variants if v.name == "full"), None)
     if full is not None and full.spec.clean is None:
         notes.append("[pipeline] clean is off, so full has no cleaning step either")
@@ -455,6 +455,9 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
                                       progress=progress, renames=renames, ignore=ignore)
         for r in reports:
             say(r.summary())
+        # what the import did not store belongs in the report too (--quiet hides the above)
+        history = dataclasses.replace(history, notes=history.notes + tuple(
+            f"{Path(r.path).name}: {loss}" for r in reports for loss in r.losses()))
     else:
         assert db is not None
         con = open_offline(db, read_only=True)
@@ -462,8 +465,6 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
             history = load_histories(con, say)
         finally:
             con.close()
-    for note in history.notes:
-        say(f"note: {note}")
     t_train = (parse_time(train_until) if train_until
                else history.data_quantile(0.75, cfg.pipeline.cadence_s))
     t_test = parse_time(test_until) if test_until else None

@@ -83,7 +83,9 @@ def build_dataset(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start
     for i, h in enumerate(histories):
         series = {s: h.series.get(s, empty) for s in sensors}
         names, ticks, X = asset_features(spec, series, t_start, t_end)
-        ticks, X = ticks[::stride], X[::stride]
+        # the same ticks of the grid for every asset, across its gaps too
+        kept = np.rint(ticks / spec.cadence_s).astype(np.int64) % stride == 0
+        ticks, X = ticks[kept], X[kept]
         pos, ok = label_ticks(ticks, h.fault_starts, h.fault_ends, spec.horizon_s, cooldown_s)
         parts["X"].append(X.astype(np.float32))
         parts["ticks"].append(ticks)
@@ -107,10 +109,11 @@ def _no_ticks(spec: PipelineSpec, histories: Sequence[AssetHistory]) -> str:
     """Why no asset has a tick: most often data in runs shorter than the warm-up."""
     longest = max((hi - lo for h in histories for lo, hi, _k0, _k1 in stretches(spec, h.series)),
                   default=0.0)
+    why = ("the time the longest window, " f"{max(spec.windows_s):.0f} s, takes to fill"
+           if spec.warmup_s == spec.filled_after_s() else "as configured")
     return (f"no asset has a tick past its warm-up in the window: its longest stretch of data "
-            f"is {longest:.0f} s, and [pipeline] warmup_s is {spec.warmup_s:.0f} s (the time "
-            f"the longest window, {max(spec.windows_s):.0f} s, takes to fill). For data in "
-            f"short runs use a shorter horizon_s or windows_s (or set warmup_s)")
+            f"is {longest:.0f} s, and [pipeline] warmup_s is {spec.warmup_s:.0f} s ({why}). "
+            f"For data in short runs use a shorter horizon_s or windows_s (or set warmup_s)")
 
 
 def select_features(X: np.ndarray, names: Sequence[str], duplicate_corr: float = 0.999,

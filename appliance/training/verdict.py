@@ -99,19 +99,20 @@ def _output_problems(window: str, p: np.ndarray) -> list[str]:
 
 def _missing_features(window: str, features: Sequence[str], X: np.ndarray,
                       assets: np.ndarray) -> list[str]:
-    """Per set of features NaN on every scored tick of an asset: one line, its assets."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for asset in sorted(set(assets.tolist())):
-        rows = X[assets == asset]
-        gone = tuple(f for f, all_nan in zip(features, np.isnan(rows).all(axis=0),
-                                              strict=True) if all_nan)
-        if gone:
-            groups.setdefault(gone, []).append(asset)
+    """Features NaN on every scored tick of every asset: the model cannot use them
+    anywhere (one asset of a mixed fleet lacking a sensor is not a problem: the
+    model was trained with such gaps and handles them)."""
+    if not len(X):
+        return []
+    gone = [f for f, all_nan in zip(features, np.isnan(X).all(axis=0), strict=True)
+            if all_nan]
+    if not gone:
+        return []
+    names = sorted(set(assets.tolist()))
     return [f"features missing: {len(gone)} of the model's {len(features)} features "
-            f"({short_list(list(gone), 3)}) {'is' if len(gone) == 1 else 'are'} NaN on every "
-            f"{window} tick of "
-            f"{'asset' if len(names) == 1 else 'assets'} {short_list(names)}"
-            for gone, names in groups.items()]
+            f"({short_list(gone, 3)}) {'is' if len(gone) == 1 else 'are'} NaN on every "
+            f"{window} tick of {'asset' if len(names) == 1 else 'assets'} "
+            f"{short_list(names)}"]
 
 
 def typical_intervals(histories: Sequence[AssetHistory]) -> dict[str, float]:

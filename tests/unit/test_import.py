@@ -415,6 +415,10 @@ def test_pairing_at_one_time_depends_on_whether_a_fault_is_open(order):
     back_to_back, notes = history._pair_faults(
         [("a", "start", 0)] + [("a", s, 100_000_000) for s in order] + [("a", "end", 2e8)])
     assert back_to_back["a"] == ([0.0, 100.0], [100.0, 200.0]) and notes == []
+    # a fault [0, 10] and a zero-length one at 10: the second ends too
+    after, notes = history._pair_faults([("a", "start", 0)] + [
+        ("a", s, 10_000_000) for s in order] + [("a", "end", 10_000_000)])
+    assert after["a"] == ([0.0, 10.0], [10.0, 10.0]) and notes == []
 
 
 @pytest.fixture

@@ -499,3 +499,18 @@ def test_no_row_of_a_healthy_asset_shows_a_window_still_filling(spec):
     no_warmup = dataclasses.replace(idle, warmup_s=0.0)
     _, _, cold = asset_features(no_warmup, series, t0 - 1, b[0][-1])
     assert np.isnan(cold).any(axis=1).sum() > 10  # what the warm-up keeps out
+
+
+@pytest.mark.parametrize("cadence_s,horizon_s", [(10.0, 3600.0), (7.0, 5000.0),
+                                                 (13.0, 7777.0)])
+def test_the_warm_up_fills_every_window_whatever_the_phase_of_the_start(cadence_s, horizon_s):
+    # long windows run on coarse cells aligned to the grid, not to the start, and a
+    # window need not be a whole number of cells: the first row must still be full
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=cadence_s, horizon_s=horizon_s,
+                                                   max_gap_s=60))
+    for phase in np.linspace(0.0, 400.0, 9):
+        t0 = 1_700_000_000.0 + phase
+        ts = t0 + np.arange(0.0, 2.5 * horizon_s, 2.0)
+        values = np.random.default_rng(int(phase)).normal(0.0, 1.0, len(ts))
+        _names, _ticks, X = asset_features(spec, {"a": (ts, values)}, t0 - 1, ts[-1])
+        assert len(X) and np.isfinite(X).all(), f"phase {phase}"

@@ -83,7 +83,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from appliance.devtools import demo
 
     return demo.run(data_dir=Path(args.data_dir), assets=args.assets, speedup=args.speedup,
-                    seed=args.seed, duration_s=args.duration, host=args.host, port=args.port)
+                    seed=args.seed, duration_s=args.duration, host=args.host, port=args.port,
+                    drift_at_min=args.drift_at)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -337,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speedup", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    p.add_argument("--drift-at", type=float, default=None, metavar="MIN",
+                   help="recalibrate every asset's lube_temp sensor (+4 °C) MIN minutes of "
+                   "event time in: the drift stage reports it, the models keep predicting")
     p.add_argument("--host", help="use this broker instead of a private one")
     p.add_argument("--port", type=int, default=1883)
     p.set_defaults(func=_cmd_demo)

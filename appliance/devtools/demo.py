@@ -36,8 +36,12 @@ def demo_config(host: str, port: int, data_dir: Path) -> Config:
     }, source="<demo>")
 
 
+#: The recalibration ``--drift-at`` injects: what a swapped lube temperature sensor does.
+DRIFT_SENSOR, DRIFT_OFFSET = "lube_temp", 4.0
+
+
 def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: float | None,
-        host: str | None, port: int) -> int:
+        host: str | None, port: int, drift_at_min: float | None = None) -> int:
     logging.getLogger().setLevel(logging.WARNING)  # the live view is the output
     with contextlib.ExitStack() as stack:
         if host is None:
@@ -57,7 +61,8 @@ def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: floa
         sim = threading.Thread(target=simulator.publish, name="simulator", daemon=True,
                                kwargs={"host": host, "port": port, "assets": assets, "hz": 1.0,
                                        "speedup": speedup, "seed": seed, "stop_event": stop,
-                                       "topics": Topics.from_config(cfg)})
+                                       "topics": Topics.from_config(cfg),
+                                       "params": _sim_params(drift_at_min)})
         sim.start()
         t_end = None if duration_s is None else time.monotonic() + duration_s
         try:
@@ -74,6 +79,13 @@ def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: floa
         db = cfg.resolve(cfg.storage.path)
         print(f"\nThe data is in {db}. Try:\n  .venv/bin/appliance sql --db {db} \"{SQL_HINT}\"")
         return 0 if clean else 1
+
+
+def _sim_params(drift_at_min: float | None) -> simulator.SimParams:
+    if drift_at_min is None:
+        return simulator.SimParams()
+    return simulator.SimParams(recalibrations=(simulator.Recalibration(
+        at_s=drift_at_min * 60.0, sensor=DRIFT_SENSOR, offset=DRIFT_OFFSET),))
 
 
 def render(service: Service, cfg: Config) -> str:

@@ -541,13 +541,14 @@ def publish(host: str, port: int, assets: int, hz: float, speedup: float, seed: 
             duration_s: float | None = None, topics: Topics | None = None,
             stop_event: threading.Event | None = None, line: str = "line1",
             max_pending: int = 1000, connect_timeout_s: float = 10.0,
-            clock: Clock | None = None) -> int:
+            clock: Clock | None = None, params: SimParams | None = None) -> int:
     """Publish a simulated line to an MQTT broker until ``duration_s`` or ``stop_event``.
 
     Readings go to ``topics.reading(line, asset, sensor)`` as
     ``{"ts": <unix s>, "value": <number>}``, fault events to ``topics.fault(line, asset)``
     as ``{"ts", "state", "code"}``, all QoS 1; ``topics`` defaults to those of an
-    appliance with the default configuration.
+    appliance with the default configuration; ``params``, the simulated line's
+    physics (e.g. a recalibration at a chosen moment).
     Event time starts at ``clock``'s now (default: the wall clock) and runs ``speedup``
     times faster; ``duration_s`` is seconds of ``clock`` (None: until ``stop_event`` is
     set).  At most ``max_pending`` messages wait unacknowledged: the simulator slows
@@ -613,7 +614,7 @@ def publish(host: str, port: int, assets: int, hz: float, speedup: float, seed: 
             if stop.is_set():
                 return 0
             clock.sleep(0.05, connected)
-        sim = LineSimulator(assets, hz, seed, clock.time(), line)
+        sim = LineSimulator(assets, hz, seed, clock.time(), line, params)
         reading_topic = [[topics.reading(line, a, s) for s in SENSORS] for a in sim.assets]
         fault_topic = {a: topics.fault(line, a) for a in sim.assets}
         start = clock.monotonic()

@@ -93,7 +93,8 @@ def build(cfg: Config) -> Pipeline:
     stages: dict[str, Stage] = {
         "record": RecordStage(db, q["records"]),
         "alert": AlertStage(cfg, q["predictions"], q["records"]),
-        "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg)), model,
+        "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg),
+                                                  cfg.model.max_challengers), model,
                                 q["features"], q["predictions"]),
         "features": FeaturesStage(cfg, q["stored"], q["features"]),
         "store": StoreStage(cfg, db, q["inbound"], q["stored"], acks),

@@ -177,3 +177,20 @@ def test_alert_stage_passes_challenger_alerts_to_the_record():
     assert kinds == ["Predictions", "Alerts", "ModelEvent", "EndOfStream"]
     alert = list(out.queue)[1].items[0]
     assert (alert.role, alert.model, alert.state) == ("challenger", "chal", "raised")
+
+
+def test_models_shadow_unshadow_list_on_the_command_line(tmp_path, capsys):
+    from appliance.cli import main
+
+    registry, (a, b) = _copies(tmp_path, 2)
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text(f'[model]\ndir = "{registry.directory}"\nmax_challengers = 1\n')
+    assert main(["models", "promote", a.name, "--config", str(cfg)]) == 0
+    assert main(["models", "shadow", a.name, "--config", str(cfg)]) == 1
+    assert "active model" in capsys.readouterr().err
+    assert main(["models", "shadow", b.name, "--config", str(cfg)]) == 0
+    assert main(["models", "list", "--config", str(cfg)]) == 0
+    listed = capsys.readouterr().out
+    assert f"* {a.name}" in listed and f"~ {b.name}" in listed
+    assert main(["models", "unshadow", b.name, "--config", str(cfg)]) == 0
+    assert registry.challenger_names() == []

@@ -133,3 +133,34 @@ def test_no_predictions_no_scores(tmp_path):
     scores.write_scores(con, T0, [])
     assert scores.read_scores(con) == []
     con.close()
+
+
+def test_models_scores_from_the_database_and_while_the_service_holds_it(db, tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+
+    from appliance.cli import main
+
+    live = scores.score_models(db, HORIZON, CLEAR)
+    scores.write_scores(db, T0, live)
+    db.execute("CHECKPOINT")
+    path = tmp_path / "scores.duckdb"
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text(f'[storage]\npath = "{path}"\n')
+    # this process holds the file as the service would: another process gets the status
+    status = {"stages": {"scores": {"scores": [s.row() for s in live]}}}
+    path.with_name(path.name + ".status.json").write_text(json.dumps(status))
+    run = subprocess.run([sys.executable, "-m", "appliance", "models", "scores", "--config",
+                          str(cfg), "--json"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    held = json.loads(run.stdout)
+    assert [r["model"] for r in held] == ["champ", "champ", "chal", "chal"]
+    db.close()
+    assert main(["models", "scores", "--config", str(cfg), "--json"]) == 0
+    stored = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["window_days"], r["faults"], r["caught"]) for r in stored] == \
+        [(r["model"], r["window_days"], r["faults"], r["caught"]) for r in held]
+    assert main(["models", "scores", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "champ" in out and "false/asset-week" in out and f"from {path}" in out

@@ -119,7 +119,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     spec_hash = PipelineSpec.from_config(cfg.pipeline).hash
     registry = Registry(cfg.models_dir(Path(args.db) if args.db else None))
-    if args.action in ("show", "add", "promote") and not args.name:
+    if args.action == "scores":
+        return _models_scores(cfg, args)
+    if args.action in ("show", "add", "promote", "shadow", "unshadow") and not args.name:
         print(f"appliance models {args.action} needs a model name", file=sys.stderr)
         return 2
     try:
@@ -128,7 +130,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             if not entries:
                 print(f"no models in {registry.directory}")
             for e in entries:
-                mark = "*" if e.active else " "
+                # * the active model (champion), ~ a challenger (predicts, never publishes)
+                mark = "*" if e.active else "~" if e.challenger else " "
                 if e.model is None:
                     print(f"{mark} {e.name:32} REFUSED: {e.error}")
                 else:
@@ -150,6 +153,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
             model = registry.add(Path(args.name), spec_hash)
             print(f"added {model.name}; activate it with: appliance models promote {model.name}")
             return 0
+        if args.action == "shadow":
+            model = registry.shadow(args.name, cfg.model.max_challengers, spec_hash)
+            print(f"challenger: {model.name}: predicted beside the active model, stored and "
+                  f"scored, never published (a running service starts within "
+                  f"{cfg.model.poll_s:g} s)")
+            return 0
+        if args.action == "unshadow":
+            registry.unshadow(args.name)
+            print(f"{args.name} is no longer a challenger")
+            return 0
         if args.action == "promote":
             model = registry.promote(args.name, spec_hash)
         else:
@@ -160,6 +173,52 @@ def _cmd_models(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
+
+
+def _models_scores(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """``model_scores`` from the database; while the service holds the file, the same
+    rows from its status file (the scores stage puts its last scores there)."""
+    from appliance.console import fmt, table
+    from appliance.models.scores import read_scores
+    from appliance.storage.database import DatabaseBusy, open_offline
+
+    db = _db_path(cfg, args.db)
+    try:
+        con = open_offline(db, read_only=True)
+    except DatabaseBusy:
+        status_path = db.with_name(db.name + ".status.json")
+        try:
+            entry = json.loads(status_path.read_text())["stages"].get("scores", {})
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"appliance models scores: {db} is held by the running service and its "
+                  f"status ({status_path}) is unreadable: {exc}", file=sys.stderr)
+            return 1
+        rows, source = entry.get("scores", []), f"the running service's status ({status_path})"
+    except ValueError as exc:
+        print(f"appliance models scores: {exc}", file=sys.stderr)
+        return 1
+    else:
+        try:
+            rows, source = read_scores(con), str(db)
+        finally:
+            con.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no scores yet in {source}: they are computed by the running service from "
+              f"its predictions and the fault events it has")
+        return 0
+    headers = ["model", "role", "days", "faults", "caught", "recall", "lead (min)",
+               "episodes", "false", "false/asset-week", "precision"]
+    print(table(headers, [
+        [r["model"], r["role"], str(r["window_days"]), fmt(r["faults"]), fmt(r["caught"]),
+         fmt(r["recall"]),
+         fmt(r["median_lead_s"] / 60 if r["median_lead_s"] is not None else None, 0),
+         fmt(r["episodes"]), fmt(r["false_episodes"]), fmt(r["false_per_asset_week"]),
+         fmt(r["episode_precision"])] for r in rows], text=["role"]))
+    print(f"from {source}")
+    return 0
 
 
 def _db_path(cfg: config_mod.Config, db: str | None) -> Path:
@@ -368,9 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
 
-    p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback")
-    p.add_argument("action", choices=["list", "show", "add", "promote", "rollback"])
-    p.add_argument("name", nargs="?", help="model name (show, promote) or file (add)")
+    p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback, "
+                       "shadow, unshadow; scores: each model's live event scores")
+    p.add_argument("action", choices=["list", "show", "add", "promote", "rollback", "shadow",
+                                      "unshadow", "scores"])
+    p.add_argument("name", nargs="?",
+                   help="model name (show, promote, shadow, unshadow) or file (add)")
+    p.add_argument("--json", action="store_true", help="scores: as JSON")
     p.add_argument("--config")
     p.add_argument("--db", help="the registry is \"models\" beside this database file, "
                    "as for `appliance train --db` (unless [model] dir is set)")

@@ -133,6 +133,12 @@ class ModelConfig:
     dir: str = ""
     #: How often the service looks for a newly promoted or dropped-in model.
     poll_s: float = field(default=2.0, metadata=_range(0.1, 3600.0))
+    #: Challengers served beside the champion (``appliance models shadow``): each costs
+    #: one more onnxruntime call per tick, so the registry refuses more than this.
+    max_challengers: int = field(default=2, metadata=_range(0, 16))
+    #: How often the service looks for new fault events to rescore every model with
+    #: (``model_scores``); a rescore reads up to 30 days of predictions, so not per fault.
+    scores_every_s: float = field(default=60.0, metadata=_range(1.0, 86400.0))
 
 
 #: An alarm clears below threshold × this (hysteresis); ``[alerts] clear_ratio``.

@@ -1,13 +1,18 @@
 """The model registry: a folder of ONNX files and which one is active.
 
     <models dir>/<name>.onnx     every model added (name = file stem + short sha256)
-    <models dir>/registry.json   {"active": name, "history": [earlier active names]}
+    <models dir>/registry.json   {"active": name, "history": [earlier active names],
+                                  "challengers": [names served in the shadow of the active]}
 
 A folder and a small JSON file rather than the database, because the running
 service holds the DuckDB file: ``appliance models promote`` must work while it
 runs.  The service polls ``registry.json`` and switches to a newly promoted
 model only after it has loaded and passed every check; until then the old one
 serves.  Every write is atomic (temporary file + rename).
+
+Challengers sit beside ``active`` in the same file (not in a file of their own)
+so that one atomic write moves a model from challenger to champion: the
+service never sees a model in both roles.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Entry:
     active: bool
     model: LoadedModel | None
     error: str = ""
+    challenger: bool = False
 
 
 class Registry:
@@ -46,10 +52,11 @@ class Registry:
         try:
             state = json.loads(self._file.read_text())
         except FileNotFoundError:
-            return {"active": None, "history": []}
+            return {"active": None, "history": [], "challengers": []}
         except (OSError, ValueError) as exc:
             raise ModelError(f"{self._file}: unreadable registry ({exc})") from None
-        return {"active": state.get("active"), "history": list(state.get("history", []))}
+        return {"active": state.get("active"), "history": list(state.get("history", [])),
+                "challengers": list(state.get("challengers", []))}
 
     def _write(self, state: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -66,6 +73,9 @@ class Registry:
 
     def active_name(self) -> str | None:
         return self._read()["active"]
+
+    def challenger_names(self) -> list[str]:
+        return self._read()["challengers"]
 
     def path_of(self, name: str) -> Path:
         path = self.directory / f"{name}.onnx"
@@ -86,14 +96,18 @@ class Registry:
         return load_model(target, spec_hash)
 
     def entries(self, spec_hash: str | None = None) -> list[Entry]:
-        active = self._read()["active"]
+        state = self._read()
+        active, challengers = state["active"], set(state["challengers"])
         out = []
         for path in sorted(self.directory.glob("*.onnx")):
+            name = path.stem
             try:
                 model = load_model(path, spec_hash)
-                out.append(Entry(path.stem, path, path.stem == active, model))
+                out.append(Entry(name, path, name == active, model,
+                                 challenger=name in challengers))
             except ModelError as exc:
-                out.append(Entry(path.stem, path, path.stem == active, None, str(exc)))
+                out.append(Entry(name, path, name == active, None, str(exc),
+                                 challenger=name in challengers))
         return out
 
     def promote(self, name: str, spec_hash: str | None = None) -> LoadedModel:
@@ -103,8 +117,38 @@ class Registry:
         if state["active"] and state["active"] != name:
             state["history"].append(state["active"])
         state["active"] = name
+        # a champion is no longer its own challenger
+        state["challengers"] = [c for c in state["challengers"] if c != name]
         self._write(state)
         return model
+
+    def shadow(self, name: str, max_challengers: int, spec_hash: str | None = None
+               ) -> LoadedModel:
+        """Serve ``name`` as a challenger, after it passes every check (the contract and
+        the spec hash, as for ``promote``); refused for the active model and beyond
+        ``max_challengers`` (``[model] max_challengers``: each costs a model call per tick)."""
+        model = load_model(self.path_of(name), spec_hash)
+        state = self._read()
+        if name == state["active"]:
+            raise ModelError(f"{name} is the active model; it cannot be its own challenger")
+        if name in state["challengers"]:
+            return model
+        if len(state["challengers"]) >= max_challengers:
+            raise ModelError(f"already {len(state['challengers'])} challengers "
+                             f"({', '.join(state['challengers']) or 'none allowed'}); "
+                             f"[model] max_challengers = {max_challengers}: unshadow one first")
+        state["challengers"].append(name)
+        self._write(state)
+        return model
+
+    def unshadow(self, name: str) -> None:
+        """Stop serving ``name`` as a challenger."""
+        state = self._read()
+        if name not in state["challengers"]:
+            raise ModelError(f"{name} is not a challenger (challengers: "
+                             f"{', '.join(state['challengers']) or 'none'})")
+        state["challengers"].remove(name)
+        self._write(state)
 
     def rollback(self, spec_hash: str | None = None) -> LoadedModel:
         """Make the previously active model active again."""
@@ -114,5 +158,6 @@ class Registry:
         previous = state["history"].pop()
         model = load_model(self.path_of(previous), spec_hash)
         state["active"] = previous
+        state["challengers"] = [c for c in state["challengers"] if c != previous]
         self._write(state)
         return model

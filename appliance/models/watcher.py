@@ -11,6 +11,11 @@ returns a newly promoted model once it has loaded and passed every check (the
 old one serves meanwhile), refuses a promoted model that fails them, and
 announces a file dropped into the folder as a candidate or refuses it.  Each
 of these is a ``ModelEvent`` for the ``models`` table.
+
+It follows the registry's challengers the same way: ``challengers`` holds the
+loaded ones (at most ``[model] max_challengers``, never the champion).  One that
+fails to load, or that the predict stage drops (``drop_challenger``), stays out
+until it is unshadowed: retrying a broken model every poll would only fill the log.
 """
 
 from __future__ import annotations
@@ -67,11 +72,15 @@ def serving_model(cfg: Config, registry: Registry | None = None) -> Serving:
 class ModelWatcher:
     """Polls the registry folder; collects what it saw as ``events``."""
 
-    def __init__(self, registry: Registry, spec_hash: str) -> None:
+    def __init__(self, registry: Registry, spec_hash: str, max_challengers: int = 0) -> None:
         self.registry = registry
         self.spec_hash = spec_hash
+        self.max_challengers = max_challengers
         self.events: list[ModelEvent] = []
+        self.challengers: dict[str, LoadedModel] = {}
         self._version = registry.version()
+        self._challengers_version: int | None = None  # the first poll reads them
+        self._failed: set[str] = set()
         self._files = self._model_files()
 
     def _model_files(self) -> dict[Path, int]:
@@ -121,4 +130,44 @@ class ModelWatcher:
                 log.error("model file refused: %s", exc)
                 self.record(path.stem, path, "", "", "refused", str(exc))
         self._files = files
+        if version != self._challengers_version:
+            self._challengers_version = version
+            champion = promoted or serving
+            self._follow_challengers(champion.name if champion else None)
         return promoted
+
+    def drop_challenger(self, name: str, reason: str) -> None:
+        """Stop serving challenger ``name`` (it failed); recorded as refused."""
+        model = self.challengers.pop(name)
+        self._failed.add(name)
+        self.record(name, model.path, model.sha256, model.spec_hash, "refused", reason)
+
+    def _follow_challengers(self, champion: str | None) -> None:
+        try:
+            names = [n for n in self.registry.challenger_names() if n != champion]
+        except ModelError as exc:
+            log.error("%s; challengers unchanged", exc)
+            return
+        self._failed &= set(names)  # an unshadowed model may be shadowed afresh
+        if len(names) > self.max_challengers:
+            log.error("registry names %d challengers, [model] max_challengers = %d: serving "
+                      "%s only", len(names), self.max_challengers,
+                      ", ".join(names[:self.max_challengers]) or "none")
+            names = names[:self.max_challengers]
+        for gone in set(self.challengers) - set(names):
+            del self.challengers[gone]
+            log.info("challenger %s no longer served", gone)
+        for name in names:
+            if name in self.challengers or name in self._failed:
+                continue
+            path = self.registry.directory / f"{name}.onnx"
+            try:
+                model = load_model(self.registry.path_of(name), self.spec_hash)
+            except ModelError as exc:
+                log.error("challenger %s refused: %s", name, exc)
+                self._failed.add(name)
+                self.record(name, path, "", "", "refused", str(exc))
+                continue
+            self.challengers[name] = model
+            log.info("serving challenger %s (stored and scored, never published)", name)
+            self.record(name, model.path, model.sha256, model.spec_hash, "challenger")

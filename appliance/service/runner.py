@@ -12,6 +12,7 @@
     predict    stages/predict.py    models/ (contract, watcher, explain)
     alert      stages/alert.py      alarm.py, mqtt/payloads.py
     record     stages/record.py     storage/tables.py
+    scores     stages/scores.py     models/scores.py (beside the chain: rescores as faults arrive)
     service/   supervisor (a thread per stage, restarts, hung), status, systemd_notify
 
 Stages share only the typed messages of ``messages.py`` on their queues.
@@ -50,6 +51,7 @@ from appliance.stages.features import FeaturesStage
 from appliance.stages.ingest import IngestStage
 from appliance.stages.predict import PredictStage
 from appliance.stages.record import RecordStage
+from appliance.stages.scores import ScoresStage
 from appliance.stages.store import StoreStage
 from appliance.storage.database import OpenReport
 from appliance.storage.database import connect as open_database
@@ -91,9 +93,11 @@ def build(cfg: Config) -> Pipeline:
     # SimpleQueue) because two threads take from it (see stages/ingest.py).
     acks: queue.Queue = queue.Queue()
     stages: dict[str, Stage] = {
+        "scores": ScoresStage(cfg, db),
         "record": RecordStage(db, q["records"]),
         "alert": AlertStage(cfg, q["predictions"], q["records"]),
-        "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg)), model,
+        "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg),
+                                                  cfg.model.max_challengers), model,
                                 q["features"], q["predictions"]),
         "features": FeaturesStage(cfg, q["stored"], q["features"]),
         "store": StoreStage(cfg, db, q["inbound"], q["stored"], acks),

@@ -5,6 +5,12 @@ cleared when it falls below threshold × clear_ratio, so a probability hovering
 at the threshold does not flap.  Alerts go out on MQTT (QoS 1, retained, so a
 subscriber that connects later sees each asset's current state) and, with every
 prediction, on to the record stage.
+
+A challenger's predictions run through the same rule with an alarm state of
+their own per (model, line, asset); its state changes are ``AlertEvent``s with
+``role="challenger"`` that go to the record (so it is scored on what it would
+have raised) and never to MQTT.  The champion's state stays keyed by (line,
+asset) alone: a promotion must not raise an already-raised alert a second time.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class AlertStage(Stage):
         super().__init__(inbox, out)
         self.cfg = cfg
         self.topics = Topics.from_config(cfg)
-        self._states: dict[tuple[str, str], AlarmState] = {}
+        self._states: dict[tuple[str, ...], AlarmState] = {}
         self._client: mqtt.Client | None = None
         self.link: ConnectionMonitor | None = None
 
@@ -55,21 +61,23 @@ class AlertStage(Stage):
             return (item,)  # e.g. a ModelEvent, for the record
         alerts = [a for p in item.items if (a := self._update(p)) is not None]
         for a in alerts:
-            self._publish(a)
+            if a.role == "champion":
+                self._publish(a)
         self.counters.processed += len(item.items)
         return (item, Alerts(tuple(alerts))) if alerts else (item,)
 
     def _update(self, p: Prediction) -> AlertEvent | None:
-        key = (p.line, p.asset)
+        key = (p.line, p.asset) if p.role == "champion" else (p.model, p.line, p.asset)
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = AlarmState(self.cfg.alerts.clear_ratio)
         change = state.update(p.probability, p.threshold)
         if change is None:
             return None
-        self.counters.bump(f"alerts_{change}")
+        self.counters.bump(f"alerts_{change}" if p.role == "champion"
+                           else f"challenger_alerts_{change}")
         return AlertEvent(p.line, p.asset, p.ts, change, p.probability, p.threshold,
-                          self.cfg.pipeline.horizon_s, p.model, p.top_factors)
+                          self.cfg.pipeline.horizon_s, p.model, p.top_factors, p.role)
 
     def _publish(self, alert: AlertEvent) -> None:
         client = self._client

@@ -9,12 +9,23 @@ on to the record stage as ``ModelEvent``s.
 
 Each prediction that could matter for an alert (probability at or above the
 clearing level) is explained by occlusion (``models.explain``).
+
+Challengers (``appliance models shadow``; the watcher keeps them loaded) predict
+on the very same ``FeatureRows`` after the champion, each through its own column
+mapping; their ``Prediction``s carry ``role="challenger"`` and no explanations
+(nobody reads a challenger's alert, the scores need only its probabilities).
+``handle`` is a generator so the champion's predictions are on the queue before
+any challenger runs: the champion never waits for one.  A challenger that raises
+is dropped for good (one error line, a ``refused`` row in ``models``), the
+others and the champion serve on.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -40,7 +51,9 @@ class PredictStage(Stage):
         self.watcher = watcher
         self.model: LoadedModel | None = None
         self._explainer: Explainer | None = None
-        self._columns: dict[tuple[str, ...], np.ndarray] = {}
+        self._columns: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        #: the last tick's predict time of each challenger, ms (its cost, in the status)
+        self._challenger_ms: dict[str, float] = {}
         self._next_poll = 0.0
         if model is not None:
             self.use(model)
@@ -72,14 +85,21 @@ class PredictStage(Stage):
         self.watcher.events.clear()
         return events
 
-    def handle(self, rows: FeatureRows) -> tuple[Predictions, ...]:
+    def handle(self, rows: FeatureRows) -> Iterator[Predictions]:
         if self.model is None:
             self.counters.bump("rows_without_model", len(rows.assets))
-            return ()
-        return (self.predict(rows),)
+            return
+        yield self.predict(rows)
+        shadow = self.predict_challengers(rows)
+        if shadow.items:
+            yield shadow
 
     def status(self) -> dict[str, Any]:
         entry = {**super().status(), "model": self.model.name if self.model else None}
+        if self.watcher.challengers:
+            entry["challengers"] = {name: {"ms_per_tick": round(self._challenger_ms.get(name, 0),
+                                                                  3)}
+                                    for name in self.watcher.challengers}
         if self.model is None:
             entry["note"] = ("running without a model ([model] required = false): readings "
                              "are stored, nothing is predicted until a model is promoted")
@@ -88,7 +108,7 @@ class PredictStage(Stage):
     def predict(self, rows: FeatureRows) -> Predictions:
         model, explainer = self.model, self._explainer
         assert model is not None and explainer is not None
-        X = self._model_matrix(rows)
+        X = self._model_matrix(rows, model)
         proba = model.predict_proba(X)
         threshold = self.threshold
         explain = np.flatnonzero(proba >= threshold * self.cfg.alerts.clear_ratio)
@@ -100,15 +120,35 @@ class PredictStage(Stage):
                        by_row.get(i, ()))
             for i, asset in enumerate(rows.assets)))
 
-    def _model_matrix(self, rows: FeatureRows) -> np.ndarray:
-        """The rows' features in the model's input order; NaN where a feature is absent."""
-        assert self.model is not None
-        cols = self._columns.get(rows.names)
+    def predict_challengers(self, rows: FeatureRows) -> Predictions:
+        """Every challenger's predictions for the rows the champion just had."""
+        items: list[Prediction] = []
+        for name, model in list(self.watcher.challengers.items()):
+            started = time.perf_counter()
+            try:
+                proba = model.predict_proba(self._model_matrix(rows, model))
+            except Exception as exc:  # onnxruntime raises its own types; any is fatal here
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                log.error("challenger %s dropped, the champion serves on: %s", name, reason)
+                self.counters.bump("challengers_dropped")
+                self.watcher.drop_challenger(name, f"failed to predict: {reason}")
+                self._challenger_ms.pop(name, None)
+                continue
+            self._challenger_ms[name] = (time.perf_counter() - started) * 1e3
+            threshold = self.cfg.alerts.threshold or model.threshold
+            items.extend(Prediction(rows.line[i], asset, rows.tick, float(proba[i]), threshold,
+                                    name, role="challenger")
+                         for i, asset in enumerate(rows.assets))
+        return Predictions(tuple(items))
+
+    def _model_matrix(self, rows: FeatureRows, model: LoadedModel) -> np.ndarray:
+        """The rows' features in ``model``'s input order; NaN where a feature is absent."""
+        key = (model.name, rows.names)
+        cols = self._columns.get(key)
         if cols is None:
             index = {n: i for i, n in enumerate(rows.names)}
-            cols = np.array([index.get(n, -1) for n in self.model.feature_names],
-                            dtype=np.int64)
-            self._columns[rows.names] = cols
+            cols = np.array([index.get(n, -1) for n in model.feature_names], dtype=np.int64)
+            self._columns[key] = cols
         X = rows.values[:, np.maximum(cols, 0)].astype(np.float32, copy=True)
         X[:, cols < 0] = np.nan
         return X

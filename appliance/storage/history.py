@@ -105,6 +105,16 @@ def load_histories(con: duckdb.DuckDBPyConnection, progress: Say | None = None
                          n_faults, tuple(notes))
 
 
+def stored_faults(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every asset's faults, paired as ``load_histories`` pairs them: asset → (starts,
+    ends), NaN end = still open.  Keyed by asset name, as the histories are."""
+    events = con.execute("SELECT asset, state, epoch_us(ts) FROM faults "
+                         "ORDER BY asset, ts").fetchall()
+    pairs, _ = _pair_faults(events)
+    return {asset: (np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64))
+            for asset, (starts, ends) in pairs.items()}
+
+
 def _pair_faults(events: Sequence[tuple[str, str, int]]
                  ) -> tuple[dict[str, tuple[list[float], list[float]]], list[str]]:
     """Pair start and end events, given in (asset, ts) order.

@@ -25,7 +25,7 @@ windows), so scanning a few hundred candidate thresholds stays cheap.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -73,12 +73,27 @@ class EventMetrics:
         return out
 
 
-def _asset_counts(s: AssetScores, threshold: float, horizon_s: float, clear_ratio: float
-                  ) -> tuple[int, int, int, int, list[float], float]:
-    """(faults, caught, episodes, false episodes, lead times, usable seconds) of one asset."""
+@dataclass(frozen=True, slots=True)
+class AssetCounts:
+    """What one asset adds to the event metrics; ``combine`` sums them.  Kept apart so
+    the live scores (``models.scores``) can stream assets through the same two steps
+    without holding every asset's ticks at once."""
+
+    faults: int
+    caught: int
+    episodes: int
+    false_episodes: int
+    leads: tuple[float, ...]
+    usable_s: float
+
+
+def asset_counts(s: AssetScores, threshold: float, horizon_s: float, clear_ratio: float
+                 ) -> AssetCounts:
+    """The faults, catches, episodes, false episodes, lead times and usable seconds of
+    one asset."""
     t = np.asarray(s.ticks, dtype=np.float64)
     if len(t) == 0:
-        return 0, 0, 0, 0, [], 0.0
+        return AssetCounts(0, 0, 0, 0, (), 0.0)
     active = alarm_active(s.probability, s.usable, threshold, clear_ratio)
     starts = np.sort(np.asarray(s.fault_starts, dtype=np.float64))
 
@@ -103,27 +118,24 @@ def _asset_counts(s: AssetScores, threshold: float, horizon_s: float, clear_rati
     first_active = np.append(first_active, len(t))
     j = first_active[lo]
     caught = j < hi
-    leads = (counted[caught] - t[j[caught]]).tolist()
+    leads = tuple((counted[caught] - t[j[caught]]).tolist())
 
     usable_s = float(np.count_nonzero(s.usable)) * step
-    return len(counted), int(caught.sum()), episodes, false_eps, leads, usable_s
+    return AssetCounts(len(counted), int(caught.sum()), episodes, false_eps, leads, usable_s)
 
 
-def event_metrics(scores: Sequence[AssetScores], threshold: float, horizon_s: float,
-                  clear_ratio: float = DEFAULT_CLEAR_RATIO, pr_auc: float | None = None
-                  ) -> EventMetrics:
-    """Event metrics of all assets at one threshold (see the module docstring)."""
+def combine(counts: Iterable[AssetCounts], threshold: float, pr_auc: float) -> EventMetrics:
+    """The event metrics of all assets from their ``asset_counts``."""
     faults = caught = episodes = false_eps = 0
     leads: list[float] = []
     usable_s = 0.0
-    for s in scores:
-        f, c, e, fe, le, us = _asset_counts(s, threshold, horizon_s, clear_ratio)
-        faults += f
-        caught += c
-        episodes += e
-        false_eps += fe
-        leads += le
-        usable_s += us
+    for c in counts:
+        faults += c.faults
+        caught += c.caught
+        episodes += c.episodes
+        false_eps += c.false_episodes
+        leads += c.leads
+        usable_s += c.usable_s
     weeks = usable_s / _WEEK_S
     return EventMetrics(
         threshold=float(threshold),
@@ -136,8 +148,16 @@ def event_metrics(scores: Sequence[AssetScores], threshold: float, horizon_s: fl
         false_per_asset_week=false_eps / weeks if weeks > 0 else math.nan,
         episode_precision=(episodes - false_eps) / episodes if episodes else math.nan,
         median_lead_s=float(np.median(leads)) if leads else math.nan,
-        pr_auc=tick_pr_auc(scores) if pr_auc is None else pr_auc,
+        pr_auc=pr_auc,
     )
+
+
+def event_metrics(scores: Sequence[AssetScores], threshold: float, horizon_s: float,
+                  clear_ratio: float = DEFAULT_CLEAR_RATIO, pr_auc: float | None = None
+                  ) -> EventMetrics:
+    """Event metrics of all assets at one threshold (see the module docstring)."""
+    return combine((asset_counts(s, threshold, horizon_s, clear_ratio) for s in scores),
+                   threshold, tick_pr_auc(scores) if pr_auc is None else pr_auc)
 
 
 def tick_pr_auc(scores: Sequence[AssetScores]) -> float:

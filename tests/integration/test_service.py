@@ -188,3 +188,63 @@ def test_without_a_model_it_collects_history_says_so_and_serves_a_promoted_one(
     svc.wait_for(lambda s: s["stages"]["predict"]["processed"] > 0, what="predictions")
     code, _ = svc.terminate()
     assert code == 0
+
+
+def test_a_challenger_is_stored_and_scored_never_published(tmp_path, broker, service_factory):
+    import onnx
+
+    from appliance.models.contract import KEY_THRESHOLD, STARTER_MODEL
+    from appliance.models.registry import Registry
+
+    # champion: the starter (threshold 0.995, no alert on flat readings); challenger: the
+    # same model with a threshold so low that it "raises" on every asset at once
+    models = tmp_path / "models"
+    keen = onnx.load(str(STARTER_MODEL))
+    for prop in keen.metadata_props:
+        if prop.key == KEY_THRESHOLD:
+            prop.value = "0.0001"
+    onnx.save(keen, str(tmp_path / "keen.onnx"))
+    registry = Registry(models)
+    champion = registry.add(STARTER_MODEL)
+    challenger = registry.add(tmp_path / "keen.onnx")
+    registry.promote(champion.name)
+    registry.shadow(challenger.name, 2)
+    cfg = write_config(tmp_path, broker, f'[model]\ndir = "{models}"\npoll_s = 0.2\n'
+                                         'scores_every_s = 1\n'
+                                         f'[pipeline]\nwarmup_s = 0\n')
+    svc = service_factory(cfg).start()
+    received: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_connect = lambda c, *a: c.subscribe(TOPICS.alert("+", "+"), qos=1)
+    sub.on_message = lambda c, u, m: received.append(json.loads(m.payload))
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    pub = publisher(broker)
+    sensors = ("lube_temp", "vibration", "motor_current", "oil_pressure", "ambient_temp")
+    msgs = [(TOPICS.reading("l1", f"a{a}", s),
+             json.dumps({"ts": T0 + 5 * i, "value": 1.0 + a}).encode())
+            for i in range(72) for a in range(3) for s in sensors]
+    publish_all(pub, msgs)
+    publish_all(pub, [(TOPICS.fault("l1", "a1"),
+                       json.dumps({"ts": T0 + 300, "state": "start", "code": "F"}).encode())])
+    snap = svc.wait_for(lambda s: s["stages"]["alert"].get("challenger_alerts_raised", 0) >= 3
+                        and s["stages"]["scores"].get("fault_events", 0) >= 1
+                        and challenger.name in s["stages"]["predict"].get("challengers", {}),
+                        what="the challenger's alerts and the scores")
+    time.sleep(1.0)  # anything published would have arrived by now
+    sub.loop_stop()
+    code, _ = svc.terminate()
+    assert code == 0
+    assert snap["model"] == champion.name
+    assert {a["model"] for a in received} <= {champion.name}, "a challenger's alert went out"
+    roles = dict(query(tmp_path, "SELECT role, count(DISTINCT model) FROM predictions "
+                                 "GROUP BY role"))
+    assert roles == {"champion": 1, "challenger": 1}
+    same = query(tmp_path, "SELECT count(*) FROM predictions c JOIN predictions s "
+                           "ON c.ts = s.ts AND c.asset = s.asset AND c.role = 'champion' "
+                           "AND s.role = 'challenger'")[0][0]
+    assert same == query(tmp_path, "SELECT count(*) FROM predictions WHERE role = 'champion'")[0][0]
+    assert query(tmp_path, "SELECT DISTINCT role, model FROM alerts") == \
+        [("challenger", challenger.name)]
+    scored = {(m, r) for m, r in query(tmp_path, "SELECT model, role FROM model_scores")}
+    assert scored == {(champion.name, "champion"), (challenger.name, "challenger")}

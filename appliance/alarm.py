@@ -43,7 +43,7 @@ def alarm_active(probability: np.ndarray, usable: np.ndarray, threshold: float,
     """Per tick, whether the alarm is active after that tick.
 
     ``usable`` is the backtest's mask of scored ticks: a tick left out (inside a
-    fault or its cool-down, see ``training.labels``) clears the alarm, as if the
+    fault or its cool-down, see ``scoring.labels``) clears the alarm, as if the
     line had been stopped.  The service scores every tick (all usable).
 
     Cost: two running maxima over the ticks, O(n).

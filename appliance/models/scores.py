@@ -1,7 +1,7 @@
 """Live event scores: every model that predicted, scored on the faults that came in.
 
 The backtest's implementation, not a second one: each asset's stored predictions
-become ``training.metrics.AssetScores`` labelled by ``training.labels.label_ticks``
+become ``scoring.metrics.AssetScores`` labelled by ``scoring.labels.label_ticks``
 against the faults as ``storage.history`` pairs them, and go through
 ``metrics.asset_counts`` / ``metrics.combine`` — the two steps of
 ``metrics.event_metrics`` — under the alarm rule of ``appliance.alarm``.
@@ -35,10 +35,10 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from appliance.scoring.labels import label_ticks
+from appliance.scoring.metrics import AssetCounts, AssetScores, EventMetrics, asset_counts, combine
 from appliance.storage.history import stored_faults
 from appliance.timefmt import from_us, to_us
-from appliance.training.labels import label_ticks
-from appliance.training.metrics import AssetCounts, AssetScores, EventMetrics, asset_counts, combine
 
 WINDOWS_DAYS: tuple[int, ...] = (7, 30)
 #: Rows of predictions held at once (~24 bytes each with the asset keys).

@@ -1,8 +1,6 @@
-"""Training and backtests, offline (a command, or a child process of the service):
+"""Training and backtests, offline (a command, or a child process of the service);
+labels and event metrics are ``appliance.scoring``'s, shared with the live scores:
 
-* ``labels``  — which prediction ticks are positive, and which are left out;
-* ``metrics`` — alarm episodes and event metrics (recall, false alarms per
-  asset-week, lead time) under the service's alarm rule, and the threshold choice;
 * ``dataset`` — feature rows and labels of many assets, from the batch pipeline;
 * ``families`` — the model families and their parameters;
 * ``fit``     — the time split, the fit, the threshold, the reference distributions;

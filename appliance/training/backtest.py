@@ -16,7 +16,7 @@ Every variant sees the same history: it is trained on the ticks up to
 test window; inside that, the usual train / gap / validation split chooses the
 threshold) and scored on every tick in (``train_until``, ``test_until``] by
 the exported ONNX model, i.e. what the service would have said while replaying
-that history.  The scores use one set of event metrics (``training.metrics``),
+that history.  The scores use one set of event metrics (``scoring.metrics``),
 and each variant gets the verdict ``appliance train`` gives a model
 (``training.verdict``), on the test window: a variant that is not usable is
 never the best one.  A variant whose test probabilities equal an earlier one's
@@ -52,19 +52,19 @@ from appliance.config import (
 from appliance.console import fmt, minutes, table
 from appliance.features.spec import PipelineSpec
 from appliance.importer.command import load_files
-from appliance.storage.database import open_offline
-from appliance.storage.history import Say, StoredHistory, load_histories
-from appliance.timefmt import parse_time, rfc3339
-from appliance.training.dataset import Dataset, build_dataset
-from appliance.training.families import TrainParams
-from appliance.training.fit import fit, write
-from appliance.training.metrics import (
+from appliance.scoring.metrics import (
     EventMetrics,
     best_within_budget,
     event_metrics,
     metrics_curve,
     threshold_candidates,
 )
+from appliance.storage.database import open_offline
+from appliance.storage.history import Say, StoredHistory, load_histories
+from appliance.timefmt import parse_time, rfc3339
+from appliance.training.dataset import Dataset, build_dataset
+from appliance.training.families import TrainParams
+from appliance.training.fit import fit, write
 from appliance.training.static_threshold import fit_static
 from appliance.training.verdict import judge, rank, typical_intervals, window_notes
 

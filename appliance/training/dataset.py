@@ -15,9 +15,9 @@ import numpy as np
 
 from appliance.features.batch import asset_features, stretches
 from appliance.features.spec import PipelineSpec
+from appliance.scoring.labels import label_ticks
+from appliance.scoring.metrics import AssetScores
 from appliance.storage.history import AssetHistory
-from appliance.training.labels import label_ticks
-from appliance.training.metrics import AssetScores
 
 Progress = Callable[[str], None]
 

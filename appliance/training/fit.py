@@ -27,12 +27,12 @@ import numpy as np
 
 from appliance.config import FAMILIES
 from appliance.features.spec import PipelineSpec
+from appliance.scoring.metrics import EventMetrics, choose_threshold, tick_pr_auc
 from appliance.storage.history import AssetHistory
 from appliance.timefmt import rfc3339
 from appliance.training import export
 from appliance.training.dataset import Dataset, Progress, build_dataset, select_features
 from appliance.training.families import TrainParams, make_classifier
-from appliance.training.metrics import EventMetrics, choose_threshold, tick_pr_auc
 from appliance.training.verdict import judge, typical_intervals, window_notes
 
 

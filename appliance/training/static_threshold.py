@@ -24,8 +24,8 @@ import numpy as np
 
 from appliance.config import DEFAULT_CLEAR_RATIO
 from appliance.features.spec import PipelineSpec
+from appliance.scoring.metrics import EventMetrics, best_within_budget, metrics_curve
 from appliance.training.dataset import Dataset
-from appliance.training.metrics import EventMetrics, best_within_budget, metrics_curve
 
 
 @dataclass(frozen=True, slots=True, eq=False)

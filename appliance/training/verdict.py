@@ -28,8 +28,8 @@ import numpy as np
 
 from appliance.console import short_list
 from appliance.features.spec import PipelineSpec
+from appliance.scoring.metrics import EventMetrics
 from appliance.storage.history import AssetHistory
-from appliance.training.metrics import EventMetrics
 
 #: An output that moves less than this is constant (float32 ONNX output: ~1e-7 noise).
 CONSTANT_SPREAD = 1e-6

@@ -13,13 +13,13 @@ import pytest
 from appliance import config
 from appliance.config import PipelineConfig
 from appliance.features.spec import PipelineSpec
-from appliance.training import backtest
-from appliance.training.metrics import (
+from appliance.scoring.metrics import (
     AssetScores,
     best_within_budget,
     choose_threshold,
     metrics_curve,
 )
+from appliance.training import backtest
 from appliance.training.static_threshold import fit_static
 from tests.support import lines
 

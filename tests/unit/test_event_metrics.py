@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from appliance.alarm import alarm_active
-from appliance.training.labels import label_ticks
-from appliance.training.metrics import (
+from appliance.scoring.labels import label_ticks
+from appliance.scoring.metrics import (
     AssetScores,
     choose_threshold,
     event_metrics,

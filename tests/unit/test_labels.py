@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.training.labels import label_ticks
+from appliance.scoring.labels import label_ticks
 
 
 def _ticks(lo: float, hi: float, step: float) -> np.ndarray:

@@ -1,11 +1,10 @@
 """The house rules of the layout, read from the imports (``ast``) on every run.
 
 * stages never import each other (only ``stages.base``);
-* what runs under systemd (service, stages, mqtt, features, models, storage)
-  never imports the offline tools (training, importer) or the dev tools — except
-  ``training.labels`` and ``training.metrics``, the one implementation of the event
-  metrics, which the live scores share with the backtest (pure NumPy, and they
-  import nothing else of ``training``);
+* what runs under systemd (service, stages, mqtt, features, models, storage,
+  scoring) never imports the offline tools (training, importer) or the dev tools;
+  ``scoring`` (labels and event metrics, shared by the live scores and the
+  backtest) imports only the alarm rule and the config;
 * the kernels import nothing of ``appliance`` but themselves;
 * messages, config, timefmt, clock and alarm are leaves;
 * no import cycle between modules (imports only for type checking excluded).
@@ -21,11 +20,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "appliance"
-SERVICE_SIDE = ("service", "stages", "mqtt", "features", "models", "storage")
+SERVICE_SIDE = ("service", "stages", "mqtt", "features", "models", "storage", "scoring")
 OFFLINE = ("training", "importer", "devtools")
 LEAVES = ("messages", "config", "timefmt", "clock", "alarm")
-#: The offline modules the service may import: see the module docstring.
-SHARED_WITH_SERVICE = ("appliance.training.labels", "appliance.training.metrics")
 
 
 def _module_name(path: Path) -> str:
@@ -93,15 +90,15 @@ def test_stages_never_import_each_other(path):
 
 @pytest.mark.parametrize("path", _files(*SERVICE_SIDE), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_the_service_side_never_imports_offline_or_dev_tools(path):
-    bad = {m for m in imports_of(path) if m not in SHARED_WITH_SERVICE
-           and any(m == f"appliance.{o}" or m.startswith(f"appliance.{o}.") for o in OFFLINE)}
+    bad = {m for m in imports_of(path)
+           if any(m == f"appliance.{o}" or m.startswith(f"appliance.{o}.") for o in OFFLINE)}
     assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("module", SHARED_WITH_SERVICE)
-def test_what_the_service_shares_with_training_imports_no_more_of_it(module):
-    path = PACKAGE / Path(*module.split(".")[1:]).with_suffix(".py")
-    assert imports_of(path) <= {"appliance.alarm", "appliance.config"}
+@pytest.mark.parametrize("module", ["labels", "metrics"])
+def test_scoring_imports_only_the_alarm_rule_and_the_config(module):
+    assert imports_of(PACKAGE / "scoring" / f"{module}.py") <= {"appliance.alarm",
+                                                               "appliance.config"}
 
 
 @pytest.mark.parametrize("leaf", LEAVES)

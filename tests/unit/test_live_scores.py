@@ -1,5 +1,5 @@
 """Live event scores (issue 11, item 4): what ``model_scores`` holds equals the
-backtest's ``training.metrics.event_metrics`` on the same predictions and faults."""
+backtest's ``scoring.metrics.event_metrics`` on the same predictions and faults."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from appliance import config
 from appliance.clock import ManualClock
 from appliance.messages import FaultEvent, Prediction
 from appliance.models import scores
+from appliance.scoring.labels import label_ticks
+from appliance.scoring.metrics import AssetScores, event_metrics
 from appliance.stages.scores import ScoresStage
 from appliance.storage import tables
 from appliance.storage.database import connect
-from appliance.training.labels import label_ticks
-from appliance.training.metrics import AssetScores, event_metrics
 
 HORIZON = 3600.0
 CLEAR = 0.8

@@ -14,13 +14,13 @@ from appliance.devtools.simulator import simulate_history
 from appliance.features.batch import asset_features
 from appliance.features.spec import PipelineSpec
 from appliance.models.contract import load_model
+from appliance.scoring.metrics import EventMetrics
 from appliance.storage.history import AssetHistory
 from appliance.timefmt import rfc3339
 from appliance.training import export, starter
 from appliance.training.dataset import build_dataset, select_features
 from appliance.training.families import TrainParams
 from appliance.training.fit import fit, train, write
-from appliance.training.metrics import EventMetrics
 from appliance.training.verdict import judge, typical_intervals, window_notes
 from tests.support import lines
 

@@ -31,10 +31,10 @@ from appliance.config import from_dict
 from appliance.console import Progress, fmt, minutes, table
 from appliance.devtools import simulator
 from appliance.importer.command import import_into
+from appliance.scoring.metrics import best_within_budget
 from appliance.storage import database, history
 from appliance.training import backtest
 from appliance.training import command as train_command
-from appliance.training.metrics import best_within_budget
 
 DAY = 86400.0
 

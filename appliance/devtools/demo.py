@@ -108,6 +108,12 @@ def render(service: Service, cfg: Config) -> str:
         in_fault = {a for (a,) in con.execute(
             "SELECT asset FROM faults GROUP BY asset HAVING arg_max(state, ts) = 'start'"
         ).fetchall()}
+        drift = con.execute(
+            "SELECT ts, asset, kind, state, statistic, threshold, detail FROM drift_events "
+            "ORDER BY ts DESC LIMIT 3").fetchall()
+        scores = con.execute(
+            "SELECT model, role, faults, caught, false_episodes, median_lead_s "
+            "FROM model_scores WHERE window_days = 7 ORDER BY role, model").fetchall()
     finally:
         con.close()
     lines = ["\033[2J\033[H" + f"appliance demo  —  readings stored {readings:,}   "
@@ -127,7 +133,46 @@ def render(service: Service, cfg: Config) -> str:
         asset, ts, p, factors = last
         why = ", ".join(f"{f['feature']} = {f['value']:.3g}" for f in json.loads(factors))
         lines.append(f"\nlast alert: {asset} at {ts:%H:%M:%S} (p = {p:.3f}); why: {why}")
+    lines += _drift_lines(drift) + _score_lines(scores)
     lines.append(f"\ndatabase: {cfg.resolve(cfg.storage.path)}")
     lines.append(f"try, after Ctrl-C: .venv/bin/appliance sql --db {cfg.resolve(cfg.storage.path)} "
                  f"\"{SQL_HINT}\"")
     return "\n".join(lines)
+
+
+def _drift_lines(events: list[tuple]) -> list[str]:
+    """The latest drift and sensor events, with the features that moved most."""
+    if not events:
+        return ["\ndrift: none (the inputs look like the model's reference)"]
+    out = ["\ndrift and sensor events (latest first):"]
+    for ts, asset, kind, state, statistic, threshold, detail in events:
+        moved = json.loads(detail) if detail else {}
+        if kind == "drift":
+            what = "; ".join(f"{name} {_moved(d)}" for name, d in
+                             list(moved.get("features", moved).items())[:3]
+                             if isinstance(d, dict))
+            out.append(f"  {ts:%H:%M:%S} {asset} drift {state} (PSI {statistic:.2f} > "
+                       f"{threshold:.2f}): {what}")
+        else:
+            out.append(f"  {ts:%H:%M:%S} {asset} sensor {moved.get('sensor', '?')} "
+                       f"{moved.get('kind', '')} {state}")
+    return out
+
+
+def _moved(d: dict) -> str:
+    live, ref = d.get("live"), d.get("reference")
+    if isinstance(live, int | float) and isinstance(ref, int | float):
+        return f"{ref:.3g} → {live:.3g}"
+    return ""
+
+
+def _score_lines(scores: list[tuple]) -> list[str]:
+    """Each model's live event scores over the last 7 days."""
+    if not scores:
+        return []
+    out = ["\nlive scores, last 7 days (faults caught, false alarm episodes, median lead):"]
+    for model, role, faults, caught, false_eps, lead in scores:
+        lead_txt = "-" if lead is None else f"{lead / 60:.0f} min"
+        out.append(f"  {model:24} {role:10} caught {caught}/{faults}  false {false_eps}  "
+                   f"lead {lead_txt}")
+    return out

@@ -199,9 +199,10 @@ class DriftConfig:
     #: Expected drift events per 30 days on data like the model's held-out period, for
     #: the whole gateway (every feature of every asset together).
     max_false_per_month: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
-    window_s: float = field(default=4 * 3600.0, metadata=_range(60.0))
-    sample_s: float = field(default=120.0, metadata=_range(1.0))
-    persist_s: float = field(default=1800.0, metadata=_range(0.0))
+    #: A day, so a daily cycle (ambient temperature, shifts) is inside every window.
+    window_s: float = field(default=86400.0, metadata=_range(60.0))
+    sample_s: float = field(default=600.0, metadata=_range(1.0))
+    persist_s: float = field(default=3600.0, metadata=_range(0.0))
     #: A model without a calibration (the starter, a file dropped in): this PSI, twice
     #: the 0.25 rule of thumb for a major shift, held for this long.
     uncalibrated_psi: float = field(default=0.5, metadata=_range(0.0, lo_open=True))

@@ -11,7 +11,8 @@ computes (``features.spec``), so nothing here touches readings:
   limit — for ``silent_s`` of event time.  (Before this, only ``missing`` showed it.)
 * ``stuck``: ``<s>__stuck`` is 1 (no change over the first window).
 * ``missing``: ``<s>__missing`` (the EWMA missing fraction) at or above ``level``
-  while the sensor is not silent: mostly invalid or dropped readings.  Right after a
+  while the sensor has a value: mostly invalid or dropped readings, not a silence
+  (a value missing for less than ``silent_s`` may be the start of one).  Right after a
   silence the fraction is still high although the sensor is back; that is not a new
   fault, so it is not raised until the fraction has once fallen below ``level``.
 
@@ -88,7 +89,7 @@ def sensor_kinds(names: Sequence[str], ticks: np.ndarray, X: np.ndarray, silent_
     last_silent = np.maximum.accumulate(np.where(silent, idx, -1), axis=0)
     last_low = np.maximum.accumulate(np.where(missing < level, idx, -1), axis=0)
     recovering = ~silent & (last_silent >= 0) & (last_low <= last_silent)
-    high = (missing >= level) & ~recovering
+    high = (missing >= level) & ~recovering & ~nan
     kind = np.where(silent, SILENT, np.where(stuck == 1, STUCK, np.where(high, MISSING, 0)))
     return sensors, kind.astype(np.int8)
 
@@ -169,7 +170,7 @@ class SensorHealth:
         rec = self.recovering[grid] | ((prev == SILENT) & ~silent)
         rec &= ~(missing < self.level)
         self.recovering[grid] = rec
-        high = (missing >= self.level) & ~rec
+        high = (missing >= self.level) & ~rec & ~nan
         kind = np.where(silent, SILENT, np.where(stuck == 1, STUCK,
                                                  np.where(high, MISSING, 0))).astype(np.int8)
         changed = np.argwhere(kind != prev)

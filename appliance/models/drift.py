@@ -452,6 +452,10 @@ class DriftMonitor:
         self.drifting = more(self.drifting, False)
         self.ewma = more(self.ewma, np.nan)
 
+    def due(self, tick: float, assets: np.ndarray) -> np.ndarray:
+        """Which of ``assets`` take a sample at ``tick`` (the first row of a new slot)."""
+        return self.slot[assets] < math.floor(tick / self.window.sample_s)
+
     def observe(self, tick: float, assets: np.ndarray, X: np.ndarray,
                 excluded: np.ndarray | None = None) -> np.ndarray:
         """One tick's rows: ``assets`` (indices from ``assets_of``), X (n, F) in

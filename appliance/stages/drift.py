@@ -109,10 +109,12 @@ class DriftStage(Stage):
         self.counters.processed += len(rows.assets)
         monitor = self.monitor
         if monitor is not None:
-            X = self._matrix(rows, monitor)
-            excluded = self._excluded(hrows, monitor)
-            sampled = monitor.observe(rows.tick, monitor.assets_of(keys), X, excluded)
-            if len(sampled):
+            assets = monitor.assets_of(keys)
+            due = monitor.due(rows.tick, assets)
+            if due.any():  # most ticks sample no asset: they cost nothing more here
+                X = self._matrix(rows, monitor, due)
+                excluded = self._excluded(hrows[due], monitor)
+                sampled = monitor.observe(rows.tick, assets[due], X, excluded)
                 events.extend(monitor.events(rows.tick, sampled))
         return self._out(events)
 
@@ -139,14 +141,15 @@ class DriftStage(Stage):
             e.threshold or 0.0, f"; moved: {moved}" if moved else "",
             f" ({detail['why']})" if detail.get("why") else "")
 
-    def _matrix(self, rows: FeatureRows, monitor: drift.DriftMonitor) -> np.ndarray:
-        """The rows' monitored features in the monitor's order; NaN where absent."""
+    def _matrix(self, rows: FeatureRows, monitor: drift.DriftMonitor,
+                due: np.ndarray) -> np.ndarray:
+        """The due rows' monitored features in the monitor's order; NaN where absent."""
         cols = self._columns.get(rows.names)
         if cols is None:
             index = {n: i for i, n in enumerate(rows.names)}
             cols = np.array([index.get(f, -1) for f in monitor.ref.features], dtype=np.int64)
             self._columns[rows.names] = cols
-        X = rows.values[:, np.maximum(cols, 0)].astype(np.float64)
+        X = rows.values[due][:, np.maximum(cols, 0)].astype(np.float64)
         X[:, cols < 0] = np.nan
         return X
 

@@ -365,6 +365,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from appliance.devtools.bench import memory
 
         return memory.run(json_output=args.json, assets=args.assets)
+    if args.what == "drift":
+        from appliance.devtools.bench import drift
+
+        return drift.run(json_output=args.json, assets=args.assets)
     from appliance.devtools.bench import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
@@ -493,10 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_backtest)
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest", "memory"])
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--messages", type=int, default=200_000, help="ingest: messages to send")
-    p.add_argument("--assets", type=int, default=1000, help="memory: assets to simulate")
+    p.add_argument("--assets", type=int, default=1000, help="memory, drift: assets to simulate")
     p.set_defaults(func=_cmd_bench)
     return parser
 

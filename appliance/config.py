@@ -190,6 +190,37 @@ class ServiceConfig:
     mqtt_down_after_s: float = field(default=10.0, metadata=_range(0.0))
 
 
+@dataclass(frozen=True, slots=True)
+class DriftConfig:
+    """``[drift]``: watching the model's inputs (``stages/drift.py``, ``models/drift.py``).
+
+    Per (asset, feature) the last ``window_s`` of feature rows, one sampled every
+    ``sample_s``, is compared with the serving model's reference by PSI; an event
+    needs the distance above its threshold for ``persist_s``.  A model trained
+    here carries a calibration of its threshold; the window settings are then the
+    calibration's (the threshold holds only for them) and these apply to training.
+    """
+
+    enabled: bool = True
+    #: Expected drift events per 30 days on data like the model's held-out period, for
+    #: the whole gateway (every feature of every asset together).
+    max_false_per_month: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    #: A day, so a daily cycle (ambient temperature, shifts) is inside every window.
+    window_s: float = field(default=86400.0, metadata=_range(60.0))
+    sample_s: float = field(default=600.0, metadata=_range(1.0))
+    persist_s: float = field(default=3600.0, metadata=_range(0.0))
+    #: A model without a calibration (the starter, a file dropped in): this PSI, twice
+    #: the 0.25 rule of thumb for a major shift, held for this long.
+    uncalibrated_psi: float = field(default=0.5, metadata=_range(0.0, lo_open=True))
+    uncalibrated_persist_s: float = field(default=2 * 3600.0, metadata=_range(0.0))
+    #: A sensor whose value is missing (past its carry limit) this long is silent.
+    sensor_silent_s: float = field(default=600.0, metadata=_range(0.0))
+    #: A sensor whose missing fraction reaches this (and is not silent) is mostly missing.
+    sensor_missing: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    #: Features named in a drift event, most moved first.
+    top_features: int = field(default=5, metadata=_range(1, 100))
+
+
 #: The model families of ``appliance train`` (``--family``), each with the family name
 #: a model records in its metadata: the one table of families.
 FAMILIES: dict[str, str] = {"gbt": "hist_gradient_boosting", "logistic": "logistic_regression"}
@@ -252,6 +283,7 @@ class Config:
     status: StatusConfig = StatusConfig()
     service: ServiceConfig = ServiceConfig()
     training: TrainingConfig = TrainingConfig()
+    drift: DriftConfig = DriftConfig()
     #: ``[variants.<name>]`` tables, as (name, overrides) pairs in file order.
     variants: tuple[tuple[str, VariantConfig], ...] = ()
     #: The file this was read from ("<defaults>" when built in code).
@@ -435,6 +467,13 @@ def _check_cross_field(cfg: Config) -> None:
         if w < cfg.pipeline.cadence_s:
             raise ConfigError(f"{src}: [pipeline] windows_s: window {w} is shorter than "
                               f"cadence_s ({cfg.pipeline.cadence_s})")
+    d = cfg.drift
+    if not 10 <= d.window_s / d.sample_s <= 2000:
+        raise ConfigError(f"{src}: [drift] window_s must hold 10 to 2000 samples of sample_s, "
+                          f"got {d.window_s / d.sample_s:g}")
+    if d.persist_s > d.window_s or d.uncalibrated_persist_s > d.window_s:
+        raise ConfigError(f"{src}: [drift] persist_s and uncalibrated_persist_s must not "
+                          f"exceed window_s ({d.window_s:g})")
     for name, sensor in cfg.pipeline.sensors:
         if not sensor.valid_min < sensor.valid_max:
             raise ConfigError(f"{src}: [pipeline.sensors.{name}] valid_min must be < "

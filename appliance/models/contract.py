@@ -42,6 +42,10 @@ REQUIRED_KEYS: tuple[str, ...] = (
 #: Optional: the contract version the file follows ("1" when absent).
 KEY_CONTRACT = "appliance.contract_version"
 CONTRACT_VERSION = "1"
+#: Optional: the calibration of the drift thresholds on the held-out period
+#: (``appliance.models.drift.calibrate``); a model without one gets the default.
+KEY_DRIFT_CALIBRATION = "appliance.drift_calibration"
+DRIFT_CALIBRATION_KEYS = ("window_s", "sample_s", "persist_s", "features")
 
 #: Statistics each feature's entry in ``appliance.reference`` must hold.
 REFERENCE_STATS: tuple[str, ...] = ("median", "q05", "q95", "mean", "std",
@@ -85,6 +89,25 @@ class LoadedModel:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def drift_calibration(self) -> dict[str, Any] | None:
+        """The drift calibration, or None when absent or unreadable: optional metadata
+        never makes a model unusable, it only leaves drift at its conservative default."""
+        raw = self.metadata.get(KEY_DRIFT_CALIBRATION)
+        if not raw:
+            return None
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError:
+            return None
+        if not (isinstance(doc, dict) and all(k in doc for k in DRIFT_CALIBRATION_KEYS)
+                and isinstance(doc["features"], dict)
+                and all(isinstance(doc[k], int | float) and doc[k] > 0
+                        for k in ("window_s", "sample_s"))
+                and isinstance(doc["persist_s"], int | float) and doc["persist_s"] >= 0):
+            return None
+        return doc
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probability of a fault within the horizon for each row of X (n, n_features)."""

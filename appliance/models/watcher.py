@@ -72,16 +72,20 @@ def serving_model(cfg: Config, registry: Registry | None = None) -> Serving:
 class ModelWatcher:
     """Polls the registry folder; collects what it saw as ``events``."""
 
-    def __init__(self, registry: Registry, spec_hash: str, max_challengers: int = 0) -> None:
+    def __init__(self, registry: Registry, spec_hash: str, max_challengers: int = 0,
+                 watch_files: bool = True) -> None:
+        """``watch_files`` False: follow promotions only (the drift stage's watcher), so
+        a file dropped into the folder is announced once, by the predict stage's."""
         self.registry = registry
         self.spec_hash = spec_hash
         self.max_challengers = max_challengers
+        self.watch_files = watch_files
         self.events: list[ModelEvent] = []
         self.challengers: dict[str, LoadedModel] = {}
         self._version = registry.version()
         self._challengers_version: int | None = None  # the first poll reads them
         self._failed: set[str] = set()
-        self._files = self._model_files()
+        self._files = self._model_files() if watch_files else {}
 
     def _model_files(self) -> dict[Path, int]:
         """Model files in the folder → their mtime_ns."""
@@ -117,6 +121,8 @@ class ModelWatcher:
                               serving.name if serving else "none", exc)
                     self.record(active, self.registry.directory / f"{active}.onnx", "", "",
                                 "refused", str(exc))
+        if not self.watch_files:
+            return promoted
         files = self._model_files()
         for path, mtime in files.items():
             if self._files.get(path) == mtime:

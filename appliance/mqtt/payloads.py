@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from appliance.config import LimitsConfig
-from appliance.messages import AlertEvent, FaultEvent
+from appliance.messages import AlertEvent, DriftEvent, FaultEvent
 from appliance.mqtt.topics import FAULT_SENSOR, Routed, is_name
 from appliance.timefmt import parse_rfc3339
 
@@ -154,3 +154,24 @@ def alert_document(alert: AlertEvent) -> dict[str, Any]:
 def alert_payload(alert: AlertEvent) -> bytes:
     """The MQTT payload of an alert."""
     return json.dumps(alert_document(alert)).encode()
+
+
+def drift_document(event: DriftEvent) -> dict[str, Any]:
+    """A drift or sensor event as published on MQTT and stored in ``drift_events``."""
+    return {
+        "ts": event.ts,
+        "line": event.line,
+        "asset": event.asset,
+        "kind": event.kind,
+        "state": event.state,
+        "features": list(event.features),
+        "statistic": None if event.statistic is None else round(event.statistic, 6),
+        "threshold": None if event.threshold is None else round(event.threshold, 6),
+        "model": event.model,
+        "detail": json.loads(event.detail),
+    }
+
+
+def drift_payload(event: DriftEvent) -> bytes:
+    """The MQTT payload of a drift or sensor event."""
+    return json.dumps(drift_document(event)).encode()

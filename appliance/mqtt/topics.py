@@ -5,6 +5,8 @@ Readings:  <prefix>/<line>/<asset>/<sensor>     (one value)
 Batch:     <prefix>/<line>/<asset>              (several sensors at one ts)
 Faults:    <prefix>/<line>/<asset>/fault
 Alerts:    <alerts_prefix>/<line>/<asset>/alert (published, QoS 1, retained)
+Drift:     <alerts_prefix>/<line>/drift         (published, QoS 1, retained; asset or "*")
+Sensor:    <alerts_prefix>/<line>/<asset>/sensor (published, QoS 1, retained)
 Status:    <status topic>                       (published, retained, last will "offline")
 """
 
@@ -93,3 +95,11 @@ class Topics:
 
     def alert(self, line: str, asset: str) -> str:
         return f"{self.alerts_prefix}/{line}/{asset}/alert"
+
+    def drift(self, line: str) -> str:
+        """The line's drift state: one retained message per line (an asset or ``*``)."""
+        return f"{self.alerts_prefix}/{line}/drift"
+
+    def sensor(self, line: str, asset: str) -> str:
+        """An asset's latest sensor event, with its sensors at fault now (``active``)."""
+        return f"{self.alerts_prefix}/{line}/{asset}/sensor"

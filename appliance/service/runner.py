@@ -1,15 +1,17 @@
 """The runner is wiring only: queues, stages, supervisor, status, shutdown.
 
     MQTT ─► ingest ─q─► store ─q─► features ─q─► predict ─q─► alert ─q─► record
-              ▲           │                                      │          │
-              └── acks ───┘ DuckDB: readings, faults,            ▼ MQTT     ▼ DuckDB: predictions,
-                            dead_letters                         alerts     alerts, models
+              ▲           │               │ tap                 ▲ │          │
+              └── acks ───┘               └──q─► drift ─────────┘ ▼ MQTT     ▼ DuckDB: predictions,
+                            DuckDB: readings, faults,          alerts,    alerts, models,
+                            dead_letters                       drift      drift_events
 
     stage      file                 what it works through
     ingest     stages/ingest.py     mqtt/ (client, topics, payloads)
     store      stages/store.py      storage/tables.py (every write)
     features   stages/features.py   features/live.py over kernels/
     predict    stages/predict.py    models/ (contract, watcher, explain)
+    drift      stages/drift.py      models/drift.py, features/health.py (off: [drift] enabled)
     alert      stages/alert.py      alarm.py, mqtt/payloads.py
     record     stages/record.py     storage/tables.py
     scores     stages/scores.py     models/scores.py (beside the chain: rescores as faults arrive)
@@ -47,6 +49,7 @@ from appliance.service.supervisor import Supervisor
 from appliance.service.systemd_notify import notify, watchdog_interval_s
 from appliance.stages.alert import AlertStage
 from appliance.stages.base import Stage
+from appliance.stages.drift import DriftStage
 from appliance.stages.features import FeaturesStage
 from appliance.stages.ingest import IngestStage
 from appliance.stages.predict import PredictStage
@@ -87,8 +90,9 @@ def build(cfg: Config) -> Pipeline:
     model = _serving_model(cfg, registry)
     db, report = open_database(cfg.resolve(cfg.storage.path), cfg.storage.memory_limit)
     size = cfg.queues.size
+    names = ("inbound", "stored", "features", "predictions", "records")
     q = {name: queue.Queue(maxsize=size) for name in
-         ("inbound", "stored", "features", "predictions", "records")}
+         (*names, "drift") if name in names or cfg.drift.enabled}
     # Unbounded but bounded in practice by receive_maximum; a Queue (not a
     # SimpleQueue) because two threads take from it (see stages/ingest.py).
     acks: queue.Queue = queue.Queue()
@@ -99,7 +103,13 @@ def build(cfg: Config) -> Pipeline:
         "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg),
                                                   cfg.model.max_challengers), model,
                                 q["features"], q["predictions"]),
-        "features": FeaturesStage(cfg, q["stored"], q["features"]),
+    }
+    if cfg.drift.enabled:  # a second producer into the alert stage's inbox
+        stages["drift"] = DriftStage(cfg, ModelWatcher(registry, spec_hash(cfg),
+                                                       watch_files=False),
+                                     model, q["drift"], q["predictions"])
+    stages |= {
+        "features": FeaturesStage(cfg, q["stored"], q["features"], q.get("drift")),
         "store": StoreStage(cfg, db, q["inbound"], q["stored"], acks),
         "ingest": IngestStage(cfg, q["inbound"], acks),
     }

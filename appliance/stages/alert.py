@@ -4,7 +4,9 @@ An asset's alert is raised when its probability reaches the threshold and
 cleared when it falls below threshold × clear_ratio, so a probability hovering
 at the threshold does not flap.  Alerts go out on MQTT (QoS 1, retained, so a
 subscriber that connects later sees each asset's current state) and, with every
-prediction, on to the record stage.
+prediction, on to the record stage.  Drift and sensor events (from the drift stage)
+are published the same way, retained, on the line's drift topic or the asset's
+sensor topic, and passed on.
 
 A challenger's predictions run through the same rule with an alarm state of
 their own per (model, line, asset); its state changes are ``AlertEvent``s with
@@ -23,7 +25,7 @@ import paho.mqtt.client as mqtt
 
 from appliance.alarm import AlarmState
 from appliance.config import Config
-from appliance.messages import AlertEvent, Alerts, Prediction, Predictions
+from appliance.messages import AlertEvent, Alerts, DriftEvents, Prediction, Predictions
 from appliance.mqtt import payloads
 from appliance.mqtt.client import ConnectionMonitor, connect, make_client
 from appliance.mqtt.topics import Topics
@@ -57,6 +59,12 @@ class AlertStage(Stage):
         connect(client, self.cfg.mqtt, props)
 
     def handle(self, item: object) -> tuple[object, ...]:
+        if isinstance(item, DriftEvents):
+            for event in item.items:
+                topic = (self.topics.drift(event.line) if event.kind == "drift"
+                         else self.topics.sensor(event.line, event.asset))
+                self._send(topic, payloads.drift_payload(event), f"{event.kind} event")
+            return (item,)
         if not isinstance(item, Predictions):
             return (item,)  # e.g. a ModelEvent, for the record
         alerts = [a for p in item.items if (a := self._update(p)) is not None]
@@ -87,6 +95,15 @@ class AlertStage(Stage):
                               payloads.alert_payload(alert), qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
             log.warning("alert publish for %s failed: %s", alert.asset, mqtt.error_string(info.rc))
+
+    def _send(self, topic: str, payload: bytes, what: str) -> None:
+        """Publish retained at QoS 1; a failure is logged (the event is in DuckDB too)."""
+        client = self._client
+        if client is None:
+            return
+        info = client.publish(topic, payload, qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            log.warning("%s publish on %s failed: %s", what, topic, mqtt.error_string(info.rc))
 
     def status(self) -> dict[str, Any]:
         entry = super().status()

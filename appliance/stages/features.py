@@ -7,6 +7,10 @@ asset's ticks in its warm-up make no rows (see ``features.spec``); the status
 counts them (``warmup_ticks``), so a quiet predict stage after a start is
 explained.  A sensor that becomes stuck (or moves again) is logged, and the status counts
 the stuck ones: a stuck sensor is a fault of its own for the line engineer.
+
+``tap``, when given, receives every FeatureRows too (the drift stage's inbox).  It is
+offered without waiting: when it is full the rows are dropped for it and counted
+(``drift_rows_dropped``), so watching the model never slows predicting it.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from __future__ import annotations
 import logging
 import queue
 from collections import defaultdict
+from collections.abc import Iterable
 
 import numpy as np
 
 from appliance.config import Config
 from appliance.features.live import AssetFeatures, FeatureBanks
 from appliance.features.spec import PipelineSpec
-from appliance.messages import FeatureRows, StoredReadings
-from appliance.stages.base import Stage
+from appliance.messages import EndOfStream, FeatureRows, StoredReadings
+from appliance.stages.base import Stage, StopSignals, put
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +35,18 @@ class FeaturesStage(Stage):
     name = "features"
     essential = False  # the readings keep being stored without it
 
-    def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue) -> None:
+    def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue,
+                 tap: queue.Queue | None = None) -> None:
         super().__init__(inbox, out)
+        self.tap = tap
         self.spec = PipelineSpec.from_config(cfg.pipeline)
         self.banks = FeatureBanks(self.spec)
         self._assets: dict[tuple[str, str], AssetFeatures] = {}
         for counter in ("late_readings", "invalid_readings", "idle_restarts", "stuck_sensors",
                         "warmup_ticks"):
             self.counters.extra[counter] = 0
+        if tap is not None:
+            self.counters.extra["drift_rows_dropped"] = 0
 
     def handle(self, batch: StoredReadings) -> list[FeatureRows]:
         by_tick: dict[tuple[float, tuple[str, ...]], list] = defaultdict(list)
@@ -68,6 +77,22 @@ class FeaturesStage(Stage):
                 values=np.vstack([row for _, row in rows]).astype(np.float32),
             ))
         return out
+
+    def emit(self, items: Iterable[object] | None, signals: StopSignals) -> None:
+        """Pass items on, and offer them to the tap: rows without waiting, the end of
+        the stream (which the drift stage stops on) as any stage passes it on."""
+        items = list(items or ())
+        super().emit(items, signals)
+        if self.tap is None:
+            return
+        for item in items:
+            if isinstance(item, EndOfStream):
+                put(self.tap, item, signals.abort)
+                continue
+            try:
+                self.tap.put_nowait(item)
+            except queue.Full:
+                self.counters.bump("drift_rows_dropped")
 
     def _report(self,
                 before: dict[tuple[str, str], tuple[int, int, int, int, frozenset[str]]]

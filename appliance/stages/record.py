@@ -1,4 +1,5 @@
-"""Record: writes predictions, alerts and model events to DuckDB (their only writer)."""
+"""Record: writes predictions, alerts, model events and drift events to DuckDB (their
+only writer)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import queue
 
 import duckdb
 
-from appliance.messages import Alerts, ModelEvent, Predictions
+from appliance.messages import Alerts, DriftEvents, ModelEvent, Predictions
 from appliance.stages.base import Stage
 from appliance.storage import tables
 
@@ -33,6 +34,8 @@ class RecordStage(Stage):
             tables.insert_alerts(con, list(item.items))
         elif isinstance(item, ModelEvent):
             tables.insert_model_event(con, item)
+        elif isinstance(item, DriftEvents):
+            tables.insert_drift_events(con, list(item.items))
 
     def close(self) -> None:
         con, self._con = self._con, None

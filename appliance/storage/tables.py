@@ -15,12 +15,13 @@ import numpy as np
 from appliance.messages import (
     AlertEvent,
     DeadLetter,
+    DriftEvent,
     FaultEvent,
     ModelEvent,
     Prediction,
     SeriesKey,
 )
-from appliance.mqtt.payloads import alert_document
+from appliance.mqtt.payloads import alert_document, drift_document
 from appliance.timefmt import to_us
 
 
@@ -147,6 +148,18 @@ def insert_alerts(con: duckdb.DuckDBPyConnection, alerts: list[AlertEvent]) -> N
         [(to_us(d["ts"]), d["line"], d["asset"], d["state"], d["probability"], d["threshold"],
           d["horizon_s"], d["model"], json.dumps(d["top_factors"]), a.role)
          for a, d in zip(alerts, docs, strict=True)])
+
+
+def insert_drift_events(con: duckdb.DuckDBPyConnection, events: list[DriftEvent]) -> None:
+    """Drift and sensor events as published: the numbers of ``payloads.drift_document``."""
+    if not events:
+        return
+    docs = [drift_document(e) for e in events]
+    con.executemany(
+        "INSERT INTO drift_events VALUES (make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(to_us(d["ts"]), d["line"], d["asset"], d["kind"], d["state"],
+          json.dumps(d["features"]), d["statistic"], d["threshold"], d["model"],
+          json.dumps(d["detail"])) for d in docs])
 
 
 def insert_model_event(con: duckdb.DuckDBPyConnection, event: ModelEvent) -> None:

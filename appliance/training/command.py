@@ -73,7 +73,7 @@ def train_from_database(cfg: Config, db_path: Path, families: Sequence[str],
             say(f"window {rfc3339(history.t_start)} to {rfc3339(history.t_end)}, pipeline "
                 f"spec {spec.hash}")
             results = train_families(spec, history.histories, history.t_start, history.t_end,
-                                     params_for(cfg, families, seed), say)
+                                     params_for(cfg, families, seed), say, cfg.drift)
             trained = _export_and_register(cfg.models_dir(db_path), spec, results, out_dir,
                                            say)
         except ValueError as exc:

@@ -69,7 +69,8 @@ def build_metadata(*, feature_names: Sequence[str], spec_hash: str, horizon_s: f
                    threshold: float, reference: Mapping[str, Any], trained_from: float,
                    trained_to: float, metrics: Mapping[str, Any], family: str,
                    created_at: float | None = None,
-                   training: Mapping[str, Any] | None = None) -> dict[str, str]:
+                   training: Mapping[str, Any] | None = None,
+                   drift_calibration: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The contract's metadata as the strings ONNX stores (times as Unix seconds in)."""
     meta = {
         contract.KEY_FEATURES: json.dumps(list(feature_names)),
@@ -86,6 +87,9 @@ def build_metadata(*, feature_names: Sequence[str], spec_hash: str, horizon_s: f
     }
     if training is not None:
         meta[KEY_TRAINING] = json.dumps(training, separators=(",", ":"), allow_nan=False)
+    if drift_calibration is not None:
+        meta[contract.KEY_DRIFT_CALIBRATION] = json.dumps(
+            drift_calibration, separators=(",", ":"), allow_nan=False)
     return meta
 
 

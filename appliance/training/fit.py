@@ -11,7 +11,11 @@ the real ticks, not of the calendar, so data in a few bursts over months (test
 runs, run-to-failure tests) still leaves real data to validate on.
 The threshold is chosen on validation with ``metrics.choose_threshold``, and
 the model judged there with ``verdict.judge``: its problems go into the metrics,
-so a model that is not usable says so wherever it is looked at.
+so a model that is not usable says so wherever it is looked at.  The drift
+thresholds are calibrated there too (``models.drift.calibrate``: the live
+stage's windows slid over each asset's validation rows, with faulty sensors left
+out as live), because held-out rows are the "data like the reference" whose
+false drift events the budget bounds.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from appliance.config import FAMILIES
+from appliance.config import FAMILIES, DriftConfig
+from appliance.features import health
 from appliance.features.spec import PipelineSpec
+from appliance.models import drift as drift_model
 from appliance.scoring.metrics import EventMetrics, choose_threshold, tick_pr_auc
 from appliance.storage.history import AssetHistory
 from appliance.timefmt import rfc3339
@@ -61,6 +67,8 @@ class TrainResult:
     X_validation: np.ndarray = field(repr=False)
     #: The pipeline's windows too short for the data (``verdict.window_notes``).
     notes: tuple[str, ...] = ()
+    #: The drift thresholds' calibration on validation (``models.drift.calibrate``).
+    drift_calibration: Mapping[str, Any] | None = None
 
     @property
     def usable(self) -> bool:
@@ -74,20 +82,22 @@ class TrainResult:
             horizon_s=self.horizon_s, threshold=self.threshold, reference=self.reference,
             trained_from=self.trained_from, trained_to=self.trained_to,
             metrics={**self.metrics, **(extra_metrics or {})}, family=self.family,
-            created_at=created_at, training=self.training)
+            created_at=created_at, training=self.training,
+            drift_calibration=self.drift_calibration)
 
 
 def train(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
           t_end: float, params: TrainParams | None = None,
-          progress: Progress | None = None) -> TrainResult:
+          progress: Progress | None = None, drift: DriftConfig | None = None) -> TrainResult:
     """Build the data set, fit one family (``params.family``), choose the threshold."""
     params = params or TrainParams()
-    return train_families(spec, histories, t_start, t_end, [params], progress)[0]
+    return train_families(spec, histories, t_start, t_end, [params], progress, drift)[0]
 
 
 def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
                    t_end: float, params: Sequence[TrainParams],
-                   progress: Progress | None = None) -> list[TrainResult]:
+                   progress: Progress | None = None,
+                   drift: DriftConfig | None = None) -> list[TrainResult]:
     """One data set (with the first params' cool-down and stride), a fit per params;
     each result carries the notes on the pipeline's windows for this history."""
     if not params:
@@ -103,7 +113,7 @@ def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_star
     features_s = time.perf_counter() - t0
     results = []
     for p in params:
-        r = fit(ds, spec, t_start, t_end, p, progress)
+        r = fit(ds, spec, t_start, t_end, p, progress, drift)
         r = dataclasses.replace(r, notes=notes,
                                 metrics={**r.metrics, "pipeline_notes": list(notes)})
         results.append(_with_timing(r, "features_s", features_s))
@@ -116,7 +126,8 @@ def _with_timing(result: TrainResult, key: str, seconds: float) -> TrainResult:
 
 
 def fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
-        params: TrainParams, progress: Progress | None = None) -> TrainResult:
+        params: TrainParams, progress: Progress | None = None,
+        drift: DriftConfig | None = None) -> TrainResult:
     """Fit ``params.family`` on the rows of ``ds`` with ticks in (t_start, t_end].
 
     Training ticks are the first ``train_fraction`` of the ticks in the window (up
@@ -130,11 +141,11 @@ def fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(params.threads):
-        return _fit(ds, spec, t_start, t_end, params, progress)
+        return _fit(ds, spec, t_start, t_end, params, progress, drift or DriftConfig())
 
 
 def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
-         params: TrainParams, progress: Progress | None) -> TrainResult:
+         params: TrainParams, progress: Progress | None, drift: DriftConfig) -> TrainResult:
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     family = FAMILIES[params.family]
@@ -205,15 +216,38 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
     }
     training = {"params": asdict(params), "assets": list(ds.assets),
                 "dropped_features": dict(dropped), "spec_cadence_s": spec.cadence_s}
+    reference = export.reference_distribution(X_train, names)
+    t0 = time.perf_counter()
+    calibration = drift_calibration(ds, val_rows, names, reference, drift)
+    timings["drift_calibration_s"] = time.perf_counter() - t0
     return TrainResult(
         classifier=clf, family=family, feature_names=names, dropped=dropped,
         spec_hash=spec.hash, horizon_s=spec.horizon_s, threshold=chosen.threshold,
         threshold_met_budget=met,
-        reference=export.reference_distribution(X_train, names),
+        reference=reference,
         trained_from=t_start, trained_to=t_split,
         validated_from=float(val_ticks.min()), validated_to=float(val_ticks.max()),
         validation=chosen, metrics=metrics, training=training, timings=timings,
-        problems=problems, X_validation=X_val)
+        problems=problems, X_validation=X_val, drift_calibration=calibration)
+
+
+def drift_calibration(ds: Dataset, rows: np.ndarray, names: Sequence[str],
+                      reference: Mapping[str, Any], drift: DriftConfig) -> dict[str, Any]:
+    """Calibrate the drift thresholds on the selected (held-out) rows, per asset, with the
+    live stage's windows and its exclusion of faulty sensors' features."""
+    cols = np.array([ds.names.index(n) for n in names], dtype=np.intp)
+    per_asset = []
+    for i in range(len(ds.assets)):
+        sel = np.flatnonzero(rows & (ds.asset_index == i))
+        if not len(sel):
+            continue
+        ticks, X = ds.ticks[sel], ds.X[sel]
+        sensors, kinds = health.sensor_kinds(ds.names, ticks, X, drift.sensor_silent_s,
+                                             drift.sensor_missing)
+        excluded = (kinds != 0) @ health.feature_sensor_matrix(names, sensors) > 0
+        per_asset.append((ticks, X[:, cols], excluded))
+    window = drift_model.Window(drift.window_s, drift.sample_s, drift.persist_s)
+    return drift_model.calibrate(names, reference, window, per_asset)
 
 
 def _round(x: float) -> float | None:

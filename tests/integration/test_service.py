@@ -248,3 +248,47 @@ def test_a_challenger_is_stored_and_scored_never_published(tmp_path, broker, ser
         [("challenger", challenger.name)]
     scored = {(m, r) for m, r in query(tmp_path, "SELECT model, role FROM model_scores")}
     assert scored == {(champion.name, "champion"), (challenger.name, "challenger")}
+
+
+
+
+def test_drift_events_are_published_retained_and_stored(tmp_path, broker, service_factory):
+    """The path of a drift event: drift stage → alert stage (retained on
+    appliance/<line>/drift) → record stage (drift_events), with the stage's counters in
+    the status.  Short 1 h windows against the uncalibrated starter model fire within
+    seconds of event time once full (long-window statistics that move once per 10 min
+    fill one bin of a 1 h window): that is the event this test follows.  Detection of a
+    recalibration is tested on the statistic itself in tests/unit/test_drift.py."""
+    from appliance.devtools.simulator import LineSimulator
+
+    extra = ("[pipeline]\nwarmup_s = 0\n[drift]\nwindow_s = 3600\nsample_s = 30\n"
+             "persist_s = 60\nuncalibrated_psi = 4.0\nuncalibrated_persist_s = 60\n")
+    svc = service_factory(write_config(tmp_path, broker, extra)).start()
+    hours, hz = 2.0, 0.1
+    sim = LineSimulator(assets=4, hz=hz, seed=3, start_ts=time.time() - hours * 3600 - 60)
+    msgs = [(TOPICS.reading(r.key.line, r.key.asset, r.key.sensor),
+             json.dumps({"ts": r.ts, "value": r.value}).encode())
+            for readings_, _faults in sim.messages(int(hours * 3600 * hz)) for r in readings_]
+    publish_all(publisher(broker), msgs)
+    svc.wait_for(lambda s: s["stages"]["drift"]["drift_events_started"] >= 1, timeout_s=60,
+                 what="a drift event")
+    received: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_connect = lambda c, *a: c.subscribe(TOPICS.drift("line1"), qos=1)
+    sub.on_message = lambda c, u, m: received.append(json.loads(m.payload))
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sub.loop_stop()
+    svc.terminate()
+    assert received, "no retained drift message"
+    retained = received[0]
+    assert retained["kind"] == "drift" and retained["line"] == "line1"
+    assert retained["model"].startswith("starter-") and retained["threshold"] == 4.0
+    rows = query(tmp_path, "SELECT epoch(ts), state, features FROM drift_events "
+                           "WHERE kind = 'drift' ORDER BY ts")
+    assert rows[0][1] == "started"
+    assert (retained["ts"], retained["state"], retained["features"]) == \
+        (rows[-1][0], rows[-1][1], json.loads(rows[-1][2]))

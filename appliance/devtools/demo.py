@@ -149,10 +149,10 @@ def _drift_lines(events: list[tuple]) -> list[str]:
         moved = json.loads(detail) if detail else {}
         if kind == "drift":
             what = "; ".join(f"{name} {_moved(d)}" for name, d in
-                             list(moved.get("features", moved).items())[:3]
-                             if isinstance(d, dict))
-            out.append(f"  {ts:%H:%M:%S} {asset} drift {state} (PSI {statistic:.2f} > "
-                       f"{threshold:.2f}): {what}")
+                             list(moved.get("features", {}).items())[:3])
+            psi = "" if statistic is None or threshold is None else \
+                f" (PSI {statistic:.2f}, limit {threshold:.2f})"
+            out.append(f"  {ts:%H:%M:%S} {asset} drift {state}{psi}{': ' + what if what else ''}")
         else:
             out.append(f"  {ts:%H:%M:%S} {asset} sensor {moved.get('sensor', '?')} "
                        f"{moved.get('kind', '')} {state}")

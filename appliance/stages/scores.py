@@ -41,6 +41,9 @@ class ScoresStage(Stage):
 
     def start(self) -> None:
         self._con = self.db.cursor()
+        # at start, and after a restart (its last rescore may have been cut short)
+        self._faults_seen = None
+        self._next_check = 0.0
 
     def run(self, signals: StopSignals) -> None:
         while not (signals.drain.is_set() or signals.abort.is_set()):

@@ -47,6 +47,7 @@ def _target(name: str) -> str:
     return {
         "ingest": "hand_on",  # the loop handing batches on
         "store": "commit",    # the commit (a non-DuckDB error), the batch held meanwhile
+        "scores": "check",    # its poll for new faults (and the rescore they call for)
     }.get(name, "handle")     # a transform stage's work on one item
 
 
@@ -61,6 +62,7 @@ def _build(tmp_path, broker, **sections) -> tuple[runner.Service, object]:
     db = tmp_path / "appliance.duckdb"
     # predictions from the first tick: these tests are about stages, not the warm-up
     sections.setdefault("pipeline", {"warmup_s": 0})
+    sections.setdefault("model", {"scores_every_s": 1})  # the scores stage polls often
     cfg = config_mod.load(fault_config(tmp_path, broker, db=db, **sections))
     return runner.Service(cfg), db
 

@@ -4,9 +4,9 @@ Rows arrive on the features stage's tap (every ``FeatureRows``, dropped there wh
 this stage falls behind: drift is watching, never in the way of predicting).
 Per tick, sensor health first (``features.health``): a stuck, silent or mostly
 missing sensor is a ``sensor`` event and its features are excluded; then the
-monitor (``models.drift``) samples each asset once per ``sample_s`` and decides
-per line.  Events go to the alert stage's inbox (published retained there) and on
-to the record stage (``drift_events``); each is one log line.
+monitor (``models.drift``) samples each asset once per ``sample_s`` into its
+line's window and decides per line.  Events go to the alert stage's inbox (published
+retained there) and on to the record stage (``drift_events``); each is one log line.
 
 The stage follows the champion with its own ``ModelWatcher`` (promotions only; the
 predict stage announces dropped-in files).  A new model brings a new reference:
@@ -73,7 +73,7 @@ class DriftStage(Stage):
         w = settings.window
         log.info("drift: watching %d features of %s, %s, window %g s sampled every %g s, "
                  "persistence %g s, budget %g false events per month", len(ref.features),
-                 model.name, "calibrated on its held-out period" if calibration
+                 model.name, "calibrated on its held-out period" if settings.calibrated
                  else f"NOT calibrated: PSI {d.uncalibrated_psi:g} for every feature",
                  w.window_s, w.sample_s, w.persist_s, d.max_false_per_month)
 
@@ -135,10 +135,13 @@ class DriftStage(Stage):
         moved = ", ".join(f"{f} {v['shift']:+g} (PSI {v['psi']:g})"
                           for f, v in detail.get("features", {}).items()
                           if v.get("shift") is not None)
+        most = ", ".join(f"{a} {v:+g}" for a, v in detail.get("assets", {}).items()
+                         if v is not None)
         say = log.warning if e.state == "started" else log.info
-        say("drift event %s on %s/%s against %s: PSI %s, threshold %.3g%s%s", e.state, e.line,
-            e.asset, e.model, "-" if e.statistic is None else f"{e.statistic:.3g}",
+        say("drift event %s on %s/%s against %s: PSI %s, threshold %.3g%s%s%s", e.state,
+            e.line, e.asset, e.model, "-" if e.statistic is None else f"{e.statistic:.3g}",
             e.threshold or 0.0, f"; moved: {moved}" if moved else "",
+            f"; assets moved most: {most}" if most else "",
             f" ({detail['why']})" if detail.get("why") else "")
 
     def _matrix(self, rows: FeatureRows, monitor: drift.DriftMonitor,

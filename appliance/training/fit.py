@@ -13,8 +13,8 @@ The threshold is chosen on validation with ``metrics.choose_threshold``, and
 the model judged there with ``verdict.judge``: its problems go into the metrics,
 so a model that is not usable says so wherever it is looked at.  The drift
 thresholds are calibrated there too (``models.drift.calibrate``: the live
-stage's windows slid over each asset's validation rows, with faulty sensors left
-out as live), because held-out rows are the "data like the reference" whose
+stage's line windows slid over the assets' validation rows pooled, with faulty
+sensors left out as live), because held-out rows are the "data like the reference" whose
 false drift events the budget bounds.
 """
 
@@ -233,8 +233,8 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
 
 def drift_calibration(ds: Dataset, rows: np.ndarray, names: Sequence[str],
                       reference: Mapping[str, Any], drift: DriftConfig) -> dict[str, Any]:
-    """Calibrate the drift thresholds on the selected (held-out) rows, per asset, with the
-    live stage's windows and its exclusion of faulty sensors' features."""
+    """Calibrate the drift thresholds on the selected (held-out) rows, the assets pooled
+    into one line's window as live, with the live exclusion of faulty sensors' features."""
     cols = np.array([ds.names.index(n) for n in names], dtype=np.intp)
     per_asset = []
     for i in range(len(ds.assets)):

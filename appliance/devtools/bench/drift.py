@@ -1,8 +1,10 @@
 """``appliance bench drift``: the drift stage's cost per tick and its memory, N assets.
 
 The stage itself (``stages.drift.DriftStage``) with the starter model (its
-features, uncalibrated) is fed FeatureRows of ``assets`` assets × the pipeline's
-features, one per 10 s tick, for a day and a half of event time (past the day-long
+features, uncalibrated) is fed FeatureRows of ``assets`` assets of one line × the
+pipeline's features (the windows are per line: a line's ring of [slots, features,
+bins] counts is the same size whatever its assets; each asset adds an EWMA row), one
+per 10 s tick, for a day and a half of event time (past the day-long
 window, so every ring is full and PSI is computed at every sample).  Reported: the
 mean and worst time of ``handle`` per tick (the worst is a sampling tick, once
 per ``sample_s``), and the bytes the monitor's arrays hold plus the RSS the run

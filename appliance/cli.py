@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     p.add_argument("--drift-at", type=float, default=None, metavar="MIN",
-                   help="recalibrate every asset's lube_temp sensor (+4 °C) MIN minutes of "
+                   help="recalibrate every asset's lube_temp sensor (+10 °C) MIN minutes of "
                    "event time in: the drift stage reports it, the models keep predicting")
     p.add_argument("--host", help="use this broker instead of a private one")
     p.add_argument("--port", type=int, default=1883)

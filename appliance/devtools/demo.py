@@ -37,7 +37,7 @@ def demo_config(host: str, port: int, data_dir: Path) -> Config:
 
 
 #: The recalibration ``--drift-at`` injects: what a swapped lube temperature sensor does.
-DRIFT_SENSOR, DRIFT_OFFSET = "lube_temp", 4.0
+DRIFT_SENSOR, DRIFT_OFFSET = "lube_temp", 10.0
 
 
 def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: float | None,

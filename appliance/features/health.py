@@ -10,11 +10,15 @@ computes (``features.spec``), so nothing here touches readings:
 * ``silent``: ``<s>__last`` is NaN — no valid reading within the sensor's carry
   limit — for ``silent_s`` of event time.  (Before this, only ``missing`` showed it.)
 * ``stuck``: ``<s>__stuck`` is 1 (no change over the first window).
-* ``missing``: ``<s>__missing`` (the EWMA missing fraction) at or above ``level``
-  while the sensor has a value: mostly invalid or dropped readings, not a silence
-  (a value missing for less than ``silent_s`` may be the start of one).  Right after a
-  silence the fraction is still high although the sensor is back; that is not a new
-  fault, so it is not raised until the fraction has once fallen below ``level``.
+* ``missing``: ``<s>__missing`` (the EWMA missing fraction) reaches ``level`` while
+  the sensor has a value: mostly invalid or dropped readings, not a silence (a value
+  missing for less than ``silent_s`` may be the start of one).  It ends only below
+  ``level × MISSING_CLEAR`` — the alert stage's hysteresis (``appliance.alarm``): a
+  sensor half its readings invalid hovers at the level, and without it raised an
+  event every few ticks (400 a day, each a row, a retained message and a log line).
+  Right after a silence the fraction is still high although the sensor is back;
+  that is not a new fault, so it is not raised until the fraction has once fallen
+  below ``level``.
 
 One kind per sensor at a time, in that order of precedence.  ``SensorHealth`` runs
 live over many assets per tick; ``sensor_kinds`` computes the same kinds over one
@@ -30,11 +34,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from appliance.alarm import alarm_active
 from appliance.messages import DriftEvent
 
 #: Kind codes; 0 = healthy.
 KINDS: tuple[str, ...] = ("", "silent", "stuck", "missing")
 SILENT, STUCK, MISSING = 1, 2, 3
+#: A mostly missing sensor is well again below this fraction of ``level``.
+MISSING_CLEAR = 0.8
 
 
 def sensors_in(names: Sequence[str]) -> tuple[str, ...]:
@@ -89,7 +96,11 @@ def sensor_kinds(names: Sequence[str], ticks: np.ndarray, X: np.ndarray, silent_
     last_silent = np.maximum.accumulate(np.where(silent, idx, -1), axis=0)
     last_low = np.maximum.accumulate(np.where(missing < level, idx, -1), axis=0)
     recovering = ~silent & (last_silent >= 0) & (last_low <= last_silent)
-    high = (missing >= level) & ~recovering & ~nan
+    # a missing value (not yet a silence) neither raises nor clears: NaN holds
+    seen = np.where(nan, np.nan, missing)
+    high = np.column_stack([alarm_active(seen[:, j], ~recovering[:, j], level, MISSING_CLEAR)
+                            for j in range(len(sensors))]) if len(sensors) else \
+        np.zeros((n, 0), dtype=bool)
     kind = np.where(silent, SILENT, np.where(stuck == 1, STUCK, np.where(high, MISSING, 0)))
     return sensors, kind.astype(np.int8)
 
@@ -106,6 +117,7 @@ class SensorHealth:
         self.since = np.full((16, 8), np.nan)
         self.nan_since = np.full((16, 8), np.nan)
         self.recovering = np.zeros((16, 8), dtype=bool)
+        self.missing_on = np.zeros((16, 8), dtype=bool)
         self._cols: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, tuple[str, ...]]] = {}
         self._features: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = {}
 
@@ -128,6 +140,7 @@ class SensorHealth:
         self.since = more(self.since, np.nan)
         self.nan_since = more(self.nan_since, np.nan)
         self.recovering = more(self.recovering, False)
+        self.missing_on = more(self.missing_on, False)
 
     def rows_of(self, keys: Sequence[tuple[str, str]]) -> np.ndarray:
         out = np.empty(len(keys), dtype=np.intp)
@@ -170,7 +183,12 @@ class SensorHealth:
         rec = self.recovering[grid] | ((prev == SILENT) & ~silent)
         rec &= ~(missing < self.level)
         self.recovering[grid] = rec
-        high = (missing >= self.level) & ~rec & ~nan
+        # ``appliance.alarm``'s rule, as ``sensor_kinds`` runs it: not usable clears,
+        # NaN holds, on at ``level``, off below ``level × MISSING_CLEAR``
+        on = self.missing_on[grid]
+        high = np.where(rec, False, np.where(nan, on, np.where(
+            on, missing >= self.level * MISSING_CLEAR, missing >= self.level)))
+        self.missing_on[grid] = high
         kind = np.where(silent, SILENT, np.where(stuck == 1, STUCK,
                                                  np.where(high, MISSING, 0))).astype(np.int8)
         changed = np.argwhere(kind != prev)

@@ -74,9 +74,11 @@ def fault_count(con: duckdb.DuckDBPyConnection) -> int:
 
 def score_models(con: duckdb.DuckDBPyConnection, horizon_s: float, clear_ratio: float,
                  windows_days: tuple[int, ...] = WINDOWS_DAYS,
-                 keep_going: Callable[[], bool] = lambda: True) -> list[ModelScore] | None:
+                 keep_going: Callable[[], bool] = lambda: True,
+                 cooldown_s: float | None = None) -> list[ModelScore] | None:
     """Every model's event metrics per window, the champion first; None when
-    ``keep_going`` said stop."""
+    ``keep_going`` said stop.  ``cooldown_s`` as ``[training] cooldown_s`` (default
+    one horizon), as the backtest labels its ticks."""
     end_row = con.execute("SELECT epoch_us(max(ts)) FROM predictions").fetchone()
     if end_row is None or end_row[0] is None:
         return []
@@ -94,7 +96,7 @@ def score_models(con: duckdb.DuckDBPyConnection, horizon_s: float, clear_ratio: 
             if not keep_going():
                 return None
             starts, ends = faults.get(asset, (np.empty(0), np.empty(0)))
-            positive, usable = label_ticks(ticks, starts, ends, horizon_s)
+            positive, usable = label_ticks(ticks, starts, ends, horizon_s, cooldown_s)
             for w in windows_days:
                 i = int(np.searchsorted(ticks, end - w * _DAY_S, side="right"))
                 scores = AssetScores(asset, ticks[i:], proba[i:], usable[i:], positive[i:],

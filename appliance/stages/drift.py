@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,11 @@ class DriftStage(Stage):
                 return
             self.emit(self.handle(item), signals)
             self.progressed()
+
+    def emit(self, items: Iterable[Any] | None, signals: StopSignals) -> None:
+        """Never an EndOfStream, not even the one the supervisor passes on for a failed
+        stage: the alert stage would stop before the predictions still queued for it."""
+        super().emit([i for i in items or () if not isinstance(i, EndOfStream)], signals)
 
     def periodic(self) -> list[DriftEvents]:
         """Follow a newly promoted champion (every ``poll_s``)."""

@@ -67,7 +67,8 @@ class ScoresStage(Stage):
 
         started = time.perf_counter()
         result = scores.score_models(con, self.cfg.pipeline.horizon_s,
-                                     self.cfg.alerts.clear_ratio, keep_going=keep_going)
+                                     self.cfg.alerts.clear_ratio, keep_going=keep_going,
+                                     cooldown_s=self.cfg.training.cooldown_s)
         if result is None:  # stopping: the next start scores again
             return False
         scores.write_scores(con, self.clock.time(), result)

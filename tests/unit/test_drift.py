@@ -110,6 +110,31 @@ def test_stuck_and_silent_sensors_are_sensor_events_and_live_equals_batch():
     assert h.faulty(np.array([0]), sensors).tolist() == [[False, True]]
 
 
+def test_a_sensor_hovering_at_the_missing_level_is_one_event_and_live_equals_batch():
+    # half its readings invalid: the missing fraction wanders around the level all day
+    names = ("s__last", "s__missing", "s__stuck")
+    ticks = np.arange(0.0, 86400.0, 10.0)
+    rng = np.random.default_rng(3)
+    X = np.zeros((len(ticks), 3), dtype=np.float32)
+    X[:, 0] = 1.0
+    X[:, 1] = np.clip(0.5 + np.cumsum(rng.normal(0, 0.01, len(ticks))) * 0.02
+                      + rng.normal(0, 0.03, len(ticks)), 0.42, 0.6)
+    X[rng.random(len(ticks)) < 0.02, 0] = np.nan  # a value missing now and then
+    X[ticks >= 80000, 1] = 0.1  # mended late in the day
+    h = health.SensorHealth(silent_s=600.0, level=0.5)
+    events = []
+    live = []
+    for t, row in zip(ticks, X, strict=True):
+        a, ev = h.observe(float(t), [("l1", "x1")], names, row[None, :])
+        events.extend(ev)
+        live.append(int(h.kind[a[0], 0]))
+    assert [(e.state, json.loads(e.detail)["kind"]) for e in events] == [
+        ("started", "missing"), ("ended", "missing")]
+    assert events[1].ts == 80000.0
+    _sensors, kinds = health.sensor_kinds(names, ticks, X, 600.0, 0.5)
+    assert kinds[:, 0].tolist() == live
+
+
 @pytest.fixture(scope="module")
 def month():
     """55 simulated days of 4 assets; lube_temp reads 10 °C high from day 50; a model
@@ -183,3 +208,26 @@ def test_recalibration_is_reported_as_drift_naming_its_sensor(month):
     moved = {ref.features[j] for j in np.flatnonzero(after[hit[0]])}
     assert ts - at <= DAY, (ts - at) / 3600
     assert moved and all(f.startswith("lube_temp__") for f in moved), moved
+
+
+def test_the_drift_stage_never_ends_the_alert_stages_input(tmp_path):
+    # the supervisor passes an EndOfStream on for a failed stage; predict is the other
+    # producer into the alert stage's inbox, and only it may end that stream
+    import queue
+
+    from appliance.config import Config
+    from appliance.messages import DriftEvents, EndOfStream
+    from appliance.models.contract import STARTER_MODEL, load_model
+    from appliance.models.registry import Registry
+    from appliance.models.watcher import ModelWatcher
+    from appliance.stages.base import StopSignals
+    from appliance.stages.drift import DriftStage
+
+    cfg = Config()
+    spec_hash = PipelineSpec.from_config(cfg.pipeline).hash
+    out: queue.Queue = queue.Queue()
+    stage = DriftStage(cfg, ModelWatcher(Registry(tmp_path), spec_hash, watch_files=False),
+                       load_model(STARTER_MODEL, spec_hash), queue.Queue(), out)
+    events = DriftEvents(())
+    stage.emit([EndOfStream(), events], StopSignals())
+    assert list(out.queue) == [events]

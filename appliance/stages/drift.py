@@ -11,8 +11,8 @@ retained there) and on to the record stage (``drift_events``); each is one log l
 The stage follows the champion with its own ``ModelWatcher`` (promotions only; the
 predict stage announces dropped-in files).  A new model brings a new reference:
 open drift events end (``why``: the model changed) and the windows start afresh.
-It forwards no EndOfStream: the alert stage's inbox has the predict stage as its
-other producer, and only that one may end the stream there.
+It forwards no EndOfStream (``emit``): the alert stage's inbox has the predict stage
+as its other producer, and only that one may end the stream there.
 """
 
 from __future__ import annotations
@@ -77,18 +77,6 @@ class DriftStage(Stage):
                  model.name, "calibrated on its held-out period" if settings.calibrated
                  else f"NOT calibrated: PSI {d.uncalibrated_psi:g} for every feature",
                  w.window_s, w.sample_s, w.persist_s, d.max_false_per_month)
-
-    def run(self, signals: StopSignals) -> None:
-        """The base loop, except that an EndOfStream ends the stage without going on."""
-        while not signals.abort.is_set():
-            self.emit(self.periodic(), signals)
-            item = self.take()
-            if item is None:
-                continue
-            if isinstance(item, EndOfStream):
-                return
-            self.emit(self.handle(item), signals)
-            self.progressed()
 
     def emit(self, items: Iterable[Any] | None, signals: StopSignals) -> None:
         """Never an EndOfStream, not even the one the supervisor passes on for a failed

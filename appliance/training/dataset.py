@@ -50,8 +50,7 @@ class Dataset:
         """Every n-th tick of the grid (the same ticks for every asset)."""
         if n == 1:
             return self
-        k = np.rint(self.ticks / spec.cadence_s).astype(np.int64)
-        return self.take(k % n == 0)
+        return self.take(on_stride(spec, self.ticks, n))
 
     def scores(self, rows: np.ndarray, probability: np.ndarray) -> list[AssetScores]:
         """Per-asset scores of the selected rows (bool mask) with their probabilities."""
@@ -62,6 +61,12 @@ class Dataset:
                                    self.usable[sel], self.positive[sel],
                                    self.fault_starts[asset]))
         return out
+
+
+def on_stride(spec: PipelineSpec, ticks: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the ticks on every n-th point of the grid: the same ticks for every
+    asset, across its gaps too (not every n-th row of an asset)."""
+    return np.rint(ticks / spec.cadence_s).astype(np.int64) % n == 0
 
 
 def build_dataset(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start: float,
@@ -83,8 +88,7 @@ def build_dataset(spec: PipelineSpec, histories: Sequence[AssetHistory], t_start
     for i, h in enumerate(histories):
         series = {s: h.series.get(s, empty) for s in sensors}
         names, ticks, X = asset_features(spec, series, t_start, t_end)
-        # the same ticks of the grid for every asset, across its gaps too
-        kept = np.rint(ticks / spec.cadence_s).astype(np.int64) % stride == 0
+        kept = on_stride(spec, ticks, stride)
         ticks, X = ticks[kept], X[kept]
         pos, ok = label_ticks(ticks, h.fault_starts, h.fault_ends, spec.horizon_s, cooldown_s)
         parts["X"].append(X.astype(np.float32))

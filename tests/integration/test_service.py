@@ -8,10 +8,9 @@ import time
 
 import duckdb
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 
-from tests.support.service import TOPICS, publish_all, publisher, write_config
+from tests.support.service import TOPICS, publish_all, publisher, subscriber, write_config
 
 T0 = time.time() - 3600.0  # event times in the last hour, inside the accepted range
 
@@ -123,12 +122,7 @@ def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, se
     from appliance.devtools.simulator import LineSimulator
 
     svc = service_factory(write_config(tmp_path, broker)).start()
-    received: list[dict] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_connect = lambda c, *a: c.subscribe(TOPICS.alert("+", "+"), qos=1)
-    sub.on_message = lambda c, u, m: received.append(json.loads(m.payload))
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
+    sub, received = subscriber(broker, TOPICS.alert("+", "+"))
     pub = publisher(broker)
     hours, hz = 3.0, 0.1
     sim = LineSimulator(assets=4, hz=hz, seed=3, start_ts=time.time() - hours * 3600 - 60)
@@ -139,6 +133,7 @@ def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, se
     deadline = time.monotonic() + 60
     while not any(a["state"] == "raised" for a in received) and time.monotonic() < deadline:
         time.sleep(0.2)
+    sub.loop_stop()
     svc.terminate()
     raised = [a for a in received if a["state"] == "raised"]
     assert raised, f"no alert among {len(received)} messages"
@@ -213,12 +208,7 @@ def test_a_challenger_is_stored_and_scored_never_published(tmp_path, broker, ser
                                          'scores_every_s = 1\n'
                                          f'[pipeline]\nwarmup_s = 0\n')
     svc = service_factory(cfg).start()
-    received: list[dict] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_connect = lambda c, *a: c.subscribe(TOPICS.alert("+", "+"), qos=1)
-    sub.on_message = lambda c, u, m: received.append(json.loads(m.payload))
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
+    sub, received = subscriber(broker, TOPICS.alert("+", "+"))
     pub = publisher(broker)
     sensors = ("lube_temp", "vibration", "motor_current", "oil_pressure", "ambient_temp")
     msgs = [(TOPICS.reading("l1", f"a{a}", s),
@@ -272,12 +262,7 @@ def test_drift_events_are_published_retained_and_stored(tmp_path, broker, servic
     publish_all(publisher(broker), msgs)
     svc.wait_for(lambda s: s["stages"]["drift"]["drift_events_started"] >= 1, timeout_s=60,
                  what="a drift event")
-    received: list[dict] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_connect = lambda c, *a: c.subscribe(TOPICS.drift("line1"), qos=1)
-    sub.on_message = lambda c, u, m: received.append(json.loads(m.payload))
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
+    sub, received = subscriber(broker, TOPICS.drift("line1"))
     deadline = time.monotonic() + 10
     while not received and time.monotonic() < deadline:
         time.sleep(0.1)

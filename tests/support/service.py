@@ -99,6 +99,17 @@ def publisher(broker: PrivateBroker, client_id: str = "") -> mqtt.Client:
     return c
 
 
+def subscriber(broker: PrivateBroker, topic: str) -> tuple[mqtt.Client, list[dict]]:
+    """A client subscribed to ``topic`` at QoS 1, and the list its JSON messages go to."""
+    received: list[dict] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_connect = lambda client, *_a: client.subscribe(topic, qos=1)
+    c.on_message = lambda _c, _u, m: received.append(json.loads(m.payload))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c, received
+
+
 def publish_all(client: mqtt.Client, messages: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait until the broker has acknowledged every one."""
     infos = [client.publish(t, p, qos=1) for t, p in messages]

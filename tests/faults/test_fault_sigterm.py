@@ -52,7 +52,9 @@ def test_sigterm_under_full_load_stops_within_5s_and_keeps_every_acknowledged_re
     assert stop_s < 5.0
     assert last["state"] == "offline" and "stopped cleanly" in log
     assert acked_at_stop > 0
-    assert sent_at_term > stage(last, "ingest")  # the broker held a backlog: full load
+    # the broker held a backlog at the stop (full load): the next process stored more.
+    # (Not "published so far > received": the publisher goes on between the two reads.)
+    assert stage(final, "store") > 0
     assert rows_at_stop >= acked_at_stop  # every acknowledged reading is stored
     assert rows_at_stop == stage(last, "store")
     assert t.published == pub.sent == TOTAL

@@ -251,6 +251,56 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetrainConfig:
+    """``[retrain]``: the service retrains, validates, shadows, promotes and rolls back
+    by itself (``models/lifecycle.py`` decides, ``stages/retrain.py`` acts).
+
+    Times are event time (the newest prediction's), as the live scores are, so a
+    replayed history and the walk-forward backtest run the same rules.
+    """
+
+    enabled: bool = True
+    #: How often the triggers and the shadow and probation reviews are looked at.
+    check_every_s: float = field(default=300.0, metadata=_range(1.0))
+    #: Retrain on a schedule, this many days after the last training; 0 = never.
+    every_days: float = field(default=7.0, metadata=_range(0.0))
+    #: Retrain when this many faults started since the last training; 0 = never.
+    min_new_faults: int = field(default=10, metadata=_range(0))
+    #: Retrain when a drift event (kind drift) has lasted this long; 0 = never.
+    drift_persist_s: float = field(default=6 * 3600.0, metadata=_range(0.0))
+    #: Retrain when the champion's live recall (30 days) falls this far below its
+    #: validated recall, or its false alarms reach twice the budget; 0 = never.
+    score_drop: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    #: Live faults needed before live scores may trigger, promote or roll back.
+    min_live_faults: int = field(default=3, metadata=_range(1))
+    #: No automatic training sooner than this after the last one started (by hand: any time).
+    min_gap_s: float = field(default=12 * 3600.0, metadata=_range(0.0))
+    #: The history a candidate is trained on, ending at the holdout.
+    history_days: float = field(default=60.0, metadata=_range(1.0))
+    #: The recent holdout, after the candidate's data, on which candidate and champion
+    #: are compared (event metrics at the budget, the service's alarm rule).
+    holdout_days: float = field(default=7.0, metadata=_range(0.1))
+    #: A candidate needs recall at least the champion's plus this on the holdout.
+    margin: float = field(default=0.0, metadata=_range(-1.0, 1.0))
+    #: A challenger is shadowed this long, or until this many faults came, then
+    #: promoted if its live scores are at least the champion's, else rejected.
+    shadow_days: float = field(default=7.0, metadata=_range(0.0))
+    shadow_faults: int = field(default=5, metadata=_range(1))
+    #: The shadow while the champion is in drift (a drift event is open): shorter,
+    #: because the champion is known to be serving data unlike its training.
+    drift_shadow_days: float = field(default=2.0, metadata=_range(0.0))
+    #: After an automatic promotion the old champion is shadowed this long; if the new
+    #: one scores below it live, the appliance rolls back.
+    probation_days: float = field(default=7.0, metadata=_range(0.0))
+    #: The training child is killed (and the run recorded as failed) above this RSS.
+    max_memory_mb: float = field(default=1024.0, metadata=_range(64.0))
+    #: ... or when it runs longer than this.
+    timeout_s: float = field(default=4 * 3600.0, metadata=_range(10.0))
+    #: CPU priority of the training child (os.nice increment): ingest comes first.
+    nice: int = field(default=10, metadata=_range(0, 19))
+
+
+@dataclass(frozen=True, slots=True)
 class VariantConfig:
     """``[variants.<name>]``: a named override of the pipeline spec or the model family.
 
@@ -284,6 +334,7 @@ class Config:
     service: ServiceConfig = ServiceConfig()
     training: TrainingConfig = TrainingConfig()
     drift: DriftConfig = DriftConfig()
+    retrain: RetrainConfig = RetrainConfig()
     #: ``[variants.<name>]`` tables, as (name, overrides) pairs in file order.
     variants: tuple[tuple[str, VariantConfig], ...] = ()
     #: The file this was read from ("<defaults>" when built in code).

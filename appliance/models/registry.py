@@ -2,7 +2,8 @@
 
     <models dir>/<name>.onnx     every model added (name = file stem + short sha256)
     <models dir>/registry.json   {"active": name, "history": [earlier active names],
-                                  "challengers": [names served in the shadow of the active]}
+                                  "challengers": [names served in the shadow of the active],
+                                  "lifecycle": the retraining loop's memory}
 
 A folder and a small JSON file rather than the database, because the running
 service holds the DuckDB file: ``appliance models promote`` must work while it
@@ -12,7 +13,10 @@ serves.  Every write is atomic (temporary file + rename).
 
 Challengers sit beside ``active`` in the same file (not in a file of their own)
 so that one atomic write moves a model from challenger to champion: the
-service never sees a model in both roles.
+service never sees a model in both roles.  The retraining loop's memory
+(``models.lifecycle.LoopState``: which challengers it is judging, a promotion on
+probation) is in the same file for the same reason: a role and the loop's note
+about it change in one write, so a ``kill -9`` never separates them.
 """
 
 from __future__ import annotations
@@ -52,11 +56,12 @@ class Registry:
         try:
             state = json.loads(self._file.read_text())
         except FileNotFoundError:
-            return {"active": None, "history": [], "challengers": []}
+            return {"active": None, "history": [], "challengers": [], "lifecycle": None}
         except (OSError, ValueError) as exc:
             raise ModelError(f"{self._file}: unreadable registry ({exc})") from None
         return {"active": state.get("active"), "history": list(state.get("history", [])),
-                "challengers": list(state.get("challengers", []))}
+                "challengers": list(state.get("challengers", [])),
+                "lifecycle": state.get("lifecycle")}
 
     def _write(self, state: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,15 @@ class Registry:
 
     def challenger_names(self) -> list[str]:
         return self._read()["challengers"]
+
+    def lifecycle(self) -> dict | None:
+        """The retraining loop's memory (``LoopState.to_json``), None before it first ran."""
+        return self._read()["lifecycle"]
+
+    def save_lifecycle(self, doc: dict) -> None:
+        state = self._read()
+        state["lifecycle"] = doc
+        self._write(state)
 
     def path_of(self, name: str) -> Path:
         path = self.directory / f"{name}.onnx"
@@ -110,20 +124,30 @@ class Registry:
                                  challenger=name in challengers))
         return out
 
-    def promote(self, name: str, spec_hash: str | None = None) -> LoadedModel:
-        """Make ``name`` the active model, after it passes every check."""
+    def promote(self, name: str, spec_hash: str | None = None, *,
+                keep_previous: bool = False, lifecycle: dict | None = None) -> LoadedModel:
+        """Make ``name`` the active model, after it passes every check.
+
+        ``keep_previous``: the model it replaces stays on as a challenger (the loop's
+        probation); ``lifecycle``: the loop's memory, written in the same write."""
         model = load_model(self.path_of(name), spec_hash)
         state = self._read()
-        if state["active"] and state["active"] != name:
-            state["history"].append(state["active"])
+        previous = state["active"]
+        if previous and previous != name:
+            state["history"].append(previous)
         state["active"] = name
         # a champion is no longer its own challenger
         state["challengers"] = [c for c in state["challengers"] if c != name]
+        if keep_previous and previous and previous != name \
+                and previous not in state["challengers"]:
+            state["challengers"].append(previous)
+        if lifecycle is not None:
+            state["lifecycle"] = lifecycle
         self._write(state)
         return model
 
-    def shadow(self, name: str, max_challengers: int, spec_hash: str | None = None
-               ) -> LoadedModel:
+    def shadow(self, name: str, max_challengers: int, spec_hash: str | None = None, *,
+               lifecycle: dict | None = None) -> LoadedModel:
         """Serve ``name`` as a challenger, after it passes every check (the contract and
         the spec hash, as for ``promote``); refused for the active model and beyond
         ``max_challengers`` (``[model] max_challengers``: each costs a model call per tick)."""
@@ -138,20 +162,26 @@ class Registry:
                              f"({', '.join(state['challengers']) or 'none allowed'}); "
                              f"[model] max_challengers = {max_challengers}: unshadow one first")
         state["challengers"].append(name)
+        if lifecycle is not None:
+            state["lifecycle"] = lifecycle
         self._write(state)
         return model
 
-    def unshadow(self, name: str) -> None:
+    def unshadow(self, name: str, *, lifecycle: dict | None = None) -> None:
         """Stop serving ``name`` as a challenger."""
         state = self._read()
         if name not in state["challengers"]:
             raise ModelError(f"{name} is not a challenger (challengers: "
                              f"{', '.join(state['challengers']) or 'none'})")
         state["challengers"].remove(name)
+        if lifecycle is not None:
+            state["lifecycle"] = lifecycle
         self._write(state)
 
-    def rollback(self, spec_hash: str | None = None) -> LoadedModel:
-        """Make the previously active model active again."""
+    def rollback(self, spec_hash: str | None = None, *, lifecycle: dict | None = None
+                 ) -> LoadedModel:
+        """Make the previously active model active again (the one rolled back from is
+        no longer served in any role)."""
         state = self._read()
         if not state["history"]:
             raise ModelError(f"{self._file}: no earlier model to roll back to")
@@ -159,5 +189,7 @@ class Registry:
         model = load_model(self.path_of(previous), spec_hash)
         state["active"] = previous
         state["challengers"] = [c for c in state["challengers"] if c != previous]
+        if lifecycle is not None:
+            state["lifecycle"] = lifecycle
         self._write(state)
         return model

@@ -189,5 +189,27 @@ class DriftEvents:
 
 
 @dataclass(frozen=True, slots=True)
+class LoopEvent:
+    """Retrain → alert (published, retained): one step of the retraining loop, as
+    stored in ``model_history`` (the retrain stage writes the row itself).
+
+    ``event``: trigger, training_started, training_failed, rejected, shadow,
+    promoted, probation_ended, rolled_back, reconciled, interrupted.
+    """
+
+    ts: float  # event time (the newest reading's) the loop acted at
+    at: float  # wall-clock time
+    event: str
+    model: str | None
+    other: str | None  # the champion it was compared with, or the one it replaced
+    reason: str
+    #: JSON: both models' numbers, the data window, duration, peak memory, ...
+    detail: str = "{}"
+    #: The roles after the step.
+    champion: str | None = None
+    challengers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class EndOfStream:
     """Passed down the chain on shutdown so each stage flushes before exiting."""

@@ -66,9 +66,11 @@ COLUMNS: tuple[str, ...] = ("faults", "caught", "recall", "episodes", "false_epi
                             "episode_precision")
 
 
-def fault_count(con: duckdb.DuckDBPyConnection) -> int:
-    """Stored fault events: the cheap check of whether a rescore is due."""
-    row = con.execute("SELECT count(*) FROM faults").fetchone()
+def fault_count(con: duckdb.DuckDBPyConnection, starts_only: bool = False) -> int:
+    """Stored fault events (the cheap check of whether a rescore is due), or only their
+    starts (faults, as the retraining loop counts them)."""
+    row = con.execute("SELECT count(*) FROM faults"
+                      + (" WHERE state = 'start'" if starts_only else "")).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -105,6 +107,27 @@ def score_models(con: duckdb.DuckDBPyConnection, horizon_s: float, clear_ratio: 
         out += [ModelScore(model, role, w, combine(counts[w], threshold, math.nan))
                 for w in windows_days]
     return sorted(out, key=lambda s: (s.role != "champion", s.model, s.window_days))
+
+
+def score_period(con: duckdb.DuckDBPyConnection, model: str, since: float, until: float,
+                 horizon_s: float, clear_ratio: float, cooldown_s: float | None = None,
+                 threshold: float | None = None) -> EventMetrics:
+    """One model's event metrics over its predictions in (since, until], as the windows
+    of ``score_models`` are scored (the retraining loop compares two models over the
+    same period with it).  ``threshold``: its newest stored one when None."""
+    if threshold is None:
+        row = con.execute("SELECT arg_max(threshold, ts) FROM predictions WHERE model = ?",
+                          [model]).fetchone()
+        threshold = float(row[0]) if row and row[0] is not None else 0.5
+    faults = stored_faults(con)
+    counts = []
+    for asset, ticks, proba in _asset_predictions(con, model, since):
+        hi = int(np.searchsorted(ticks, until, side="right"))
+        starts, ends = faults.get(asset, (np.empty(0), np.empty(0)))
+        positive, usable = label_ticks(ticks[:hi], starts, ends, horizon_s, cooldown_s)
+        counts.append(asset_counts(AssetScores(asset, ticks[:hi], proba[:hi], usable, positive,
+                                               starts), threshold, horizon_s, clear_ratio))
+    return combine(counts, threshold, math.nan)
 
 
 def _asset_predictions(con: duckdb.DuckDBPyConnection, model: str, since: float

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from appliance.config import LimitsConfig
-from appliance.messages import AlertEvent, DriftEvent, FaultEvent
+from appliance.messages import AlertEvent, DriftEvent, FaultEvent, LoopEvent
 from appliance.mqtt.topics import FAULT_SENSOR, Routed, is_name
 from appliance.timefmt import parse_rfc3339
 
@@ -175,3 +175,16 @@ def drift_document(event: DriftEvent) -> dict[str, Any]:
 def drift_payload(event: DriftEvent) -> bytes:
     """The MQTT payload of a drift or sensor event."""
     return json.dumps(drift_document(event)).encode()
+
+
+def loop_document(event: LoopEvent) -> dict[str, Any]:
+    """A step of the retraining loop as published on ``<line>/model`` and stored in
+    ``model_history``, with the roles after it."""
+    return {"ts": event.ts, "at": event.at, "event": event.event, "model": event.model,
+            "other": event.other, "reason": event.reason, "detail": json.loads(event.detail),
+            "champion": event.champion, "challengers": list(event.challengers)}
+
+
+def loop_payload(event: LoopEvent) -> bytes:
+    """The MQTT payload of a step of the retraining loop."""
+    return json.dumps(loop_document(event)).encode()

@@ -100,6 +100,10 @@ class Topics:
         """The line's drift state: one retained message per line (an asset or ``*``)."""
         return f"{self.alerts_prefix}/{line}/drift"
 
+    def model(self, line: str) -> str:
+        """The retraining loop's latest step (retained): which model serves and why."""
+        return f"{self.alerts_prefix}/{line}/model"
+
     def sensor(self, line: str, asset: str) -> str:
         """An asset's latest sensor event, with its sensors at fault now (``active``)."""
         return f"{self.alerts_prefix}/{line}/{asset}/sensor"

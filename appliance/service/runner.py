@@ -15,6 +15,8 @@
     alert      stages/alert.py      alarm.py, mqtt/payloads.py
     record     stages/record.py     storage/tables.py
     scores     stages/scores.py     models/scores.py (beside the chain: rescores as faults arrive)
+    retrain    stages/retrain.py    models/lifecycle.py, service/child.py (beside the chain:
+                                    a training child on a snapshot; shadow, promote, roll back)
     service/   supervisor (a thread per stage, restarts, hung), status, systemd_notify
 
 Stages share only the typed messages of ``messages.py`` on their queues.
@@ -54,6 +56,7 @@ from appliance.stages.features import FeaturesStage
 from appliance.stages.ingest import IngestStage
 from appliance.stages.predict import PredictStage
 from appliance.stages.record import RecordStage
+from appliance.stages.retrain import RetrainStage
 from appliance.stages.scores import ScoresStage
 from appliance.stages.store import StoreStage
 from appliance.storage.database import OpenReport
@@ -97,6 +100,7 @@ def build(cfg: Config) -> Pipeline:
     # SimpleQueue) because two threads take from it (see stages/ingest.py).
     acks: queue.Queue = queue.Queue()
     stages: dict[str, Stage] = {
+        "retrain": RetrainStage(cfg, db, registry, spec_hash(cfg), q["predictions"]),
         "scores": ScoresStage(cfg, db),
         "record": RecordStage(db, q["records"]),
         "alert": AlertStage(cfg, q["predictions"], q["records"]),

@@ -6,7 +6,9 @@ at the threshold does not flap.  Alerts go out on MQTT (QoS 1, retained, so a
 subscriber that connects later sees each asset's current state) and, with every
 prediction, on to the record stage.  Drift and sensor events (from the drift stage)
 are published the same way, retained, on the line's drift topic or the asset's
-sensor topic, and passed on.
+sensor topic, and passed on.  Steps of the retraining loop (from the retrain stage,
+which stores them itself) are published retained on every line's model topic; a
+line first seen later gets the latest one then.
 
 A challenger's predictions run through the same rule with an alarm state of
 their own per (model, line, asset); its state changes are ``AlertEvent``s with
@@ -25,7 +27,7 @@ import paho.mqtt.client as mqtt
 
 from appliance.alarm import AlarmState
 from appliance.config import Config
-from appliance.messages import AlertEvent, Alerts, DriftEvents, Prediction, Predictions
+from appliance.messages import AlertEvent, Alerts, DriftEvents, LoopEvent, Prediction, Predictions
 from appliance.mqtt import payloads
 from appliance.mqtt.client import ConnectionMonitor, connect, make_client
 from appliance.mqtt.topics import Topics
@@ -48,6 +50,8 @@ class AlertStage(Stage):
         self._states: dict[tuple[str, ...], AlarmState] = {}
         self._client: mqtt.Client | None = None
         self.link: ConnectionMonitor | None = None
+        self._lines: set[str] = set()
+        self._loop_event: LoopEvent | None = None
 
     def start(self) -> None:
         client, props = make_client(self.cfg.mqtt, "alert")
@@ -65,8 +69,19 @@ class AlertStage(Stage):
                          else self.topics.sensor(event.line, event.asset))
                 self._send(topic, payloads.drift_payload(event), f"{event.kind} event")
             return (item,)
+        if isinstance(item, LoopEvent):
+            self._loop_event = item
+            for line in sorted(self._lines):
+                self._send(self.topics.model(line), payloads.loop_payload(item), "model event")
+            return ()
         if not isinstance(item, Predictions):
             return (item,)  # e.g. a ModelEvent, for the record
+        for p in item.items:
+            if p.line not in self._lines:
+                self._lines.add(p.line)
+                if self._loop_event is not None:
+                    self._send(self.topics.model(p.line),
+                               payloads.loop_payload(self._loop_event), "model event")
         alerts = [a for p in item.items if (a := self._update(p)) is not None]
         for a in alerts:
             if a.role == "champion":

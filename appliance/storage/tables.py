@@ -17,11 +17,12 @@ from appliance.messages import (
     DeadLetter,
     DriftEvent,
     FaultEvent,
+    LoopEvent,
     ModelEvent,
     Prediction,
     SeriesKey,
 )
-from appliance.mqtt.payloads import alert_document, drift_document
+from appliance.mqtt.payloads import alert_document, drift_document, loop_document
 from appliance.timefmt import to_us
 
 
@@ -183,3 +184,13 @@ def insert_training_run(con: duckdb.DuckDBPyConnection, started: float, ended: f
                         model: str | None, status: str, detail: dict[str, Any]) -> None:
     con.execute("INSERT INTO training_runs VALUES (make_timestamp(?), make_timestamp(?), ?, ?, ?)",
                 [to_us(started), to_us(ended), model, status, json.dumps(detail)])
+
+
+def insert_loop_event(con: duckdb.DuckDBPyConnection, event: LoopEvent) -> None:
+    """A row of ``model_history``: one step of the retraining loop and the roles after it."""
+    d = loop_document(event)
+    con.execute("INSERT INTO model_history VALUES (make_timestamp(?), make_timestamp(?), ?, ?, "
+                "?, ?, ?, ?, ?)",
+                [to_us(d["at"]), to_us(d["ts"]), d["event"], d["model"], d["other"],
+                 d["reason"], json.dumps(d["detail"]), d["champion"],
+                 json.dumps(d["challengers"])])

@@ -121,6 +121,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     registry = Registry(cfg.models_dir(Path(args.db) if args.db else None))
     if args.action == "scores":
         return _models_scores(cfg, args)
+    if args.action == "history":
+        return _models_history(cfg, args)
     if args.action in ("show", "add", "promote", "shadow", "unshadow") and not args.name:
         print(f"appliance models {args.action} needs a model name", file=sys.stderr)
         return 2
@@ -221,6 +223,70 @@ def _models_scores(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_history(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    """The retraining loop's story (``model_history``), oldest first; while the service
+    holds the database it is asked for the rows (a request in the registry folder)."""
+    from appliance.clock import WallClock
+    from appliance.service import requests
+    from appliance.storage.database import DatabaseBusy, open_offline
+    from appliance.storage.query import model_history
+
+    db = _db_path(cfg, args.db)
+    try:
+        con = open_offline(db, read_only=True)
+    except DatabaseBusy:
+        req = requests.submit(cfg.models_dir(Path(args.db) if args.db else None), "history")
+        answer = requests.wait(req, 30.0, WallClock())
+        requests.forget(req)
+        if not answer or not answer.get("ok"):
+            print(f"appliance models history: {db} is held by the running service and it did "
+                  f"not answer: {(answer or {}).get('error', 'no answer in 30 s')}",
+                  file=sys.stderr)
+            return 1
+        rows = answer["rows"]
+    except ValueError as exc:
+        print(f"appliance models history: {exc}", file=sys.stderr)
+        return 1
+    else:
+        try:
+            rows = model_history(con)
+        finally:
+            con.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no steps of the retraining loop yet")
+    for r in rows:
+        who = r["model"] or ""
+        if r["other"]:
+            who += f" (vs {r['other']})" if r["model"] else f"(champion {r['other']})"
+        print(f"{r['ts'][:19]}  {r['event']:16} {who}: {r['reason']}")
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    """Ask the running service to train now (the loop's manual trigger)."""
+    from appliance.clock import WallClock
+    from appliance.service import requests
+
+    cfg = _load_config(args.config)
+    req = requests.submit(cfg.models_dir(Path(args.db) if args.db else None), "retrain",
+                          {"reason": args.reason})
+    answer = requests.wait(req, args.wait, WallClock())
+    requests.forget(req)
+    if answer is None:
+        print(f"appliance retrain: the service did not answer within {args.wait:g} s; the "
+              f"request stays in {req.parent} only while it is not answered — is the "
+              f"service running with this registry?", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"appliance retrain: refused: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print(f"training started (job {answer['job']}); follow it with: appliance models history")
+    return 0
+
+
 def _db_path(cfg: config_mod.Config, db: str | None) -> Path:
     return Path(db) if db else cfg.resolve(cfg.storage.path)
 
@@ -276,9 +342,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg, db, families,
             Path(args.out_dir) if args.out_dir else None,
             Progress(enabled=not args.quiet), seed=args.seed)
-    except DatabaseBusy as exc:
-        print(f"appliance train: {exc}", file=sys.stderr)
-        return 1
+    except DatabaseBusy:
+        try:
+            trained = command.train_beside_service(
+                cfg, db, families, Path(args.out_dir) if args.out_dir else None,
+                Progress(enabled=not args.quiet), seed=args.seed)
+        except ValueError as exc:
+            print(f"appliance train: cannot train: {exc}", file=sys.stderr)
+            return 1
     except ValueError as exc:
         print(f"appliance train: cannot train: {exc}", file=sys.stderr)
         return 1
@@ -432,16 +503,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sql)
 
     p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback, "
-                       "shadow, unshadow; scores: each model's live event scores")
+                       "shadow, unshadow; scores: each model's live event scores; history: "
+                       "the retraining loop's steps")
     p.add_argument("action", choices=["list", "show", "add", "promote", "rollback", "shadow",
-                                      "unshadow", "scores"])
+                                      "unshadow", "scores", "history"])
     p.add_argument("name", nargs="?",
                    help="model name (show, promote, shadow, unshadow) or file (add)")
-    p.add_argument("--json", action="store_true", help="scores: as JSON")
+    p.add_argument("--json", action="store_true", help="scores, history: as JSON")
     p.add_argument("--config")
     p.add_argument("--db", help="the registry is \"models\" beside this database file, "
                    "as for `appliance train --db` (unless [model] dir is set)")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("retrain", help="ask the running service to train a candidate now "
+                       "(validated, shadowed and promoted as the loop does)")
+    p.add_argument("--config")
+    p.add_argument("--db", help="the registry is \"models\" beside this database file")
+    p.add_argument("--reason", default="appliance retrain", help="recorded with the trigger")
+    p.add_argument("--wait", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the service to answer (default 30)")
+    p.set_defaults(func=_cmd_retrain)
 
     p = sub.add_parser("import", help="import readings (CSV or Parquet) and a fault log")
     p.add_argument("file", nargs="?", help="readings: long form (ts, asset, sensor, value, "

@@ -6,12 +6,13 @@ Helpers live in ``tests/support``; this file holds fixtures and the marking hook
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.devtools.mosquitto import PrivateBroker
+from tests.support.faults import ReadingPublisher
 from tests.support.service import Service
 
 FAULTS = Path(__file__).parent / "faults"
@@ -51,3 +52,22 @@ def service_factory(tmp_path: Path) -> Iterator:
     yield make
     for s in started:
         s.kill()
+
+
+def tracked(make: Callable, close: Callable) -> Iterator[Callable]:
+    """A factory fixture's body: ``make``'s results, all closed at the end."""
+    made: list = []
+
+    def tracked_make(*args, **kw):
+        made.append(make(*args, **kw))
+        return made[-1]
+
+    yield tracked_make
+    for thing in made:
+        close(thing)
+
+
+@pytest.fixture
+def publishers() -> Iterator:
+    """``make(broker, total, **kw)`` → a ReadingPublisher (not started); closed at the end."""
+    yield from tracked(ReadingPublisher, ReadingPublisher.close)

@@ -51,6 +51,7 @@ from appliance.service import requests
 from appliance.service.child import ChildOutcome, TrainingChild
 from appliance.stages.base import POLL_S, Stage, StopSignals
 from appliance.storage import tables
+from appliance.storage.query import model_history
 from appliance.storage.snapshot import write_snapshot
 from appliance.timefmt import from_us, rfc3339
 
@@ -141,7 +142,7 @@ class RetrainStage(Stage):
         watch = Watch(now, faults, self._drift_open_since(), live,
                       self._validated_recall(champion), requested)
         trigger = self.lifecycle.trigger(state, watch)
-        self._last = {"checked_at": now, "state": state.to_json()}
+        self._last = {"checked_at": now, "loop": state.to_json()}
         if trigger is None:
             return
         self._event(now, "trigger", None, serving, f"{trigger.kind}: {trigger.reason}",
@@ -288,6 +289,8 @@ class RetrainStage(Stage):
                 elif kind == "record":
                     self._record(doc)
                     answer = {"ok": True}
+                elif kind == "history":
+                    answer = {"ok": True, "rows": model_history(self._cur())}
                 else:
                     answer = {"ok": False, "error": f"unknown request kind {kind!r}"}
             except (duckdb.Error, OSError, ValueError, KeyError, ModelError) as exc:

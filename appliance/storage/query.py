@@ -1,4 +1,5 @@
-"""``appliance sql``: one read-only query on the database, printed as a table.
+"""``appliance sql``: one read-only query on the database, printed as a table; and the
+fixed reads other commands print (``model_history``).
 
 The connection is read-only and has external access disabled, so a query can
 neither change the data nor read or write files outside the database.
@@ -8,10 +9,14 @@ a copy, or stop the service first.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
+
+from appliance.timefmt import from_us, rfc3339
 
 
 def main(path: Path, query: str) -> int:
@@ -36,6 +41,17 @@ def main(path: Path, query: str) -> int:
     finally:
         con.close()
     return 0
+
+
+def model_history(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The retraining loop's steps, oldest first (by event time, then as logged)."""
+    rows = con.execute(
+        "SELECT epoch_us(ts), epoch_us(logged_at), event, model, other, reason, detail, "
+        "champion, challengers FROM model_history ORDER BY ts, logged_at").fetchall()
+    return [{"ts": rfc3339(from_us(ts)), "logged_at": rfc3339(from_us(at)), "event": event,
+             "model": model, "other": other, "reason": reason, "detail": json.loads(detail),
+             "champion": champion, "challengers": json.loads(challengers)}
+            for ts, at, event, model, other, reason, detail, champion, challengers in rows]
 
 
 def format_table(columns: list[str], rows: list[tuple]) -> str:

@@ -13,6 +13,12 @@ Windows, with ``now`` the event time the history was taken at:
     holdout:   (cut, now − horizon]: every tick there has its label, because a fault
                up to one horizon after it would have been stored by ``now``
 
+The holdout starts no earlier than the end of the champion's data (training and
+the validation that chose its threshold): a
+champion scored on ticks it was trained on would look better than it is.  When
+the champion saw the whole holdout, both are scored on all of it anyway and the
+report says ``champion_in_sample``.
+
 Both models are scored there by ``scoring.metrics.event_metrics`` at the threshold
 each would serve with (``[alerts] threshold`` when set, else its own), under the
 service's alarm rule.  The champion sees the same feature rows through its own
@@ -35,7 +41,7 @@ from appliance.models.contract import LoadedModel
 from appliance.models.lifecycle import DAY_S, Standing
 from appliance.scoring.metrics import event_metrics
 from appliance.storage.history import StoredHistory
-from appliance.timefmt import rfc3339
+from appliance.timefmt import parse_rfc3339, rfc3339
 from appliance.training.dataset import Progress, build_dataset
 from appliance.training.families import TrainParams
 from appliance.training.fit import train, write
@@ -103,9 +109,22 @@ def train_candidate(cfg: Config, history: StoredHistory, now: float,
     model, _agreement = write(result, out_path)
     timings["export_s"] = time.perf_counter() - t0
 
+    comparable = champion is not None and champion.spec_hash == spec.hash
+    holdout_from, in_sample = cut, False
+    if comparable and champion is not None:
+        # its training rows, and the validation rows that chose its threshold
+        seen_to = max(parse_rfc3339(t) for t in (champion.trained_to,
+                                                 champion.metrics.get("validation_to"))
+                      if isinstance(t, str))
+        if seen_to >= holdout_end - spec.horizon_s:
+            in_sample = True
+        else:
+            holdout_from = max(cut, seen_to)
+    window["holdout_from"] = rfc3339(holdout_from)
     t0 = time.perf_counter()
     try:
-        ds = build_dataset(spec, history.histories, cut, holdout_end, params.cooldown_s)
+        ds = build_dataset(spec, history.histories, holdout_from, holdout_end,
+                           params.cooldown_s)
     except ValueError as exc:
         raise ValueError(f"no holdout to compare on: {exc}") from None
     rows = np.ones(len(ds.ticks), dtype=bool)
@@ -116,9 +135,7 @@ def train_candidate(cfg: Config, history: StoredHistory, now: float,
                                          spec.horizon_s, cfg.alerts.clear_ratio, pr_auc=np.nan))
 
     mine = standing(model)
-    theirs = None
-    if champion is not None and champion.spec_hash == spec.hash:
-        theirs = standing(champion)
+    theirs = standing(champion) if comparable and champion is not None else None
     timings["holdout_s"] = time.perf_counter() - t0
     say(f"holdout {window['cut']} to {window['holdout_to']}: candidate {mine.text()}"
         + (f"; champion {theirs.text()}" if theirs else "; no comparable champion"))
@@ -127,4 +144,5 @@ def train_candidate(cfg: Config, history: StoredHistory, now: float,
                            result.problems, timings,
                            {"validation": result.validation.as_dict(),
                             "threshold": result.threshold,
-                            "rows": result.metrics.get("rows")})
+                            "rows": result.metrics.get("rows"),
+                            "champion_in_sample": in_sample})

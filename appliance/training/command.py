@@ -13,6 +13,7 @@ the running service switch to it.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -20,13 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.clock import WallClock
 from appliance.config import FAMILIES, Config
 from appliance.console import Progress, fmt, minutes, table
 from appliance.features.spec import PipelineSpec
 from appliance.models.registry import Registry
+from appliance.service import requests
 from appliance.storage import tables
 from appliance.storage.database import open_offline
 from appliance.storage.history import load_histories
+from appliance.storage.snapshot import open_snapshot
 from appliance.timefmt import rfc3339
 from appliance.training.families import TrainParams
 from appliance.training.fit import TrainResult, train_families, write
@@ -57,37 +61,97 @@ def train_from_database(cfg: Config, db_path: Path, families: Sequence[str],
                         seed: int = 0) -> list[Trained]:
     """Train, export, register and record; see the module docstring.
 
-    Raises ``DatabaseBusy`` while the service holds the database and
-    ValueError when the history cannot make a model (too short, no faults, ...);
-    a failed run is recorded in ``training_runs`` too.
+    Raises ``DatabaseBusy`` while the service holds the database (``train_beside_service``
+    then asks it for a snapshot) and ValueError when the history cannot make a model
+    (too short, no faults, ...); a failed run is recorded in ``training_runs`` too.
     """
-    say = progress or Progress(enabled=False)
-    spec = PipelineSpec.from_config(cfg.pipeline)
     con = open_offline(db_path)
-    started = time.time()
     try:
-        try:
-            history = load_histories(con, say)
-            for note in history.notes:
-                say(f"note: {note}")
-            say(f"window {rfc3339(history.t_start)} to {rfc3339(history.t_end)}, pipeline "
-                f"spec {spec.hash}")
-            results = train_families(spec, history.histories, history.t_start, history.t_end,
-                                     params_for(cfg, families, seed), say, cfg.drift)
-            trained = _export_and_register(cfg.models_dir(db_path), spec, results, out_dir,
-                                           say)
-        except ValueError as exc:
-            tables.insert_training_run(con, started, time.time(), None, "failed",
-                                       {"error": str(exc), "families": list(families)})
-            raise
-        for t in trained:
-            tables.insert_model(con, time.time(), t.name, t.sha256, str(t.path), spec.hash,
-                                "candidate", {"family": t.result.family, **t.result.metrics})
-            tables.insert_training_run(con, started, time.time(), t.name, "candidate",
-                                       _run_detail(t, db_path))
+        trained, records = _train(cfg, con, cfg.models_dir(db_path), str(db_path), families,
+                                  out_dir, progress, seed)
+        _insert(con, records)
+        if not trained:
+            raise ValueError(records["training_runs"][0]["detail"]["error"])
         return trained
     finally:
         con.close()
+
+
+def train_beside_service(cfg: Config, db_path: Path, families: Sequence[str],
+                         out_dir: Path | None = None, progress: Progress | None = None,
+                         seed: int = 0, timeout_s: float = 600.0) -> list[Trained]:
+    """``train_from_database`` while the service holds the database: it copies the
+    history out (``storage.snapshot``, one consistent state, ingest goes on), this
+    process trains on the copy, and the service writes the rows of ``models`` and
+    ``training_runs`` (the one writer of the file)."""
+    say = progress or Progress(enabled=False)
+    models_dir = cfg.models_dir(db_path)
+    say("the service holds the database: asking it for a snapshot of the history")
+    req = requests.submit(models_dir, "snapshot")
+    answer = requests.wait(req, timeout_s, WallClock())
+    requests.forget(req)
+    if answer is None:
+        raise ValueError(f"the service did not answer within {timeout_s:.0f} s (is it "
+                         f"running with the registry {models_dir}?)")
+    if not answer.get("ok"):
+        raise ValueError(f"the service could not copy the history: {answer.get('error')}")
+    snapshot = Path(answer["snapshot"])
+    say(f"snapshot: {answer['rows']} readings in {answer['seconds']:.1f} s")
+    try:
+        con = open_snapshot(snapshot)
+        try:
+            trained, records = _train(cfg, con, models_dir, f"{db_path} (snapshot)", families,
+                                      out_dir, say, seed)
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+    rec = requests.submit(models_dir, "record", records)
+    if (requests.wait(rec, 30.0, WallClock()) or {}).get("ok") is not True:
+        say("note: the service did not record this run in models and training_runs")
+    requests.forget(rec)
+    if not trained:
+        raise ValueError(records["training_runs"][0]["detail"]["error"])
+    return trained
+
+
+def _train(cfg: Config, con: Any, models_dir: Path, source: str, families: Sequence[str],
+           out_dir: Path | None, progress: Progress | None, seed: int
+           ) -> tuple[list[Trained], dict[str, list[dict[str, Any]]]]:
+    """Train on the history in ``con``; the models registered and the rows to record."""
+    say = progress or Progress(enabled=False)
+    spec = PipelineSpec.from_config(cfg.pipeline)
+    started = time.time()
+    try:
+        history = load_histories(con, say)
+        for note in history.notes:
+            say(f"note: {note}")
+        say(f"window {rfc3339(history.t_start)} to {rfc3339(history.t_end)}, pipeline "
+            f"spec {spec.hash}")
+        results = train_families(spec, history.histories, history.t_start, history.t_end,
+                                 params_for(cfg, families, seed), say, cfg.drift)
+        trained = _export_and_register(models_dir, spec, results, out_dir, say)
+    except ValueError as exc:
+        return [], {"models": [], "training_runs": [{
+            "started": started, "ended": time.time(), "model": None, "status": "failed",
+            "detail": {"error": str(exc), "families": list(families)}}]}
+    return trained, {
+        "models": [{"ts": time.time(), "name": t.name, "sha256": t.sha256, "path": str(t.path),
+                    "spec_hash": spec.hash, "status": "candidate",
+                    "metrics": {"family": t.result.family, **t.result.metrics}}
+                   for t in trained],
+        "training_runs": [{"started": started, "ended": time.time(), "model": t.name,
+                           "status": "candidate", "detail": _run_detail(t, source)}
+                          for t in trained]}
+
+
+def _insert(con: Any, records: dict[str, list[dict[str, Any]]]) -> None:
+    for m in records["models"]:
+        tables.insert_model(con, m["ts"], m["name"], m["sha256"], m["path"], m["spec_hash"],
+                            m["status"], m["metrics"])
+    for t in records["training_runs"]:
+        tables.insert_training_run(con, t["started"], t["ended"], t["model"], t["status"],
+                                   t["detail"])
 
 
 def _export_and_register(directory: Path, spec: PipelineSpec,
@@ -117,9 +181,9 @@ def _export_and_register(directory: Path, spec: PipelineSpec,
     return out
 
 
-def _run_detail(t: Trained, db_path: Path) -> dict[str, Any]:
+def _run_detail(t: Trained, source: str) -> dict[str, Any]:
     r = t.result
-    return {"family": t.family, "database": str(db_path), "sha256": t.sha256,
+    return {"family": t.family, "database": source, "sha256": t.sha256,
             "threshold": r.threshold, "threshold_met_budget": r.threshold_met_budget,
             "trained_from": rfc3339(r.trained_from), "trained_to": rfc3339(r.trained_to),
             "validation": r.validation.as_dict(), "rows": r.metrics.get("rows"),

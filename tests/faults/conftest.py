@@ -1,45 +1,27 @@
 """Fixtures of the fault-injection suite (``tests/faults``).
 
 The broker (``broker``) comes from the suite's root conftest and the helpers from
-``tests.support``; these add the service with its database anywhere, publishers that are
-always closed, and a small tmpfs for the disk-full test.
+``tests.support``; these add the service with its database anywhere and a small
+tmpfs for the disk-full test.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.faults import FaultService, ReadingPublisher
-
-
-def _tracked(make: Callable, close: Callable) -> Iterator[Callable]:
-    """A factory fixture's body: ``make``'s results, all closed at the end."""
-    made: list = []
-
-    def tracked(*args, **kw):
-        made.append(make(*args, **kw))
-        return made[-1]
-
-    yield tracked
-    for thing in made:
-        close(thing)
+from tests.conftest import tracked
+from tests.support.faults import FaultService
 
 
 @pytest.fixture
 def fault_service() -> Iterator:
     """``make(config, db)`` → a FaultService (not started); all are killed at the end."""
-    yield from _tracked(FaultService, FaultService.kill)
-
-
-@pytest.fixture
-def publishers() -> Iterator:
-    """``make(broker, total, **kw)`` → a ReadingPublisher (not started); closed at the end."""
-    yield from _tracked(ReadingPublisher, ReadingPublisher.close)
+    yield from tracked(FaultService, FaultService.kill)
 
 
 @pytest.fixture

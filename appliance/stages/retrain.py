@@ -124,6 +124,7 @@ class RetrainStage(Stage):
         if now is None:
             return  # nothing stored yet
         champion, challengers = self._roles()
+        self._record_outside_changes(now, champion, challengers)
         raw = LoopState.from_json(self.registry.lifecycle())
         state = Lifecycle.reconcile(Lifecycle.began(raw, now), champion, challengers)
         if state != raw:
@@ -267,6 +268,22 @@ class RetrainStage(Stage):
         self.counters.bump(event)
         self._event(now, event, action.model, other, action.reason, detail)
         return new
+
+    def _record_outside_changes(self, now: float, champion: str | None,
+                                challengers: list[str]) -> None:
+        """Roles that differ from the last recorded step were changed outside the loop: by
+        hand (``appliance models promote`` ...), or by a step whose row a ``kill -9`` cut
+        off (the registry is written first).  Recorded, so the story matches the roles."""
+        row = self._cur().execute("SELECT champion, challengers FROM model_history "
+                                  "ORDER BY logged_at DESC LIMIT 1").fetchone()
+        if row is None or (row[0], sorted(json.loads(row[1]))) == (champion,
+                                                                   sorted(challengers)):
+            return
+        self._event(now, "reconciled", champion, row[0],
+                    f"the roles changed outside the loop (by hand, or a step cut short by a "
+                    f"restart): champion {champion}, challengers "
+                    f"{', '.join(challengers) or 'none'}",
+                    {"recorded_champion": row[0], "recorded_challengers": json.loads(row[1])})
 
     # -- requests by file ----------------------------------------------------------
 

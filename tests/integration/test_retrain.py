@@ -9,10 +9,7 @@ loop's event time follows on from it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,56 +17,26 @@ import sys
 import duckdb
 import pytest
 
-from appliance import cli, config
-from appliance.devtools import simulator
+from appliance import config
 from appliance.models.registry import Registry
 from appliance.service import runner
 from tests.support.faults import fault_config, query, tally, wait_drained, wait_until
+from tests.support.retrain import END, SECTIONS, copy_into, prepare, run_cli
 from tests.support.service import subscriber
 
 pytestmark = pytest.mark.slow
-
-DAY = 86400.0
-ASSETS, DAYS = 5, 7.0
-PARAMS = simulator.SimParams(loads=(0.25, 1.0, 1.75), severity=(0.5, 0.9))
-END = simulator.DEFAULT_START_TS + DAYS * DAY
-
-
-def _cli(argv: list[str]) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue() + err.getvalue()
 
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     """The imported database and its registry with a promoted champion (copied per test)."""
-    root = tmp_path_factory.mktemp("retrain")
-    cfg = root / "appliance.toml"
-    cfg.write_text(f'[storage]\npath = "{root / "appliance.duckdb"}"\n'
-                   "[pipeline]\ncadence_s = 60\nhampel_window_s = 600\n"
-                   "[training]\nmax_iter = 30\n")
-    readings, faults = simulator.to_files(root / "files", days=DAYS, assets=ASSETS,
-                                          hz=1 / 60, seed=2, params=PARAMS)
-    for argv in (["import", str(readings), "--faults", str(faults), "--quiet"],
-                 ["train", "--family", "gbt", "--quiet"]):
-        code, text = _cli([*argv, "--config", str(cfg)])
-        assert code == 0, text
-    registry = Registry(root / "models")
-    (entry,) = registry.entries()
-    registry.promote(entry.name)
-    return root
+    return prepare(tmp_path_factory.mktemp("retrain"))
 
 
 def _service(tmp_path, history, broker, **retrain) -> tuple[runner.Service, config.Config]:
-    db = tmp_path / "appliance.duckdb"
-    shutil.copy(history / "appliance.duckdb", db)
-    shutil.copytree(history / "models", tmp_path / "models")
+    db = copy_into(history, tmp_path)
     path = fault_config(
-        tmp_path, broker, db=db,
-        pipeline={"cadence_s": 60.0, "hampel_window_s": 600.0},
-        training={"max_iter": 30},
+        tmp_path, broker, db=db, **SECTIONS,
         # by hand only, checked often; a holdout of the last day and a half
         retrain={"every_days": 0.0, "min_new_faults": 0, "drift_persist_s": 0.0,
                  "score_drop": 0.0, "check_every_s": 1.0, "holdout_days": 1.5,
@@ -89,7 +56,7 @@ def _history(db) -> list[dict]:
 
 
 def _retrain(cfg_path: str) -> tuple[int, str]:
-    return _cli(["retrain", "--config", cfg_path, "--reason", "test", "--wait", "60"])
+    return run_cli(["retrain", "--config", cfg_path, "--reason", "test", "--wait", "60"])
 
 
 def test_a_retrain_by_hand_trains_in_a_child_while_readings_flow(
@@ -139,7 +106,7 @@ def test_a_retrain_by_hand_trains_in_a_child_while_readings_flow(
     t = tally(db, pub.acked)
     assert (t.lost, t.duplicated, t.unexpected) == (0, 0, 0)
     # the same story from the CLI
-    code, text = _cli(["models", "history", "--config", cfg.source])
+    code, text = run_cli(["models", "history", "--config", cfg.source])
     assert code == 0 and "training_started" in text and kinds[2] in text
     assert not list((tmp_path / "models" / "retrain").glob("*")), "job folder left behind"
 

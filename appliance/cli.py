@@ -391,6 +391,11 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
+    if args.walk_forward:
+        return _walk_forward(args, cfg, out)
+    if args.step is not None:
+        print("appliance backtest: --step goes with --walk-forward", file=sys.stderr)
+        return 2
     written: list[backtest.BacktestResult] = []
 
     def write_so_far(so_far: backtest.BacktestResult) -> None:
@@ -424,6 +429,50 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     print(backtest.terminal_table(result))
     if args.out:
         print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _walk_forward(args: argparse.Namespace, cfg: config_mod.Config, out: Path | None) -> int:
+    """``appliance backtest --walk-forward``: the static backtest in ``DIR/static``, the
+    walks and the side-by-side report in ``DIR``."""
+    from appliance.console import Progress
+    from appliance.importer.names import parse_renames
+    from appliance.importer.report import ImportRefused
+    from appliance.storage.database import DatabaseBusy
+    from appliance.training import backtest_report, walk_forward
+
+    written: list[walk_forward.WalkForwardResult] = []
+
+    def write_so_far(so_far: walk_forward.WalkForwardResult) -> None:
+        assert out is not None
+        backtest_report.write_report(so_far.static, out / "static")
+        walk_forward.write_report(so_far, out)
+        written.append(so_far)
+
+    try:
+        result = walk_forward.main(
+            cfg, [n.strip() for n in args.variants.split(",") if n.strip()],
+            train_until=args.train_until, test_until=args.test_until, out_dir=out,
+            db=None if args.readings else _db_path(cfg, args.db),
+            readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
+            renames=parse_renames(args.rename), ignore=args.ignore,
+            progress=Progress(enabled=not args.quiet), seed=args.seed, step_s=args.step,
+            on_variant=write_so_far if out is not None else None)
+    except DatabaseBusy as exc:
+        print(f"appliance backtest: {exc}", file=sys.stderr)
+        return 1
+    except ImportRefused as exc:
+        print(f"appliance backtest: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"appliance backtest: {exc}", file=sys.stderr)
+        if written and out is not None:
+            print(f"appliance backtest: {written[-1].static.progress_text()}; their results: "
+                  f"{out / 'report.md'}", file=sys.stderr)
+        return 1
+    print(walk_forward.terminal_table(result))
+    if out is not None:
+        print(f"report: {out / 'report.md'} (the static backtest: {out / 'static' / 'report.md'})")
     return 0
 
 
@@ -573,6 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--line", default="line1", help="with --readings: the line of a file "
                    "without a line column")
     _add_name_options(p)
+    p.add_argument("--walk-forward", action="store_true",
+                   help="also replay the retraining loop ([retrain]) over the test window "
+                   "by event time, from each model variant's static model; with --out: "
+                   "DIR/<variant>/predictions.parquet and loop_events.jsonl, the static "
+                   "backtest in DIR/static, both side by side in DIR/report.md")
+    p.add_argument("--step", type=float, metavar="SECONDS",
+                   help="with --walk-forward: how often the loop looks, in event time "
+                   "(default [retrain] check_every_s; at least one cadence)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_backtest)

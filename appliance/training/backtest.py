@@ -46,6 +46,7 @@ from appliance.config import (
     DEFAULT_FAMILY,
     STATIC_FAMILY,
     Config,
+    PipelineConfig,
     TrainingConfig,
     VariantConfig,
 )
@@ -94,6 +95,9 @@ class Variant:
     family: str  # gbt | logistic | static_threshold
     spec: PipelineSpec
     description: str
+    #: The ``[pipeline]`` the spec was built from (None: not known, e.g. built by hand);
+    #: the walk-forward trains its candidates with it.
+    pipeline: PipelineConfig | None = None
 
 
 def known_variants(cfg: Config) -> list[str]:
@@ -124,7 +128,7 @@ def resolve_variants(cfg: Config, names: Sequence[str]) -> list[Variant]:
             pipeline = dataclasses.replace(pipeline, sensors=tuple(
                 (n, dataclasses.replace(s, clean=False)) for n, s in pipeline.sensors))
         out.append(Variant(name, merged.family or DEFAULT_FAMILY,
-                           PipelineSpec.from_config(pipeline), description))
+                           PipelineSpec.from_config(pipeline), description, pipeline))
     return out
 
 
@@ -254,11 +258,16 @@ def run(history: StoredHistory, variants: Sequence[Variant], train_until: float,
         clear_ratio: float = DEFAULT_CLEAR_RATIO,
         training: TrainingConfig | None = None, out_dir: Path | None = None,
         progress: Say | None = None, seed: int = 0,
-        on_variant: Callable[[BacktestResult], None] | None = None) -> BacktestResult:
+        on_variant: Callable[[BacktestResult], None] | None = None,
+        with_dataset: Callable[[Variant, Dataset, VariantResult, Path], None] | None = None
+        ) -> BacktestResult:
     """Train each variant up to ``train_until``, score it on (train_until, test_until].
 
     ``on_variant`` is called with the results so far each time a variant finishes
-    (``BacktestResult.complete`` is False until the last one).
+    (``BacktestResult.complete`` is False until the last one).  ``with_dataset`` is
+    called before that with the variant, its data set (the whole history's feature
+    rows), its result and the folder its model file is in (the walk-forward
+    continues from there without building the features again).
     """
     say = progress or (lambda _m: None)
     training = training or TrainingConfig()
@@ -321,6 +330,8 @@ def run(history: StoredHistory, variants: Sequence[Variant], train_until: float,
                                                identical_to=twin))
             if out_dir is not None:
                 write_predictions(out_dir / v.name / "predictions.parquet", vr)
+            if with_dataset is not None:
+                with_dataset(v, ds, results[-1], model_dir)
             if on_variant is not None:
                 on_variant(so_far())
             needed[v.spec.hash] -= 1
@@ -450,26 +461,42 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
     if not names:
         raise ValueError("no variants named")
     variants = resolve_variants(cfg, names)
+    history = load_history(db=db, readings=readings, faults=faults, asset=asset, line=line,
+                           progress=progress, renames=renames, ignore=ignore)
+    t_train, t_test = window_of(cfg, history, train_until, test_until)
+    result = run(history, variants, t_train, t_test,
+                 budget=cfg.alerts.max_false_per_asset_week,
+                 clear_ratio=cfg.alerts.clear_ratio, training=cfg.training, out_dir=out_dir,
+                 progress=say, seed=seed, on_variant=on_variant)
+    return result
+
+
+def load_history(*, db: Path | None = None, readings: str | None = None,
+                 faults: str | None = None, asset: str | None = None, line: str = "line1",
+                 progress: Say | None = None, renames: Mapping[str, str] | None = None,
+                 ignore: Collection[str] = ()) -> StoredHistory:
+    """The history a backtest runs on: from files (``readings``) or the database (read-only)."""
+    say = progress or (lambda _m: None)
     if readings is not None:
         history, reports = load_files(readings, faults, asset=asset, line=line,
                                       progress=progress, renames=renames, ignore=ignore)
         for r in reports:
             say(r.summary())
         # what the import did not store belongs in the report too (--quiet hides the above)
-        history = dataclasses.replace(history, notes=history.notes + tuple(
+        return dataclasses.replace(history, notes=history.notes + tuple(
             f"{Path(r.path).name}: {loss}" for r in reports for loss in r.losses()))
-    else:
-        assert db is not None
-        con = open_offline(db, read_only=True)
-        try:
-            history = load_histories(con, say)
-        finally:
-            con.close()
+    assert db is not None
+    con = open_offline(db, read_only=True)
+    try:
+        return load_histories(con, say)
+    finally:
+        con.close()
+
+
+def window_of(cfg: Config, history: StoredHistory, train_until: str | None,
+              test_until: str | None) -> tuple[float, float | None]:
+    """``--train-until`` (default: where three quarters of the data lie before it) and
+    ``--test-until`` (default None: the end of the history) as event times."""
     t_train = (parse_time(train_until) if train_until
                else history.data_quantile(0.75, cfg.pipeline.cadence_s))
-    t_test = parse_time(test_until) if test_until else None
-    result = run(history, variants, t_train, t_test,
-                 budget=cfg.alerts.max_false_per_asset_week,
-                 clear_ratio=cfg.alerts.clear_ratio, training=cfg.training, out_dir=out_dir,
-                 progress=say, seed=seed, on_variant=on_variant)
-    return result
+    return t_train, (parse_time(test_until) if test_until else None)

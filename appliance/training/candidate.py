@@ -83,10 +83,12 @@ def serving_threshold(cfg: Config, model_threshold: float) -> float:
 
 def train_candidate(cfg: Config, history: StoredHistory, now: float,
                     champion: LoadedModel | None, out_path: Path,
-                    progress: Progress | None = None, seed: int = 0) -> CandidateReport:
-    """Train a candidate on the history before the holdout, write it to ``out_path``
-    (ONNX) and score it and the champion on the holdout.  Raises ValueError when the
-    history cannot make a model (too short, no faults in the training window, ...)."""
+                    progress: Progress | None = None, seed: int = 0,
+                    family: str = DEFAULT_FAMILY) -> CandidateReport:
+    """Train a candidate of ``family`` on the history before the holdout, write it to
+    ``out_path`` (ONNX) and score it and the champion on the holdout.  Raises ValueError
+    when the history cannot make a model (too short, no faults in the training window,
+    ...)."""
     say = progress or (lambda _m: None)
     r = cfg.retrain
     spec = PipelineSpec.from_config(cfg.pipeline)
@@ -95,12 +97,16 @@ def train_candidate(cfg: Config, history: StoredHistory, now: float,
     holdout_end = now - spec.horizon_s
     window = {"trained_from": rfc3339(t_start), "cut": rfc3339(cut),
               "holdout_to": rfc3339(holdout_end), "now": rfc3339(now)}
+    if cut <= history.t_start:
+        raise ValueError(f"no history before the holdout: the data start at "
+                         f"{rfc3339(history.t_start)}, the holdout ({r.holdout_days:g} days) "
+                         f"at {window['cut']}")
     if holdout_end <= cut:
         raise ValueError(f"the holdout ({r.holdout_days:g} days) is not longer than one "
                          f"horizon ({spec.horizon_s:.0f} s): nothing to compare on")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    params = TrainParams.from_settings(DEFAULT_FAMILY, cfg.training,
+    params = TrainParams.from_settings(family, cfg.training,
                                        cfg.alerts.max_false_per_asset_week,
                                        cfg.alerts.clear_ratio, seed)
     result = train(spec, history.histories, t_start, cut, params, say, cfg.drift)

@@ -298,3 +298,30 @@ def test_train_without_faults_fails_with_a_reason_and_records_the_run(tmp_path, 
         assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 0
     finally:
         con.close()
+
+
+def test_walk_forward_writes_both_side_by_side_and_the_loop_events(line, tmp_path):
+    out = tmp_path / "wf"
+    code, text = _run(["backtest", "--walk-forward", "--variants", "full,static_threshold",
+                       "--train-until", rfc3339(simulator.DEFAULT_START_TS + SPLIT_DAY * DAY),
+                       "--step", "3600", "--config", str(line["config"]), "--out", str(out),
+                       "--quiet"])
+    assert code == 0, text
+    assert "walk-forward" in text and "skipped: no model to retrain" in text
+    report = (out / "report.md").read_text()
+    assert "| full | static |" in report and "| full | walk-forward |" in report
+    assert (out / "static" / "report.md").exists()
+    con = duckdb.connect()
+    walk = con.sql(f"SELECT * FROM '{out / 'full' / 'predictions.parquet'}'")
+    assert walk.columns == ["asset", "ts", "probability", "threshold", "model"]
+    n_walk = con.execute(f"SELECT count(*) FROM '{out / 'full' / 'predictions.parquet'}'"
+                         ).fetchone()[0]
+    static_file = out / "static" / "full" / "predictions.parquet"
+    n_static = con.execute(f"SELECT count(*) FROM '{static_file}'").fetchone()[0]
+    assert n_walk == n_static > 0
+    events = [json.loads(x) for x in (out / "full" / "loop_events.jsonl").read_text()
+              .splitlines()]
+    assert events[0]["event"] == "champion"
+    assert not (out / "static_threshold" / "predictions.parquet").exists()
+    summary = json.loads((out / "walk_forward.json").read_text())
+    assert set(summary["walk_forward"]) == {"full"}

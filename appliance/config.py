@@ -279,7 +279,7 @@ class RetrainConfig:
     history_days: float = field(default=60.0, metadata=_range(1.0))
     #: The recent holdout, after the candidate's data, on which candidate and champion
     #: are compared (event metrics at the budget, the service's alarm rule).
-    holdout_days: float = field(default=7.0, metadata=_range(0.1))
+    holdout_days: float = field(default=2.0, metadata=_range(0.1))
     #: A candidate needs recall at least the champion's plus this on the holdout.
     margin: float = field(default=0.0, metadata=_range(-1.0, 1.0))
     #: A challenger is shadowed this long, or until this many faults came, then

@@ -126,7 +126,8 @@ class RetrainStage(Stage):
         champion, challengers = self._roles()
         self._record_outside_changes(now, champion, challengers)
         raw = LoopState.from_json(self.registry.lifecycle())
-        state = Lifecycle.reconcile(Lifecycle.began(raw, now), champion, challengers)
+        faults = scores.fault_count(con, starts_only=True)
+        state = Lifecycle.reconcile(Lifecycle.began(raw, now, faults), champion, challengers)
         if state != raw:
             self.registry.save_lifecycle(state.to_json())
         enabled = self.cfg.retrain.enabled
@@ -138,7 +139,6 @@ class RetrainStage(Stage):
                 state = self._apply(action, state, now, serving)
         if self._child is not None or not (enabled or requested):
             return
-        faults = scores.fault_count(con, starts_only=True)
         live = self._champion_live(serving)
         watch = Watch(now, faults, self._drift_open_since(), live,
                       self._validated_recall(champion), requested)

@@ -326,7 +326,7 @@ class _Walk:
             self.stage = DriftStage(self.cfg, watcher, None, queue.Queue(), queue.Queue())
         self.serve(champion.name, t0)
         # The first champion was trained on the history up to t0, with the faults of then.
-        self.state = Lifecycle.trained(Lifecycle.began(LoopState(), t0), t0,
+        self.state = Lifecycle.trained(Lifecycle.began(LoopState(), t0, 0), t0,
                                        self.fault_count(t0))
         self.log(t0, "champion", model=champion.name, threshold=self.models[champion.name]
                  .threshold, why="the static backtest's model, trained up to here")

@@ -91,7 +91,8 @@ def test_a_better_challenger_is_promoted_then_rolled_back_when_it_does_worse(tmp
         probation = registry.lifecycle()["probation"]
         assert probation["previous"] == m["old"]
         # after the promotion the new champion misses a fault the old one catches
-        t1, later = T0 + 1.2 * DAY_S, [T0 + 1.6 * DAY_S]
+        t1 = T0 + 1.2 * DAY_S  # [retrain] min_live_faults (3) before a probation decides
+        later = [T0 + 1.35 * DAY_S, T0 + 1.6 * DAY_S, T0 + 1.85 * DAY_S]
         _faults(con, later)
         _predict(con, m["new"], "champion", t1, T0 + 2 * DAY_S, alarmed_before=[])
         _predict(con, m["old"], "challenger", t1, T0 + 2 * DAY_S, alarmed_before=later)

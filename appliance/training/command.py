@@ -25,7 +25,7 @@ from appliance.console import Progress, fmt, minutes, table
 from appliance.features.spec import PipelineSpec
 from appliance.models.registry import Registry
 from appliance.storage import tables
-from appliance.storage.database import open_offline
+from appliance.storage.database import open_offline, release_buffers
 from appliance.storage.history import load_histories
 from appliance.timefmt import rfc3339
 from appliance.training.families import TrainParams
@@ -68,6 +68,7 @@ def train_from_database(cfg: Config, db_path: Path, families: Sequence[str],
     try:
         try:
             history = load_histories(con, say)
+            release_buffers(con)  # the readings are in numpy now; the fit needs the memory
             for note in history.notes:
                 say(f"note: {note}")
             say(f"window {rfc3339(history.t_start)} to {rfc3339(history.t_end)}, pipeline "

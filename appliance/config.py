@@ -248,6 +248,11 @@ class TrainingConfig:
     threads: int = field(default=0, metadata=_range(0, 256))
     #: Boosting iterations of the gbt family.
     max_iter: int = field(default=100, metadata=_range(1, 10_000))
+    #: Training rows a fit uses at most: every positive tick of the training window and
+    #: 1 in k of its negative ones (k as small as fits), weighted by ≈ k so that the
+    #: probabilities stay calibrated; the validation window is always whole.  What
+    #: bounds the memory of `train` (about 0.4 KB a row with ~100 features).
+    max_train_rows: int = field(default=200_000, metadata=_range(1_000, 100_000_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +298,7 @@ class RetrainConfig:
     #: one scores below it live, the appliance rolls back.
     probation_days: float = field(default=7.0, metadata=_range(0.0))
     #: The training child is killed (and the run recorded as failed) above this RSS.
-    max_memory_mb: float = field(default=1024.0, metadata=_range(64.0))
+    max_memory_mb: float = field(default=1536.0, metadata=_range(64.0))
     #: ... or when it runs longer than this.
     timeout_s: float = field(default=4 * 3600.0, metadata=_range(10.0))
     #: CPU priority of the training child (os.nice increment): ingest comes first.

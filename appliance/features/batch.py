@@ -115,28 +115,17 @@ def asset_features(
     ``spec.idle_gap_s`` runs from the tick of its first reading to the tick of
     its last, is computed on its own from its start (as live starts afresh after
     one), and makes no rows during its warm-up (see ``spec``).  Returns the
-    feature names, the tick times and the matrix (ticks × features), NaN where
-    missing.
+    feature names, the tick times (``asset_ticks``) and the matrix (ticks ×
+    features), NaN where missing.
     """
     c = spec.cadence_s
-    first = spec.tick_index(t_start)
-    if first * c <= t_start:
-        first += 1
-    last = spec.tick_index(t_end)
-    if last * c > t_end:
-        last -= 1
     sensors = sorted(series)
     names = spec.feature_names(sensors)
     arrays = {s: tuple(np.asarray(a, dtype=np.float64) for a in series[s]) for s in sensors}
     # validity runs over the whole series: live keeps its state across a silence
     valid = {s: valid_readings(spec.sensor(s), *arrays[s]) for s in sensors}
     parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for lo_ts, hi_ts, k_first, k_last in stretches(spec, arrays):
-        # a stretch is computed from its start (its windows fill there) up to t_end
-        k_rows = max(first, k_first + spec.warmup_ticks)
-        k_last = min(last, k_last)
-        if k_last < k_rows:
-            continue
+    for lo_ts, hi_ts, k_first, k_rows, k_last in _row_ranges(spec, arrays, t_start, t_end):
         k = np.arange(k_first, k_last + 1, dtype=np.int64)
         stretch = {}
         for s in sensors:
@@ -149,6 +138,36 @@ def asset_features(
         return names, np.empty(0), np.empty((0, len(names)))
     return (names, np.concatenate([t for t, _ in parts]),
             np.vstack([m for _, m in parts]))
+
+
+def asset_ticks(spec: PipelineSpec, series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                t_start: float, t_end: float) -> np.ndarray:
+    """The tick times of ``asset_features`` without its features (cheap): to plan a
+    data set before the features are computed."""
+    parts = [np.arange(k_rows, k_last + 1, dtype=np.int64) * spec.cadence_s
+             for _lo, _hi, _k0, k_rows, k_last in _row_ranges(spec, series, t_start, t_end)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _row_ranges(spec: PipelineSpec, series: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                t_start: float, t_end: float) -> list[tuple[float, float, int, int, int]]:
+    """Per stretch with rows in (t_start, t_end]: its first and last reading, the tick
+    its features start from, its first row's tick (past the warm-up) and its last."""
+    c = spec.cadence_s
+    first = spec.tick_index(t_start)
+    if first * c <= t_start:
+        first += 1
+    last = spec.tick_index(t_end)
+    if last * c > t_end:
+        last -= 1
+    out = []
+    for lo_ts, hi_ts, k_first, k_last in stretches(spec, series):
+        # a stretch is computed from its start (its windows fill there) up to t_end
+        k_rows = max(first, k_first + spec.warmup_ticks)
+        k_last = min(last, k_last)
+        if k_last >= k_rows:
+            out.append((lo_ts, hi_ts, k_first, k_rows, k_last))
+    return out
 
 
 def stretches(spec: PipelineSpec, series: Mapping[str, tuple[np.ndarray, np.ndarray]]

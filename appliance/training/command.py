@@ -28,7 +28,7 @@ from appliance.features.spec import PipelineSpec
 from appliance.models.registry import Registry
 from appliance.service import requests
 from appliance.storage import tables
-from appliance.storage.database import open_offline
+from appliance.storage.database import open_offline, release_buffers
 from appliance.storage.history import load_histories
 from appliance.storage.snapshot import open_snapshot
 from appliance.timefmt import rfc3339
@@ -124,6 +124,7 @@ def _train(cfg: Config, con: Any, models_dir: Path, source: str, families: Seque
     started = time.time()
     try:
         history = load_histories(con, say)
+        release_buffers(con)  # the readings are in numpy now; the fit needs the memory
         for note in history.notes:
             say(f"note: {note}")
         say(f"window {rfc3339(history.t_start)} to {rfc3339(history.t_end)}, pipeline "

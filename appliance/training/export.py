@@ -30,8 +30,8 @@ def _num(x: float) -> float | None:
     return float(f"{x:.6g}") if math.isfinite(x) else None
 
 
-def reference_distribution(X: np.ndarray, names: Sequence[str], bins: int = 10
-                           ) -> dict[str, dict[str, Any]]:
+def reference_distribution(X: np.ndarray, names: Sequence[str], bins: int = 10,
+                           weight: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Per-feature reference statistics of training rows, for drift monitoring.
 
     For each feature: ``count`` (finite values), ``missing`` (fraction NaN/inf),
@@ -39,30 +39,57 @@ def reference_distribution(X: np.ndarray, names: Sequence[str], bins: int = 10
     histogram whose ``hist_edges`` are the deciles (duplicates merged; values
     outside belong to no bin) with ``hist_counts``.  Numbers that do not exist
     (a feature that is never finite) are null.
+
+    With ``weight`` (thinned training rows, ``dataset.thin_training_rows``) a row
+    counts as its weight: counts are the rounded sums of the weights, mean and std
+    weighted, and the quantiles those of the weighted distribution (numpy's
+    ``inverted_cdf``, the one method it weights), so the reference describes the
+    rows the thinned ones stand for.
     """
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[1] != len(names):
         raise ValueError(f"X has shape {X.shape} but {len(names)} feature names were given")
+    if weight is not None:
+        weight = np.asarray(weight, dtype=np.float64)
+        if weight.shape != (len(X),) or not np.all(weight > 0):
+            raise ValueError(f"weight must be {len(X)} positive numbers, got shape "
+                             f"{weight.shape}")
     out: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(names):
         col = np.asarray(X[:, j], dtype=np.float64)
-        v = col[np.isfinite(col)]
-        entry: dict[str, Any] = {"count": len(v),
-                                 "missing": _num(1.0 - len(v) / len(col)) if len(col) else None}
+        finite = np.isfinite(col)
+        v = col[finite]
+        w = None if weight is None else weight[finite]
+        total = len(col) if weight is None else float(weight.sum())
+        count = len(v) if w is None else float(w.sum())
+        entry: dict[str, Any] = {"count": round(count),
+                                 "missing": _num(1.0 - count / total) if len(col) else None}
         if len(v) == 0:
             entry.update({k: None for k in ("mean", "std", "min", "q05", "median", "q95",
                                             "max")})
             entry.update(hist_edges=[], hist_counts=[])
         else:
-            q = np.quantile(v, [0.0, 0.05, 0.5, 0.95, 1.0])
-            edges = np.unique(np.quantile(v, np.linspace(0.0, 1.0, bins + 1)))
-            counts = np.histogram(v, bins=edges)[0] if len(edges) > 1 else np.empty(0)
-            entry.update(mean=_num(v.mean()), std=_num(v.std()), min=_num(q[0]),
+            q = _quantiles(v, [0.0, 0.05, 0.5, 0.95, 1.0], w)
+            edges = np.unique(_quantiles(v, np.linspace(0.0, 1.0, bins + 1), w))
+            counts = np.histogram(v, bins=edges, weights=w)[0] if len(edges) > 1 \
+                else np.empty(0)
+            if w is None:
+                mean, std = float(v.mean()), float(v.std())
+            else:
+                mean = float(np.average(v, weights=w))
+                std = math.sqrt(float(np.average((v - mean) ** 2, weights=w)))
+            entry.update(mean=_num(mean), std=_num(std), min=_num(q[0]),
                          q05=_num(q[1]), median=_num(q[2]), q95=_num(q[3]), max=_num(q[4]),
                          hist_edges=[_num(e) for e in edges] if len(edges) > 1 else [],
-                         hist_counts=[int(c) for c in counts])
+                         hist_counts=[round(float(c)) for c in counts])
         out[name] = entry
     return out
+
+
+def _quantiles(v: np.ndarray, q: Any, weight: np.ndarray | None) -> np.ndarray:
+    if weight is None:
+        return np.quantile(v, q)
+    return np.quantile(v, q, weights=weight, method="inverted_cdf")
 
 
 def build_metadata(*, feature_names: Sequence[str], spec_hash: str, horizon_s: float,

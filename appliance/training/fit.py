@@ -16,6 +16,15 @@ thresholds are calibrated there too (``models.drift.calibrate``: the live
 stage's line windows slid over the assets' validation rows pooled, with faulty
 sensors left out as live), because held-out rows are the "data like the reference" whose
 false drift events the budget bounds.
+
+Memory.  The training rows are thinned to at most ``params.max_train_rows``
+(``dataset``: every positive, every k-th negative of each asset weighted by
+n / kept ≈ k, passed to the classifier as ``sample_weight``; the training
+reference distribution and PR-AUC are weighted the same way); the validation
+rows are all kept.  The classifier is fed float32 rows (``families.fit_classifier``:
+HistGradientBoosting converts to float64 itself, the logistic pipeline's imputer
+and scaler stay in float32), and probabilities are computed ``PREDICT_CHUNK`` rows
+at a time, so no float64 copy of a whole matrix is made.
 """
 
 from __future__ import annotations
@@ -33,13 +42,26 @@ from appliance.config import FAMILIES, DriftConfig
 from appliance.features import health
 from appliance.features.spec import PipelineSpec
 from appliance.models import drift as drift_model
-from appliance.scoring.metrics import EventMetrics, choose_threshold, tick_pr_auc
+from appliance.scoring.metrics import EventMetrics, choose_threshold
 from appliance.storage.history import AssetHistory
 from appliance.timefmt import rfc3339
 from appliance.training import export
-from appliance.training.dataset import Dataset, Progress, build_dataset, select_features
-from appliance.training.families import TrainParams, make_classifier
+from appliance.training.dataset import (
+    Dataset,
+    Progress,
+    build_dataset,
+    evenly_spaced,
+    select_features,
+    split_time,
+    thin_training_rows,
+)
+from appliance.training.families import TrainParams, fit_classifier, make_classifier
 from appliance.training.verdict import judge, typical_intervals, window_notes
+
+#: Rows per predict_proba call: bounds the float64 copy scikit-learn makes of its input.
+PREDICT_CHUNK = 32_768
+#: Training rows (evenly spaced) the feature selection looks at.
+SELECT_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -99,7 +121,12 @@ def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_star
                    progress: Progress | None = None,
                    drift: DriftConfig | None = None) -> list[TrainResult]:
     """One data set (with the first params' cool-down and stride), a fit per params;
-    each result carries the notes on the pipeline's windows for this history."""
+    each result carries the notes on the pipeline's windows for this history.
+
+    The data set is thinned as it is built (``dataset.build_dataset``) when every
+    params has the first's ``train_fraction`` and ``max_train_rows``; otherwise it
+    is built whole and each fit thins its own training rows.
+    """
     if not params:
         raise ValueError("no model family to train")
     say = progress or (lambda _msg: None)
@@ -108,8 +135,11 @@ def train_families(spec: PipelineSpec, histories: Sequence[AssetHistory], t_star
         say(f"note: {note}")
     t0 = time.perf_counter()
     first = params[0]
+    thin = all((p.train_fraction, p.max_train_rows)
+               == (first.train_fraction, first.max_train_rows) for p in params)
     ds = build_dataset(spec, histories, t_start, t_end, first.cooldown_s, first.stride,
-                       progress)
+                       progress, train_fraction=first.train_fraction if thin else None,
+                       max_train_rows=first.max_train_rows if thin else None)
     features_s = time.perf_counter() - t0
     results = []
     for p in params:
@@ -133,6 +163,8 @@ def fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
     Training ticks are the first ``train_fraction`` of the ticks in the window (up
     to t_split); validation ticks follow after a gap of one horizon.  The threshold
     is the one with the best validation recall within the false-alarm budget.
+    The training rows are thinned to ``params.max_train_rows`` (the module
+    docstring) unless ``ds`` was thinned as it was built, for these params.
     """
     # Import scikit-learn (and so its OpenMP runtime) first: threadpoolctl limits
     # only the libraries already loaded when the limit is set.
@@ -152,46 +184,59 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
     in_window = (ds.ticks > t_start) & (ds.ticks <= t_end)
     if not in_window.any():
         raise ValueError("no ticks in the training window: no asset has data there")
-    t_split = float(np.quantile(ds.ticks[in_window], params.train_fraction))
+    t_split = _split(ds, t_start, t_end, params)
     train_rows = in_window & ds.usable & (ds.ticks <= t_split)
     val_rows = in_window & (ds.ticks > t_split + spec.horizon_s)  # alarms need every tick
     if not val_rows.any():
         raise ValueError("no validation ticks: the history is too short for the train "
                          "fraction and one horizon of gap")
-    y_train = ds.positive[train_rows]
+    train_idx = np.flatnonzero(train_rows)
+    weight = ds.weights(train_idx)
+    step = ds.thinning.step if ds.thinning is not None else 1
+    y_train = ds.positive[train_idx]
     if y_train.all() or not y_train.any():
         raise ValueError(f"the training window has {int(y_train.sum())} positive ticks of "
-                         f"{len(y_train)}: need both classes (more history or more faults)")
+                         f"{round(weight.sum())}: need both classes (more history or more "
+                         f"faults)")
+    if ds.thinning is None:
+        kept, weight, step = thin_training_rows(ds.asset_index[train_idx], y_train,
+                                                params.max_train_rows)
+        train_idx, y_train = train_idx[kept], y_train[kept]
+        train_rows = np.zeros(len(ds.ticks), dtype=bool)
+        train_rows[train_idx] = True
+    sample_weight = weight if step > 1 else None
 
-    X_train = ds.X[train_rows]
     if params.drop_useless:
-        keep, dropped = select_features(X_train, ds.names, params.duplicate_corr)
+        sample = ds.X[train_idx[evenly_spaced(len(train_idx), SELECT_ROWS)]]
+        keep, dropped = select_features(sample, ds.names, params.duplicate_corr, SELECT_ROWS)
+        del sample
     else:
         keep, dropped = np.arange(len(ds.names)), {}
     if not len(keep):
         raise ValueError(f"all {len(ds.names)} features are never present or constant in "
                          f"the training window: nothing to learn from")
     names = tuple(ds.names[j] for j in keep)
-    X_train = X_train[:, keep]
-    say(f"{params.family}: training on {len(X_train)} ticks ({int(y_train.sum())} positive), "
-        f"{len(names)} features ({len(dropped)} dropped)")
+    X_train = ds.X[np.ix_(train_idx, keep)]
+    thinned = (f"; 1 in {step} negatives, weighted as the {round(weight.sum())} ticks"
+               if step > 1 else "")
+    say(f"{params.family}: training on {len(X_train)} ticks ({int(y_train.sum())} positive"
+        f"{thinned}), {len(names)} features ({len(dropped)} dropped)")
 
     t0 = time.perf_counter()
     clf = make_classifier(params)
-    clf.fit(X_train.astype(np.float64), y_train.astype(np.int64))
+    fit_classifier(clf, params, X_train, y_train.astype(np.int64), sample_weight)
     timings["fit_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    X_val = ds.X[val_rows][:, keep]
-    p_val = clf.predict_proba(X_val.astype(np.float64))[:, 1]
+    X_val = ds.X[np.ix_(np.flatnonzero(val_rows), keep)]
+    p_val = predict_positive(clf, X_val)
     scores = ds.scores(val_rows, p_val)
     chosen, met = choose_threshold(scores, spec.horizon_s, params.max_false_per_asset_week,
                                    params.clear_ratio)
     val_assets = np.asarray(ds.assets, dtype=object)[ds.asset_index[val_rows]]
     problems = tuple(judge("validation", chosen, params.max_false_per_asset_week, p_val, names,
                            X_val, val_assets))
-    p_train = clf.predict_proba(X_train.astype(np.float64))[:, 1]
-    train_scores = ds.scores(train_rows, p_train)
+    p_train = predict_positive(clf, X_train)
     timings["validate_s"] = time.perf_counter() - t0
     say(f"{params.family}: threshold {chosen.threshold:.3f}: recall {chosen.recall:.2f} "
         f"({chosen.caught}/{chosen.faults}), {chosen.false_per_asset_week:.2f} false alarms "
@@ -208,15 +253,16 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
         "threshold_met_budget": met,
         "usable": not problems,
         "problems": list(problems),
-        "train_pr_auc": _round(tick_pr_auc(train_scores)),
-        "rows": {"train": int(train_rows.sum()), "train_positive": int(y_train.sum()),
+        "train_pr_auc": _round(weighted_pr_auc(y_train, p_train, weight)),
+        "rows": {"train": len(train_idx), "train_positive": int(y_train.sum()),
+                 "train_negative_step": step, "train_weighted": round(float(weight.sum())),
                  "validation": int(val_rows.sum()),
                  "validation_usable": int((val_rows & ds.usable).sum()),
                  "validation_positive": int((val_rows & ds.usable & ds.positive).sum())},
     }
     training = {"params": asdict(params), "assets": list(ds.assets),
                 "dropped_features": dict(dropped), "spec_cadence_s": spec.cadence_s}
-    reference = export.reference_distribution(X_train, names)
+    reference = export.reference_distribution(X_train, names, weight=sample_weight)
     t0 = time.perf_counter()
     calibration = drift_calibration(ds, val_rows, names, reference, drift)
     timings["drift_calibration_s"] = time.perf_counter() - t0
@@ -248,6 +294,45 @@ def drift_calibration(ds: Dataset, rows: np.ndarray, names: Sequence[str],
         per_asset.append((ticks, X[:, cols], excluded))
     window = drift_model.Window(drift.window_s, drift.sample_s, drift.persist_s)
     return drift_model.calibrate(names, reference, window, per_asset)
+
+
+def _split(ds: Dataset, t_start: float, t_end: float, params: TrainParams) -> float:
+    """t_split: of the ticks (``dataset.split_time``), or the one ``ds`` was thinned at
+    (its ticks are no longer all there)."""
+    th = ds.thinning
+    if th is None:
+        return split_time(ds.ticks, t_start, t_end, params.train_fraction)
+    if (th.t_start, th.t_end, th.train_fraction, th.max_train_rows) != (
+            t_start, t_end, params.train_fraction, params.max_train_rows):
+        raise ValueError(
+            f"the data set was thinned for the window ({th.t_start}, {th.t_end}], "
+            f"train_fraction {th.train_fraction} and max_train_rows {th.max_train_rows}; "
+            f"fit asks ({t_start}, {t_end}], {params.train_fraction} and "
+            f"{params.max_train_rows}: build it for these")
+    return th.train_until
+
+
+def predict_positive(clf: Any, X: np.ndarray, chunk: int = PREDICT_CHUNK) -> np.ndarray:
+    """P(positive) of float32 rows X, ``chunk`` rows at a time: scikit-learn's float64
+    copy of its input is then one chunk's, not the matrix's (the same numbers as one
+    call on ``X.astype(float64)``)."""
+    out = np.empty(len(X))
+    for i in range(0, len(X), chunk):
+        out[i:i + chunk] = clf.predict_proba(X[i:i + chunk].astype(np.float64))[:, 1]
+    return out
+
+
+def weighted_pr_auc(positive: np.ndarray, probability: np.ndarray,
+                    weight: np.ndarray) -> float:
+    """Average precision with row weights (NaN when one class is absent): on thinned
+    training rows, the PR-AUC of all of them."""
+    from sklearn.metrics import average_precision_score
+
+    ok = np.isfinite(probability)
+    y, p, w = positive[ok], probability[ok], weight[ok]
+    if len(y) == 0 or y.all() or not y.any():
+        return math.nan
+    return float(average_precision_score(y, p, sample_weight=w))
 
 
 def _round(x: float) -> float | None:

@@ -342,11 +342,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg, db, families,
             Path(args.out_dir) if args.out_dir else None,
             Progress(enabled=not args.quiet), seed=args.seed)
-    except DatabaseBusy:
+    except DatabaseBusy as busy:
         try:
             trained = command.train_beside_service(
-                cfg, db, families, Path(args.out_dir) if args.out_dir else None,
+                cfg, db, families, busy, Path(args.out_dir) if args.out_dir else None,
                 Progress(enabled=not args.quiet), seed=args.seed)
+        except DatabaseBusy as exc:
+            print(f"appliance train: {exc}", file=sys.stderr)
+            return 1
         except ValueError as exc:
             print(f"appliance train: cannot train: {exc}", file=sys.stderr)
             return 1

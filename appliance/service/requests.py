@@ -1,7 +1,12 @@
 """Asking the running service for something, through files in the registry folder.
 
     <models dir>/requests/<id>.json         written by a command (atomically)
+    <models dir>/requests/<id>.taken        written by the service as it starts on it
     <models dir>/requests/<id>.answer.json  written by the service when done
+
+A command waits a few seconds for ``taken`` (the service looks every 0.2 s), so a
+database held by something that is not a service serving requests is reported at
+once instead of after the whole answer timeout.
 
 Files, as ``registry.json`` is, because the command and the service already
 share that folder (and its permissions) and a request survives a service restart.
@@ -60,25 +65,37 @@ def answer_path(request: Path) -> Path:
     return request.with_name(request.name.removesuffix(".json") + ".answer.json")
 
 
+def taken_path(request: Path) -> Path:
+    return request.with_name(request.name.removesuffix(".json") + ".taken")
+
+
+def take(request: Path) -> None:
+    """Mark a request as being served (before work that may take a while)."""
+    taken_path(request).touch()
+
+
 def answer(request: Path, doc: dict[str, Any]) -> None:
     _write(answer_path(request), doc)
 
 
-def wait(request: Path, timeout_s: float, clock: Clock, poll_s: float = 0.2
-         ) -> dict[str, Any] | None:
-    """The service's answer, or None when none came within ``timeout_s``."""
-    deadline = clock.monotonic() + timeout_s
+def wait(request: Path, timeout_s: float, clock: Clock, poll_s: float = 0.2,
+         taken_within_s: float = 10.0) -> dict[str, Any] | None:
+    """The service's answer; None when it did not take the request within
+    ``taken_within_s`` or answer within ``timeout_s``."""
+    start = clock.monotonic()
     while True:
         try:
             return json.loads(answer_path(request).read_text())
         except (FileNotFoundError, ValueError):
-            if clock.monotonic() >= deadline:
+            waited = clock.monotonic() - start
+            if waited >= timeout_s or (waited >= taken_within_s
+                                       and not taken_path(request).exists()):
                 return None
             clock.sleep(poll_s)
 
 
 def forget(request: Path) -> None:
-    for p in (request, answer_path(request)):
+    for p in (request, taken_path(request), answer_path(request)):
         p.unlink(missing_ok=True)
 
 

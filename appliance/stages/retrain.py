@@ -290,6 +290,7 @@ class RetrainStage(Stage):
     def serve_requests(self) -> None:
         for path, doc in requests.pending(self.registry.directory):
             kind = doc.get("kind")
+            requests.take(path)
             try:
                 if kind == "retrain":
                     if self._child is not None:

@@ -28,7 +28,7 @@ from appliance.features.spec import PipelineSpec
 from appliance.models.registry import Registry
 from appliance.service import requests
 from appliance.storage import tables
-from appliance.storage.database import open_offline, release_buffers
+from appliance.storage.database import DatabaseBusy, open_offline, release_buffers
 from appliance.storage.history import load_histories
 from appliance.storage.snapshot import open_snapshot
 from appliance.timefmt import rfc3339
@@ -78,21 +78,26 @@ def train_from_database(cfg: Config, db_path: Path, families: Sequence[str],
 
 
 def train_beside_service(cfg: Config, db_path: Path, families: Sequence[str],
-                         out_dir: Path | None = None, progress: Progress | None = None,
-                         seed: int = 0, timeout_s: float = 600.0) -> list[Trained]:
+                         busy: DatabaseBusy, out_dir: Path | None = None,
+                         progress: Progress | None = None, seed: int = 0,
+                         timeout_s: float = 600.0) -> list[Trained]:
     """``train_from_database`` while the service holds the database: it copies the
     history out (``storage.snapshot``, one consistent state, ingest goes on), this
     process trains on the copy, and the service writes the rows of ``models`` and
-    ``training_runs`` (the one writer of the file)."""
+    ``training_runs`` (the one writer of the file).  Raises ``busy`` again when no
+    service takes the request (the file is held by something else)."""
     say = progress or Progress(enabled=False)
     models_dir = cfg.models_dir(db_path)
     say("the service holds the database: asking it for a snapshot of the history")
     req = requests.submit(models_dir, "snapshot")
     answer = requests.wait(req, timeout_s, WallClock())
+    taken = requests.taken_path(req).exists()
     requests.forget(req)
+    if answer is None and not taken:
+        raise busy
     if answer is None:
-        raise ValueError(f"the service did not answer within {timeout_s:.0f} s (is it "
-                         f"running with the registry {models_dir}?)")
+        raise ValueError(f"the service took the request but did not answer within "
+                         f"{timeout_s:.0f} s")
     if not answer.get("ok"):
         raise ValueError(f"the service could not copy the history: {answer.get('error')}")
     snapshot = Path(answer["snapshot"])

@@ -157,10 +157,22 @@ class RetrainStage(Stage):
         job_dir = self.jobs / job_id
         # the candidate's data and holdout, and a warm-up before them
         since = now - (r.history_days + r.holdout_days) * DAY_S - 2 * spec.warmup_s
-        ready = write_snapshot(self._cur(), job_dir / "snapshot", since)
+        started = self.clock.time()
+        try:
+            ready = write_snapshot(self._cur(), job_dir / "snapshot", since)
+        except (duckdb.Error, OSError) as exc:  # e.g. the disk is full: a failed run
+            shutil.rmtree(job_dir, ignore_errors=True)
+            self.registry.save_lifecycle(state.to_json())  # no retry before min_gap_s
+            self.counters.bump("trainings_failed")
+            why = f"the history could not be copied out: {type(exc).__name__}: {exc}"
+            tables.insert_training_run(self._cur(), started, self.clock.time(), None,
+                                       "failed", {"trigger": kind, "error": why})
+            self._event(now, "training_failed", None, self._serving_champion(), why,
+                        {"trigger": kind})
+            return
         champion = self._champion_path()
         (job_dir / "config.pickle").write_bytes(pickle.dumps(self.cfg))
-        job = {"id": job_id, "trigger": kind, "ts": now, "started_at": self.clock.time(),
+        job = {"id": job_id, "trigger": kind, "ts": now, "started_at": started,
                "config": "config.pickle", "snapshot": str(job_dir / "snapshot"),
                "champion": str(champion) if champion else None,
                "out": str(job_dir / f"candidate-{job_id}.onnx"), "parent": os.getpid(),

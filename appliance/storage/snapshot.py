@@ -9,8 +9,11 @@ one consistent state (DuckDB's MVCC: rows committed later are not in them, in
 any of the files) while ingest goes on committing on its own cursor.
 
     <dir>/series.parquet     the series table
-    <dir>/readings.parquet   readings_raw since ``since``, in the order the history
-                             loader reads them (series, time, insertion)
+    <dir>/readings.parquet   readings_raw since ``since``, in insertion order (not
+                             sorted here: a sort of millions of rows does not fit
+                             the service's DuckDB memory limit, 32 MB by default,
+                             and the reader sorts by series, time and ``rowid``,
+                             which keeps that order)
     <dir>/faults.parquet     every fault event
     <dir>/ready.json         written last: {"ts": newest reading, "rows": ..., "seconds": ...}
 """
@@ -41,9 +44,8 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, directory: Path, since: float
     try:
         con.execute(f"COPY (SELECT * FROM series) TO '{directory / 'series.parquet'}' "
                     f"(FORMAT parquet)")
-        con.execute(f"COPY (SELECT ts, series_id, value FROM readings_raw {where} "
-                    f"ORDER BY series_id, ts, rowid) TO '{directory / 'readings.parquet'}' "
-                    f"(FORMAT parquet)")
+        con.execute(f"COPY (SELECT ts, series_id, value FROM readings_raw {where}) "
+                    f"TO '{directory / 'readings.parquet'}' (FORMAT parquet)")
         con.execute(f"COPY (SELECT * FROM faults) TO '{directory / 'faults.parquet'}' "
                     f"(FORMAT parquet)")
         rows, newest = con.execute(
@@ -69,7 +71,8 @@ def is_ready(directory: Path) -> dict[str, Any] | None:
 def open_snapshot(directory: Path, memory_limit: str = "512MB") -> duckdb.DuckDBPyConnection:
     """An in-memory database holding the snapshot's tables, for ``history.load_histories``
     (which reads ``series``, ``readings_raw`` and ``faults``).  Loaded into tables
-    in file order, so ``rowid`` keeps the order readings were stored in."""
+    in file order, so ``rowid`` keeps the order readings were stored in (the order
+    of readings at one timestamp, which validity depends on)."""
     if is_ready(directory) is None:
         raise ValueError(f"{directory}: not a finished snapshot (no {READY})")
     con = duckdb.connect(":memory:", config={"memory_limit": memory_limit})

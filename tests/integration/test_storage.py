@@ -90,3 +90,40 @@ def test_a_truncated_wal_replays_what_it_can(tmp_path):
     con, report = connect(path)
     con.close()
     assert report.damaged_wal == ""
+
+
+def test_a_snapshot_bigger_than_the_memory_limit_reads_back_as_the_stored_history(tmp_path):
+    """The retraining loop copies the history out of the service's connection, whose
+    DuckDB memory limit is small: the copy streams (a sort of the rows there ran out of
+    memory), and the reader restores the order the history loader gives."""
+    from appliance.storage.history import load_histories
+    from appliance.storage.snapshot import open_snapshot, write_snapshot
+
+    con, _ = connect(tmp_path / "big.duckdb", memory_limit="16MB")
+    rng = np.random.default_rng(0)
+    n = 2_000_000
+    con.execute("INSERT INTO series VALUES (1, 'l1', 'a1', 's1'), (2, 'l1', 'a2', 's1')")
+    ts_us = (1_750_000_000 + rng.permutation(n) // 2).astype(np.int64) * 1_000_000
+    tables.insert_readings(con, rng.integers(1, 3, n).astype(np.int32), ts_us,
+                           rng.normal(size=n))
+    con.execute("INSERT INTO faults VALUES (make_timestamp(1750000100000000), 'l1', 'a1', "
+                "'start', 'F', 'mqtt')")
+    ready = write_snapshot(con.cursor(), tmp_path / "snap", since=None)
+    con.close()
+    for path, opened in ((tmp_path / "snap", open_snapshot),
+                         (tmp_path / "big.duckdb", lambda p: duckdb.connect(str(p)))):
+        reader = opened(path)
+        try:
+            if path.name == "snap":
+                copied = load_histories(reader)
+            else:
+                stored = load_histories(reader)
+        finally:
+            reader.close()
+    assert ready["rows"] == n == copied.readings
+    for a, b in zip(stored.histories, copied.histories, strict=True):
+        assert a.asset == b.asset and list(a.series) == list(b.series)
+        for s in a.series:
+            assert np.array_equal(a.series[s][0], b.series[s][0])
+            assert np.array_equal(a.series[s][1], b.series[s][1])
+        assert np.array_equal(a.fault_starts, b.fault_starts)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.clock import WallClock
 from appliance.config import from_dict
 from appliance.devtools import simulator
 from appliance.devtools.bench.ingest import _backlog
@@ -63,8 +64,7 @@ def _drain(broker: PrivateBroker, history: Path, work: Path, messages: int, trai
     store = service.pipeline.stages["store"]
     ingest = service.pipeline.stages["ingest"]
     retrain = service.pipeline.stages["retrain"]
-    if train:
-        requests.submit(cfg.models_dir(), "retrain", {"reason": "bench"})
+    req = requests.submit(cfg.models_dir(), "retrain", {"reason": "bench"}) if train else None
     service.start()
     while ingest.counters.processed == 0:
         time.sleep(0.001)
@@ -75,9 +75,11 @@ def _drain(broker: PrivateBroker, history: Path, work: Path, messages: int, trai
         time.sleep(0.02)
     rate = messages / (time.perf_counter() - t0)
     out: dict[str, Any] = {"msg_per_s": round(rate), "training_during_drain": training_during}
-    if train:
-        while retrain.status().get("training") is not None or \
-                retrain.counters.extra.get("trainings_started", 0) == 0:
+    if req is not None:
+        answer = requests.wait(req, 600.0, WallClock())
+        if not (answer or {}).get("ok"):
+            raise RuntimeError(f"the service did not start a training: {answer}")
+        while retrain.status().get("training") is not None:
             time.sleep(0.5)
         row = service.pipeline.db.cursor().execute(
             "SELECT status, detail FROM training_runs ORDER BY started_at DESC LIMIT 1"

@@ -80,6 +80,9 @@ class RetrainStage(Stage):
         self._job: dict[str, Any] = {}
         self._next_check = 0.0
         self._last: dict[str, Any] = {}
+        #: The newest step not yet handed to the alert stage (its inbox was full): the
+        #: message is retained, so the newest is the one that matters.
+        self._unpublished: LoopEvent | None = None
 
     # -- stage interface ---------------------------------------------------------
 
@@ -90,6 +93,7 @@ class RetrainStage(Stage):
 
     def run(self, signals: StopSignals) -> None:
         while not (signals.drain.is_set() or signals.abort.is_set()):
+            self._hand_on()
             self.serve_requests()
             if self._child is not None:
                 self.watch_child()
@@ -408,11 +412,19 @@ class RetrainStage(Stage):
                       json.dumps(detail, default=str), champion, tuple(challengers))
         tables.insert_loop_event(self._cur(), e)
         log.info("retrain: %s%s: %s", event, f" {model}" if model else "", reason)
-        if self.events_out is not None:
-            try:
-                self.events_out.put_nowait(e)
-            except queue.Full:  # the row is stored; the retained message waits for the next
-                self.counters.bump("events_not_published")
+        self._unpublished = e
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        """To the alert stage, without waiting: the loop must not stall behind a full
+        inbox (the row is stored; the message goes at a later poll)."""
+        if self._unpublished is None or self.events_out is None:
+            return
+        try:
+            self.events_out.put_nowait(self._unpublished)
+            self._unpublished = None
+        except queue.Full:
+            self.counters.bump("publish_postponed")
 
     def _recover(self) -> None:
         """Job folders left by a service that was killed: record each as interrupted."""

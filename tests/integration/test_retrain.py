@@ -80,7 +80,7 @@ def test_a_retrain_by_hand_trains_in_a_child_while_readings_flow(
         stored_meanwhile = service.pipeline.stages["store"].counters.processed - stored_at_start
         pub.wait_acked(120)
         wait_drained(service.pipeline.status, timeout_s=60)
-        wait_until(lambda: any(m.get("event") in ("shadow", "rejected") for m in received), 10,
+        wait_until(lambda: any(m.get("event") in ("shadow", "rejected") for m in received), 30,
                    "the outcome published on <line>/model")
     finally:
         clean = service.stop()

@@ -278,6 +278,10 @@ class RetrainConfig:
     score_drop: float = field(default=0.25, metadata=_range(0.0, 1.0))
     #: Live faults needed before live scores may trigger, promote or roll back.
     min_live_faults: int = field(default=3, metadata=_range(1))
+    #: ... and this many asset-weeks of live ticks before a shadow or a probation
+    #: decides early (before its days are up): over a few hours one false episode
+    #: against none decided, and promotions were rolled back within hours.
+    min_asset_weeks: float = field(default=1.0, metadata=_range(0.0))
     #: No automatic training sooner than this after the last one started (by hand: any time).
     min_gap_s: float = field(default=12 * 3600.0, metadata=_range(0.0))
     #: The history a candidate is trained on, ending at the holdout.

@@ -25,11 +25,12 @@ The rules (``[retrain]``, ``config.RetrainConfig``):
 * **Shadow**: a challenger is decided after ``shadow_days`` (``drift_shadow_days``
   while a drift event is open: the champion is known to serve data unlike its
   training, so waiting a full week costs more than it tells) or as soon as
-  ``shadow_faults`` faults came: promoted when its live scores since the shadow
+  ``shadow_faults`` faults came over ``min_asset_weeks`` of live ticks: promoted when its live scores since the shadow
   began are ``at_least_as_good`` as the champion's over the same ticks, else
   rejected.
 * **Probation**: after an automatic promotion the old champion is shadowed for
-  ``probation_days``; once ``min_live_faults`` faults came or the period ended,
+  ``probation_days``; once ``min_live_faults`` faults came over ``min_asset_weeks``
+  of live ticks, or the period ended,
   the new champion must be ``at_least_as_good`` as the old, else the loop rolls
   back.  A manual
   promote, rollback or unshadow ends whatever the loop had going for those
@@ -254,7 +255,9 @@ class Lifecycle:
             old = standing(p["previous"], p["since"], now)
             ok, why = at_least_as_good(new, old, self.budget)
             both = {p["champion"]: new, p["previous"]: old}
-            if not ok and (new.faults >= self.cfg.min_live_faults or now >= p["until"]):
+            early = new.faults >= self.cfg.min_live_faults \
+                and new.asset_weeks >= self.cfg.min_asset_weeks
+            if not ok and (early or now >= p["until"]):
                 actions.append(Action("rollback", p["previous"], f"on probation: {why}", both))
             elif now >= p["until"]:
                 actions.append(Action("end_probation", p["previous"],
@@ -265,7 +268,9 @@ class Lifecycle:
         limit = self.shadow_days(in_drift) * DAY_S
         for name, since in sorted(state.shadow_since.items(), key=lambda kv: kv[1]):
             mine, theirs = standing(name, since, now), standing(champion, since, now)
-            if now - since < limit and mine.faults < self.cfg.shadow_faults:
+            early = mine.faults >= self.cfg.shadow_faults \
+                and mine.asset_weeks >= self.cfg.min_asset_weeks
+            if now - since < limit and not early:
                 continue
             ok, why = at_least_as_good(mine, theirs, self.budget)
             both = {name: mine, champion: theirs}

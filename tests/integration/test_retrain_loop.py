@@ -30,7 +30,8 @@ T0 = 1_750_000_000.0
 H = 3600.0
 CFG = config.from_dict({"retrain": {"shadow_days": 1.0, "shadow_faults": 100,
                                     "probation_days": 3.0, "every_days": 0.0,
-                                    "min_new_faults": 0}})
+                                    # one asset: a day is 0.14 asset-weeks
+                                    "min_new_faults": 0, "min_asset_weeks": 0.05}})
 SPEC = PipelineSpec.from_config(CFG.pipeline).hash
 
 

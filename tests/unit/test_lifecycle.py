@@ -142,6 +142,9 @@ def test_a_promotion_on_probation_rolls_back_when_the_old_champion_does_better()
     lc = loop(probation_days=7.0)
     promoted = lc.applied(Lifecycle.shadowed(LoopState(), "new", T0),
                           Action("promote", "new", ""), "old", T0)
+    short = _table({"new": standing(faults=3, caught=0, asset_weeks=0.5),
+                    "old": standing(faults=3, caught=3, asset_weeks=0.5)})
+    assert lc.review(promoted, T0 + DAY_S, "new", False, short) == []  # too little exposure
     held = _table({"new": standing(faults=2, caught=2), "old": standing(faults=2, caught=2)})
     assert lc.review(promoted, T0 + DAY_S, "new", False, held) == []
     (end,) = lc.review(promoted, T0 + 7 * DAY_S, "new", False, held)

@@ -104,7 +104,8 @@ def test_after_a_recalibration_the_loop_retrains_promotes_and_catches_more(tmp_p
         simulator.Recalibration(at_s=SPLIT_DAY * DAY, sensor="vibration", scale=0.5),))
     cfg = _cfg({"holdout_days": 1, "every_days": 0, "min_new_faults": 0,
                 "min_gap_s": 12 * 3600.0, "drift_shadow_days": 0.5, "shadow_faults": 3,
-                "probation_days": 0})
+                # a small line: an asset-week of live ticks takes days here
+                "min_asset_weeks": 0.0, "probation_days": 0})
     history = _history(10.0, params)
     variants = backtest.resolve_variants(cfg, ["full"])
     result = walk_forward.run(cfg, history, variants, history.t_start + SPLIT_DAY * DAY,

@@ -25,8 +25,8 @@ The rules (``[retrain]``, ``config.RetrainConfig``):
 * **Shadow**: a challenger is decided after ``shadow_days`` (``drift_shadow_days``
   while a drift event is open: the champion is known to serve data unlike its
   training, so waiting a full week costs more than it tells) or as soon as
-  ``shadow_faults`` faults came over ``min_asset_weeks`` of live ticks: promoted when its live scores since the shadow
-  began are ``at_least_as_good`` as the champion's over the same ticks, else
+  ``shadow_faults`` faults came over ``min_asset_weeks`` of live ticks: promoted
+  when its live scores since the shadow began are ``at_least_as_good`` as the champion's over the same ticks, else
   rejected.
 * **Probation**: after an automatic promotion the old champion is shadowed for
   ``probation_days``; once ``min_live_faults`` faults came over ``min_asset_weeks``

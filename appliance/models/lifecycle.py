@@ -26,13 +26,12 @@ The rules (``[retrain]``, ``config.RetrainConfig``):
   while a drift event is open: the champion is known to serve data unlike its
   training, so waiting a full week costs more than it tells) or as soon as
   ``shadow_faults`` faults came over ``min_asset_weeks`` of live ticks: promoted
-  when its live scores since the shadow began are ``at_least_as_good`` as the champion's over the same ticks, else
-  rejected.
+  when its live scores since the shadow began are ``at_least_as_good`` as the
+  champion's over the same ticks, else rejected.
 * **Probation**: after an automatic promotion the old champion is shadowed for
-  ``probation_days``; once ``min_live_faults`` faults came over ``min_asset_weeks``
-  of live ticks, or the period ended,
-  the new champion must be ``at_least_as_good`` as the old, else the loop rolls
-  back.  A manual
+  ``probation_days``; once ``min_live_faults`` faults came over
+  ``min_asset_weeks`` of live ticks, or the period ended, the new champion must
+  be ``at_least_as_good`` as the old, else the loop rolls back.  A manual
   promote, rollback or unshadow ends whatever the loop had going for those
   models (``reconcile``): the person wins.
 """

@@ -124,6 +124,7 @@ class RetrainStage(Stage):
     def check(self, requested: str | None = None) -> None:
         """Triggers and reviews at the newest event time (see the module docstring)."""
         con = self._cur()
+        self.counters.processed += 1  # checks made
         now = self._event_time()
         if now is None:
             return  # nothing stored yet

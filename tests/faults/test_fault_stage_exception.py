@@ -48,6 +48,7 @@ def _target(name: str) -> str:
         "ingest": "hand_on",  # the loop handing batches on
         "store": "commit",    # the commit (a non-DuckDB error), the batch held meanwhile
         "scores": "check",    # its poll for new faults (and the rescore they call for)
+        "retrain": "check",   # its look at the triggers and reviews
     }.get(name, "handle")     # a transform stage's work on one item
 
 
@@ -63,6 +64,7 @@ def _build(tmp_path, broker, **sections) -> tuple[runner.Service, object]:
     # predictions from the first tick: these tests are about stages, not the warm-up
     sections.setdefault("pipeline", {"warmup_s": 0})
     sections.setdefault("model", {"scores_every_s": 1})  # the scores stage polls often
+    sections.setdefault("retrain", {"check_every_s": 1})  # so does the retrain stage
     cfg = config_mod.load(fault_config(tmp_path, broker, db=db, **sections))
     return runner.Service(cfg), db
 

@@ -108,6 +108,15 @@ def at_least_as_good(a: Standing, b: Standing, budget: float, margin: float = 0.
 
 #: False episodes one model may raise beyond the other's (or the budget's share).
 FALSE_EPISODE_SLACK = 1
+#: A model is compared with another only over periods it predicted for at least this
+#: share of the other's asset-weeks: a challenger the service never served (refused,
+#: dropped, beyond max_challengers) scores 0 faults and 0 false episodes, which must
+#: not read as "at least as good".
+COVERAGE = 0.5
+
+
+def _covers(a: Standing, b: Standing) -> bool:
+    return a.asset_weeks >= COVERAGE * b.asset_weeks
 
 
 def _zero_if_nan(x: float) -> float:
@@ -254,6 +263,9 @@ class Lifecycle:
             old = standing(p["previous"], p["since"], now)
             ok, why = at_least_as_good(new, old, self.budget)
             both = {p["champion"]: new, p["previous"]: old}
+            if not _covers(old, new):  # the old one was not served beside it: no verdict
+                ok, why = True, (f"the old champion predicted on {old.asset_weeks:.2f} of "
+                                 f"{new.asset_weeks:.2f} asset-weeks: not compared")
             early = new.faults >= self.cfg.min_live_faults \
                 and new.asset_weeks >= self.cfg.min_asset_weeks
             if not ok and (early or now >= p["until"]):
@@ -272,6 +284,9 @@ class Lifecycle:
             if now - since < limit and not early:
                 continue
             ok, why = at_least_as_good(mine, theirs, self.budget)
+            if not _covers(mine, theirs):  # not served (refused, dropped, over the limit)
+                ok, why = False, (f"it predicted on {mine.asset_weeks:.2f} of the champion's "
+                                  f"{theirs.asset_weeks:.2f} asset-weeks: too few to judge")
             both = {name: mine, champion: theirs}
             actions.append(Action("promote" if ok else "reject", name,
                                   f"after {(now - since) / DAY_S:.1f} days in shadow: {why}",

@@ -178,6 +178,21 @@ class Registry:
             state["lifecycle"] = lifecycle
         self._write(state)
 
+    def rollback_to(self, name: str, spec_hash: str | None = None, *,
+                    lifecycle: dict | None = None) -> LoadedModel:
+        """Roll back to ``name`` (the loop's probation): as ``rollback`` when it is the
+        previous model, else as ``promote`` without remembering the one left."""
+        state = self._read()
+        if state["history"] and state["history"][-1] == name:
+            return self.rollback(spec_hash, lifecycle=lifecycle)
+        model = load_model(self.path_of(name), spec_hash)
+        state["active"] = name
+        state["challengers"] = [c for c in state["challengers"] if c != name]
+        if lifecycle is not None:
+            state["lifecycle"] = lifecycle
+        self._write(state)
+        return model
+
     def rollback(self, spec_hash: str | None = None, *, lifecycle: dict | None = None
                  ) -> LoadedModel:
         """Make the previously active model active again (the one rolled back from is

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -101,6 +100,7 @@ class TrainingChild:
     def kill(self, why: str) -> None:
         if self._killed is None:
             self._killed = why
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:  # never signal a pid that was reaped (reused)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()

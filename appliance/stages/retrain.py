@@ -27,6 +27,8 @@ behind by a killed service is recorded as ``interrupted`` at the next start.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -138,7 +140,7 @@ class RetrainStage(Stage):
         enabled = self.cfg.retrain.enabled
         in_drift = self._drift_open_since() is not None
         serving = self._serving_champion()
-        if enabled and serving is not None:
+        if serving is not None:  # with the loop off too: a manual retrain's shadow ends
             for action in self.lifecycle.review(state, now, serving, in_drift,
                                                 self._standing_of):
                 state = self._apply(action, state, now, serving)
@@ -202,10 +204,23 @@ class RetrainStage(Stage):
             return
         self._child = None
         job, self._job = self._job, {}
+        self._finish_safely(job, outcome)
+
+    def _finish_safely(self, job: dict[str, Any], outcome: ChildOutcome) -> None:
+        """``_finish``, with a failure there (the registry's disk full, a model file that
+        does not load) recorded as a failed run; the job folder goes either way."""
+        job_dir = Path(job["snapshot"]).parent
         try:
+            if outcome.status != "ok":
+                outcome = dataclasses.replace(
+                    outcome, reason=f"{outcome.reason}; child log: {_tail(job_dir)}")
             self._finish(job, outcome)
+        except (ModelError, OSError, KeyError, TypeError, ValueError) as exc:
+            why = f"its result could not be taken: {type(exc).__name__}: {exc}"
+            self._finish(job, ChildOutcome("failed", why, {}, outcome.peak_rss_mb,
+                                           outcome.seconds))
         finally:
-            shutil.rmtree(Path(job["snapshot"]).parent, ignore_errors=True)
+            shutil.rmtree(job_dir, ignore_errors=True)
 
     def _finish(self, job: dict[str, Any], outcome: ChildOutcome) -> None:
         con = self._cur()
@@ -235,11 +250,14 @@ class RetrainStage(Stage):
         reason = gate.reason
         if gate.accepted:
             state = LoopState.from_json(self.registry.lifecycle())
+            # judged from when it can predict, not from the trigger (the champion's
+            # ticks and faults while it trained are not the challenger's)
+            since = self._event_time() or now
             try:
                 self.registry.shadow(model.name, self.cfg.model.max_challengers,
                                      self.spec_hash,
                                      lifecycle=Lifecycle.shadowed(state, model.name,
-                                                                  now).to_json())
+                                                                  since).to_json())
             except ModelError as exc:
                 status, reason = "rejected", f"passed the gate but cannot shadow: {exc}"
         tables.insert_training_run(con, job["started_at"], self.clock.time(), model.name,
@@ -269,7 +287,7 @@ class RetrainStage(Stage):
                 self.registry.unshadow(action.model, lifecycle=doc)
                 event, other = "rejected", champion
             elif action.kind == "rollback":
-                self.registry.promote(action.model, self.spec_hash, lifecycle=doc)
+                self.registry.rollback_to(action.model, self.spec_hash, lifecycle=doc)
                 event, other = "rolled_back", champion
             else:  # end_probation: the old champion is no longer shadowed
                 self.registry.unshadow(action.model, lifecycle=doc)
@@ -278,8 +296,9 @@ class RetrainStage(Stage):
             log.error("retrain: cannot %s %s: %s", action.kind, action.model, exc)
             self._event(now, "reconciled", action.model, champion,
                         f"could not {action.kind}: {exc}", detail)
-            new = self.lifecycle.applied(state, Action("reject", action.model, str(exc)),
-                                         champion, now)
+            # given up, once: a failed rollback must not be retried every check
+            new = self.lifecycle.applied(state, Action("end_probation", action.model,
+                                                       str(exc)), champion, now)
             self.registry.save_lifecycle(new.to_json())
             return new
         self.counters.bump(event)
@@ -328,7 +347,7 @@ class RetrainStage(Stage):
                     answer = {"ok": True, "rows": model_history(self._cur())}
                 else:
                     answer = {"ok": False, "error": f"unknown request kind {kind!r}"}
-            except (duckdb.Error, OSError, ValueError, KeyError, ModelError) as exc:
+            except Exception as exc:  # a bad request must not crash-loop the stage
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             requests.answer(path, answer)
 
@@ -376,10 +395,12 @@ class RetrainStage(Stage):
         return Path(self.cfg.resolve(self.cfg.model.path)) if self.cfg.model.path else None
 
     def _drift_open_since(self) -> float | None:
+        """The oldest drift event open against the serving champion (one left open by a
+        restart or against an earlier model does not count)."""
         row = self._cur().execute(
             "SELECT epoch_us(min(ts)) FROM (SELECT arg_max(state, ts) AS state, max(ts) AS ts "
-            "FROM drift_events WHERE kind = 'drift' GROUP BY line, asset) "
-            "WHERE state = 'started'").fetchone()
+            "FROM drift_events WHERE kind = 'drift' AND model = ? GROUP BY line, asset) "
+            "WHERE state = 'started'", [self._serving_champion()]).fetchone()
         return None if row is None or row[0] is None else from_us(row[0])
 
     def _champion_live(self, champion: str | None) -> Standing | None:
@@ -432,12 +453,20 @@ class RetrainStage(Stage):
         if self._child is not None or not self.jobs.is_dir():
             return
         for job_dir in sorted(p for p in self.jobs.iterdir() if p.is_dir()):
-            try:
-                job = json.loads((job_dir / "job.json").read_text())
-            except (OSError, ValueError):
-                job = {"id": job_dir.name, "ts": None, "started_at": None, "trigger": "?"}
-            self._finish_interrupted(job, "the service stopped or was killed during training")
-            shutil.rmtree(job_dir, ignore_errors=True)
+            job = _read_json(job_dir / "job.json") or {"id": job_dir.name, "ts": None,
+                                                       "started_at": None, "trigger": "?"}
+            result = _read_json(job_dir / "result.json")
+            if result is None or "snapshot" not in job:
+                self._finish_interrupted(job, "the service stopped or was killed during "
+                                              "training")
+                shutil.rmtree(job_dir, ignore_errors=True)
+                continue
+            # the child finished before the service died: its work is not lost
+            self._finish_safely(job, ChildOutcome(
+                "ok" if result.get("status") == "ok" else "failed",
+                result.get("error", "trained"), result,
+                float(result.get("peak_rss_mb", 0.0)), float(result.get("seconds", 0.0))))
+        shutil.rmtree(self.registry.directory / "snapshots", ignore_errors=True)
 
     def _finish_interrupted(self, job: Mapping[str, Any], why: str) -> None:
         if not job:
@@ -452,3 +481,19 @@ class RetrainStage(Stage):
         if job.get("snapshot"):
             shutil.rmtree(Path(job["snapshot"]).parent, ignore_errors=True)
 
+
+
+def _tail(job_dir: Path, lines: int = 5) -> str:
+    """The last lines the child wrote (its traceback), for the run's record."""
+    text = ""
+    for name in ("child.log", "child.stderr"):
+        with contextlib.suppress(OSError):
+            text += (job_dir / name).read_text(errors="replace")
+    return " | ".join(text.strip().splitlines()[-lines:]) or "empty"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

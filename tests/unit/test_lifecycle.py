@@ -173,3 +173,12 @@ def test_the_state_survives_its_json():
                                                  "since": T0, "until": T0 + 9})
     assert LoopState.from_json(state.to_json()) == state
     assert LoopState.from_json(None) == LoopState()
+
+
+def test_a_challenger_that_never_predicted_is_not_promoted():
+    lc = loop(shadow_days=1.0)
+    state = Lifecycle.shadowed(LoopState(), "ghost", T0)
+    nothing = Standing(0, 0, math.nan, 0, 0.0, math.nan, math.nan)
+    table = _table({"ghost": nothing, "champ": standing(faults=4, caught=4)})
+    (decision,) = lc.review(state, T0 + 2 * DAY_S, "champ", False, table)
+    assert decision.kind == "reject" and "too few to judge" in decision.reason

@@ -9,6 +9,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from appliance import __version__
 from appliance import config as config_mod
@@ -382,85 +383,75 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
-    from appliance.console import Progress
-    from appliance.importer.names import parse_renames
-    from appliance.importer.report import ImportRefused
-    from appliance.storage.database import DatabaseBusy
-    from appliance.training import backtest, backtest_report
+    from appliance.training import backtest, backtest_report, walk_forward
 
     cfg = _load_config(args.config)
     if (args.faults or args.rename or args.ignore) and not args.readings:
         print("appliance backtest: --faults, --rename and --ignore go with --readings",
               file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else None
-    if args.walk_forward:
-        return _walk_forward(args, cfg, out)
-    if args.step is not None:
+    if args.step is not None and not args.walk_forward:
         print("appliance backtest: --step goes with --walk-forward", file=sys.stderr)
         return 2
-    written: list[backtest.BacktestResult] = []
+    out = Path(args.out) if args.out else None
+    if args.walk_forward:
+        # the static backtest in DIR/static, the walks and the side-by-side report in DIR
+        def write_walks(so_far: walk_forward.WalkForwardResult) -> None:
+            assert out is not None
+            backtest_report.write_report(so_far.static, out / "static")
+            walk_forward.write_report(so_far, out)
 
-    def write_so_far(so_far: backtest.BacktestResult) -> None:
+        result = _run_backtest(args, cfg, out, walk_forward.main, write_walks,
+                               lambda r: r.static.progress_text(), step_s=args.step)
+        if isinstance(result, int):
+            return result
+        print(walk_forward.terminal_table(result))
+        if out is not None:
+            print(f"report: {out / 'report.md'} (the static backtest: "
+                  f"{out / 'static' / 'report.md'})")
+        return 0
+
+    def write_static(so_far: backtest.BacktestResult) -> None:
         # The report is rewritten as each variant finishes: one that stops later
         # (killed, or a variant that cannot train) leaves the earlier ones.
         assert out is not None
         backtest_report.write_report(so_far, out)
-        written.append(so_far)
 
-    try:
-        result = backtest.main(
-            cfg, [n.strip() for n in args.variants.split(",") if n.strip()],
-            train_until=args.train_until, test_until=args.test_until, out_dir=out,
-            db=None if args.readings else _db_path(cfg, args.db),
-            readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
-            renames=parse_renames(args.rename), ignore=args.ignore,
-            progress=Progress(enabled=not args.quiet), seed=args.seed,
-            on_variant=write_so_far if out is not None else None)
-    except DatabaseBusy as exc:
-        print(f"appliance backtest: {exc}", file=sys.stderr)
-        return 1
-    except ImportRefused as exc:
-        print(f"appliance backtest: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"appliance backtest: {exc}", file=sys.stderr)
-        if written and out is not None:
-            print(f"appliance backtest: {written[-1].progress_text()}; their results: "
-                  f"{out / 'report.md'}", file=sys.stderr)
-        return 1
+    result = _run_backtest(args, cfg, out, backtest.main, write_static,
+                           lambda r: r.progress_text())
+    if isinstance(result, int):
+        return result
     print(backtest.terminal_table(result))
     if args.out:
         print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 
-def _walk_forward(args: argparse.Namespace, cfg: config_mod.Config, out: Path | None) -> int:
-    """``appliance backtest --walk-forward``: the static backtest in ``DIR/static``, the
-    walks and the side-by-side report in ``DIR``."""
+def _run_backtest(args: argparse.Namespace, cfg: config_mod.Config, out: Path | None,
+                  run: Any, write: Any, progress_text: Any, **extra: Any) -> Any:
+    """Run ``run`` (``backtest.main`` or ``walk_forward.main``) with the command's
+    history options, writing the report as each variant finishes; the result, or the
+    exit code of a refusal (each printed as one line)."""
     from appliance.console import Progress
     from appliance.importer.names import parse_renames
     from appliance.importer.report import ImportRefused
     from appliance.storage.database import DatabaseBusy
-    from appliance.training import backtest_report, walk_forward
 
-    written: list[walk_forward.WalkForwardResult] = []
+    written: list[Any] = []
 
-    def write_so_far(so_far: walk_forward.WalkForwardResult) -> None:
-        assert out is not None
-        backtest_report.write_report(so_far.static, out / "static")
-        walk_forward.write_report(so_far, out)
+    def write_so_far(so_far: Any) -> None:
+        write(so_far)
         written.append(so_far)
 
     try:
-        result = walk_forward.main(
+        return run(
             cfg, [n.strip() for n in args.variants.split(",") if n.strip()],
             train_until=args.train_until, test_until=args.test_until, out_dir=out,
             db=None if args.readings else _db_path(cfg, args.db),
             readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
             renames=parse_renames(args.rename), ignore=args.ignore,
-            progress=Progress(enabled=not args.quiet), seed=args.seed, step_s=args.step,
-            on_variant=write_so_far if out is not None else None)
+            progress=Progress(enabled=not args.quiet), seed=args.seed,
+            on_variant=write_so_far if out is not None else None, **extra)
     except DatabaseBusy as exc:
         print(f"appliance backtest: {exc}", file=sys.stderr)
         return 1
@@ -470,13 +461,9 @@ def _walk_forward(args: argparse.Namespace, cfg: config_mod.Config, out: Path | 
     except ValueError as exc:
         print(f"appliance backtest: {exc}", file=sys.stderr)
         if written and out is not None:
-            print(f"appliance backtest: {written[-1].static.progress_text()}; their results: "
+            print(f"appliance backtest: {progress_text(written[-1])}; their results: "
                   f"{out / 'report.md'}", file=sys.stderr)
         return 1
-    print(walk_forward.terminal_table(result))
-    if out is not None:
-        print(f"report: {out / 'report.md'} (the static backtest: {out / 'static' / 'report.md'})")
-    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -21,15 +21,34 @@ about it change in one write, so a ``kill -9`` never separates them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from appliance.models.contract import LoadedModel, ModelError, load_model
 
 REGISTRY_FILE = "registry.json"
+LOCK_FILE = "registry.lock"
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _exclusive(method: _Method) -> _Method:
+    """Run a read-modify-write of the registry file under its lock: the service's loop
+    and a person's ``appliance models ...`` write the same file, and without the lock
+    one's change could be lost under the other's."""
+    @functools.wraps(method)
+    def locked(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        with self._locked():
+            return method(self, *args, **kwargs)
+    return locked  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +82,19 @@ class Registry:
                 "challengers": list(state.get("challengers", [])),
                 "lifecycle": state.get("lifecycle")}
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _write(self, state: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._file.with_suffix(".tmp")
+        tmp = self._file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self._file)
 
@@ -86,6 +115,7 @@ class Registry:
         """The retraining loop's memory (``LoopState.to_json``), None before it first ran."""
         return self._read()["lifecycle"]
 
+    @_exclusive
     def save_lifecycle(self, doc: dict) -> None:
         state = self._read()
         state["lifecycle"] = doc
@@ -124,6 +154,7 @@ class Registry:
                                  challenger=name in challengers))
         return out
 
+    @_exclusive
     def promote(self, name: str, spec_hash: str | None = None, *,
                 keep_previous: bool = False, lifecycle: dict | None = None) -> LoadedModel:
         """Make ``name`` the active model, after it passes every check.
@@ -146,6 +177,7 @@ class Registry:
         self._write(state)
         return model
 
+    @_exclusive
     def shadow(self, name: str, max_challengers: int, spec_hash: str | None = None, *,
                lifecycle: dict | None = None) -> LoadedModel:
         """Serve ``name`` as a challenger, after it passes every check (the contract and
@@ -167,6 +199,7 @@ class Registry:
         self._write(state)
         return model
 
+    @_exclusive
     def unshadow(self, name: str, *, lifecycle: dict | None = None) -> None:
         """Stop serving ``name`` as a challenger."""
         state = self._read()
@@ -178,13 +211,14 @@ class Registry:
             state["lifecycle"] = lifecycle
         self._write(state)
 
+    @_exclusive
     def rollback_to(self, name: str, spec_hash: str | None = None, *,
                     lifecycle: dict | None = None) -> LoadedModel:
-        """Roll back to ``name`` (the loop's probation): as ``rollback`` when it is the
-        previous model, else as ``promote`` without remembering the one left."""
+        """Roll back to ``name`` (the loop's probation): off the history when it is the
+        previous model (as ``rollback``), and the one left is not remembered."""
         state = self._read()
         if state["history"] and state["history"][-1] == name:
-            return self.rollback(spec_hash, lifecycle=lifecycle)
+            state["history"].pop()
         model = load_model(self.path_of(name), spec_hash)
         state["active"] = name
         state["challengers"] = [c for c in state["challengers"] if c != name]
@@ -193,6 +227,7 @@ class Registry:
         self._write(state)
         return model
 
+    @_exclusive
     def rollback(self, spec_hash: str | None = None, *, lifecycle: dict | None = None
                  ) -> LoadedModel:
         """Make the previously active model active again (the one rolled back from is

@@ -219,13 +219,7 @@ class Registry:
         state = self._read()
         if state["history"] and state["history"][-1] == name:
             state["history"].pop()
-        model = load_model(self.path_of(name), spec_hash)
-        state["active"] = name
-        state["challengers"] = [c for c in state["challengers"] if c != name]
-        if lifecycle is not None:
-            state["lifecycle"] = lifecycle
-        self._write(state)
-        return model
+        return self._reactivate(state, name, spec_hash, lifecycle)
 
     @_exclusive
     def rollback(self, spec_hash: str | None = None, *, lifecycle: dict | None = None
@@ -235,10 +229,14 @@ class Registry:
         state = self._read()
         if not state["history"]:
             raise ModelError(f"{self._file}: no earlier model to roll back to")
-        previous = state["history"].pop()
-        model = load_model(self.path_of(previous), spec_hash)
-        state["active"] = previous
-        state["challengers"] = [c for c in state["challengers"] if c != previous]
+        return self._reactivate(state, state["history"].pop(), spec_hash, lifecycle)
+
+    def _reactivate(self, state: dict, name: str, spec_hash: str | None,
+                    lifecycle: dict | None) -> LoadedModel:
+        """Write ``state`` with ``name`` active again, after it passes every check."""
+        model = load_model(self.path_of(name), spec_hash)
+        state["active"] = name
+        state["challengers"] = [c for c in state["challengers"] if c != name]
         if lifecycle is not None:
             state["lifecycle"] = lifecycle
         self._write(state)

@@ -138,7 +138,8 @@ class RetrainStage(Stage):
         if state != raw:
             self.registry.save_lifecycle(state.to_json())
         enabled = self.cfg.retrain.enabled
-        in_drift = self._drift_open_since() is not None
+        drift_since = self._drift_open_since()  # one query serves review and triggers
+        in_drift = drift_since is not None
         serving = self._serving_champion()
         if serving is not None:  # with the loop off too: a manual retrain's shadow ends
             for action in self.lifecycle.review(state, now, serving, in_drift,
@@ -147,7 +148,7 @@ class RetrainStage(Stage):
         if self._child is not None or not (enabled or requested):
             return
         live = self._champion_live(serving)
-        watch = Watch(now, faults, self._drift_open_since(), live,
+        watch = Watch(now, faults, drift_since, live,
                       self._validated_recall(champion), requested)
         trigger = self.lifecycle.trigger(state, watch)
         self._last = {"checked_at": now, "loop": state.to_json()}

@@ -35,7 +35,17 @@ class MqttConfig:
     qos: int = field(default=1, metadata=_range(0, 2))
     topic_prefix: str = "plant"
     username: str = ""
+    #: Only in a file no one else can read (mode o-rwx), else refused at load: prefer
+    #: ``password_file`` or, under systemd, the credential ``mqtt_password``
+    #: (``LoadCredential=``), which wins over both.
     password: str = ""
+    #: A file holding the password (its first line), e.g. mode 0600.
+    password_file: str = ""
+    #: PEM CA certificate that signed the broker's: set, the connection uses TLS.
+    tls_ca: str = ""
+    #: PEM client certificate and its key, for a broker with ``require_certificate``.
+    tls_cert: str = ""
+    tls_key: str = ""
     keepalive_s: int = field(default=30, metadata=_range(5, 3600))
     #: How long the broker keeps our session (and queues readings) while we are away.
     session_expiry_s: int = field(default=7 * 24 * 3600, metadata=_range(0))
@@ -408,7 +418,51 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
         values[name] = _build(sections[name], table, source, name)
     cfg = Config(**values, source=source)
     _check_cross_field(cfg)
-    return cfg
+    return _with_mqtt_files(cfg)
+
+
+#: ``[mqtt]`` keys naming files: made absolute (relative to the config file) at load, and
+#: checked readable then, so a typo is an error at start, not a connect failing for ever.
+MQTT_FILE_KEYS = ("password_file", "tls_ca", "tls_cert", "tls_key")
+
+
+def _with_mqtt_files(cfg: Config) -> Config:
+    src, m = cfg.source, cfg.mqtt
+    resolved = {}
+    for key in MQTT_FILE_KEYS:
+        value = getattr(m, key)
+        if not value:
+            continue
+        path = cfg.resolve(value)
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{src}: [mqtt] {key}: cannot read {path}: "
+                              f"{exc.strerror or exc}") from None
+        resolved[key] = str(path)
+    if bool(m.tls_cert) != bool(m.tls_key):
+        raise ConfigError(f"{src}: [mqtt] tls_cert and tls_key go together (a client "
+                          f"certificate and its key)")
+    if m.tls_cert and not m.tls_ca:
+        raise ConfigError(f"{src}: [mqtt] tls_cert needs tls_ca (the CA that signed the "
+                          f"broker's certificate): a client certificate is sent over TLS only")
+    if (m.password or m.password_file) and not m.username:
+        raise ConfigError(f"{src}: [mqtt] {'password' if m.password else 'password_file'} "
+                          f"needs [mqtt] username")
+    if m.password and not src.startswith("<"):
+        try:
+            mode = Path(src).stat().st_mode
+        except OSError:
+            mode = 0o777  # unknown: assume the worst
+        if mode & 0o007:
+            raise ConfigError(
+                f"{src}: [mqtt] password: this file is readable by other users "
+                f"(mode {mode & 0o777:o}); put the password in a file only the service "
+                f"reads and name it in [mqtt] password_file, or give it to systemd as the "
+                f"credential mqtt_password (LoadCredential=), or chmod o-rwx {src}")
+    return dataclasses.replace(cfg, mqtt=dataclasses.replace(m, **resolved)) if resolved \
+        else cfg
 
 
 def _build(cls: type, table: dict[str, Any], source: str, section: str) -> Any:

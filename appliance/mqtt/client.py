@@ -1,16 +1,22 @@
 """paho-mqtt 2.x clients set up the one way the appliance uses them.
 
 MQTT v5, callback API version 2, ``connect_async`` + ``loop_start`` with a
-reconnect back-off; paho reconnects by itself and ``on_connect`` (not the
-caller) subscribes, so subscriptions are renewed on every reconnect.
+reconnect back-off; TLS and the user name and password from ``[mqtt]``, the same for
+every client of the service (ingest, alerts, status); paho reconnects by itself and
+``on_connect`` (not the caller) subscribes, so subscriptions are renewed on every
+reconnect.
 ``ConnectionMonitor`` keeps a client's connection state and logs its failures.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import ssl
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -35,7 +41,11 @@ def make_client(cfg: MqttConfig, role: str, *, persistent: bool = False,
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5)
     if cfg.username:
-        client.username_pw_set(cfg.username, cfg.password or None)
+        client.username_pw_set(cfg.username, password(cfg))
+    if cfg.tls_ca:
+        # verifies the broker's certificate and its host name against tls_ca
+        client.tls_set(ca_certs=cfg.tls_ca, certfile=cfg.tls_cert or None,
+                       keyfile=cfg.tls_key or None)
     client.reconnect_delay_set(min_delay=cfg.reconnect_min_s, max_delay=cfg.reconnect_max_s)
     if will is not None:
         topic, payload = will
@@ -45,6 +55,31 @@ def make_client(cfg: MqttConfig, role: str, *, persistent: bool = False,
         props.SessionExpiryInterval = cfg.session_expiry_s
         props.ReceiveMaximum = cfg.receive_maximum
     return client, props
+
+
+#: The systemd credential (``LoadCredential=mqtt_password:...``) that holds the password.
+CREDENTIAL = "mqtt_password"
+
+
+def password(cfg: MqttConfig) -> str | None:
+    """The MQTT password: systemd's credential ``mqtt_password`` when the service has one
+    (and it is not empty), else the first line of ``[mqtt] password_file``, else
+    ``[mqtt] password``; None for none."""
+    files = []
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        files.append(Path(credentials) / CREDENTIAL)
+    if cfg.password_file:
+        files.append(Path(cfg.password_file))
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        lines = text.splitlines()
+        if lines and lines[0]:
+            return lines[0]
+    return cfg.password or None
 
 
 def connect(client: mqtt.Client, cfg: MqttConfig, props: Properties, *,
@@ -60,8 +95,12 @@ def reason_failed(reason_code: object) -> bool:
     return bool(getattr(reason_code, "is_failure", False))
 
 
-#: At most one line per client this often about failing connects, with their count.
+#: At most one line per client this often about failing connects, with their count
+#: (and one whenever the reason changes).
 FAILURE_LOG_EVERY_S = 30.0
+#: CONNACK reason codes that retrying will not cure: bad user name or password, not
+#: authorized (MQTT v5, 0x86 and 0x87).
+AUTH_REFUSED = frozenset({134, 135})
 
 
 class ConnectionMonitor:
@@ -73,6 +112,8 @@ class ConnectionMonitor:
     than closed by us), called from paho's network thread.  With the
     broker down paho retries every ``reconnect_*_s``: the first failure is logged at
     once, then one line per ``FAILURE_LOG_EVERY_S`` with the failures since the last.
+    A failure that names the config (a certificate that does not verify, a password
+    refused) says which key, and slows the retries to ``reconnect_max_s``.
     """
 
     def __init__(self, cfg: MqttConfig, role: str, clock: Clock, *,
@@ -90,6 +131,7 @@ class ConnectionMonitor:
         self.last_failure = ""
         self._unlogged = 0
         self._logged_at: float | None = None
+        self._permanent = False  # the last failure was one that retrying will not cure
 
     def attach(self, client: mqtt.Client) -> None:
         client.on_connect = self._on_connect
@@ -113,8 +155,18 @@ class ConnectionMonitor:
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
                     reason_code: object, properties: object) -> None:
         if reason_failed(reason_code):
-            self._failed(f"refused: {reason_code}")
+            value = getattr(reason_code, "value", None)
+            if value in AUTH_REFUSED:
+                self._failed(f"refused: {reason_code} (check [mqtt] username and the "
+                             f"password: credential {CREDENTIAL}, password_file or password)",
+                             client, permanent=True)
+            else:
+                self._failed(f"refused: {reason_code}", client)
             return
+        if self._permanent:  # back to the short back-off for the next outage
+            client.reconnect_delay_set(min_delay=self.cfg.reconnect_min_s,
+                                       max_delay=self.cfg.reconnect_max_s)
+            self._permanent = False
         log.info("MQTT %s connected to %s:%d%s (session present: %s)", self.role,
                  self.cfg.host, self.cfg.port,
                  f" after {_attempts(self.failures)}" if self.failures else "",
@@ -126,7 +178,19 @@ class ConnectionMonitor:
         self.connected.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        self._failed("no connection (broker down or unreachable)")
+        # paho calls this inside its ``except OSError`` around the connect, and passes
+        # no exception: the one being handled is the reason (a TLS failure is an OSError)
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self._failed(f"TLS: the broker's certificate failed verification against "
+                         f"[mqtt] tls_ca {self.cfg.tls_ca}: {exc.verify_message}", client,
+                         permanent=True)
+        elif isinstance(exc, ssl.SSLError):
+            self._failed(f"TLS handshake failed ({exc.reason or exc}): check [mqtt] tls_ca, "
+                         f"tls_cert and tls_key against the broker's listener", client,
+                         permanent=True)
+        else:
+            self._failed("no connection (broker down or unreachable)", client)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason_code: object, properties: object) -> None:
@@ -141,16 +205,27 @@ class ConnectionMonitor:
                 log.warning("MQTT %s disconnected from %s:%d (%s); reconnecting", self.role,
                             self.cfg.host, self.cfg.port, reason_code)
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, client: mqtt.Client, *, permanent: bool = False) -> None:
+        """Count and log a failed connect.  A ``permanent`` one (a certificate or a
+        password the broker refuses) will fail the same way until someone changes the
+        config or the broker: retry only every ``reconnect_max_s``, not from
+        ``reconnect_min_s`` up, and log it at once when the reason changes."""
         self.failures += 1
         self._unlogged += 1
+        changed = why != self.last_failure
         self.last_failure = why
+        if permanent and not self._permanent:
+            client.reconnect_delay_set(min_delay=self.cfg.reconnect_max_s,
+                                       max_delay=self.cfg.reconnect_max_s)
+            self._permanent = True
         now = self.clock.monotonic()
-        if self._logged_at is not None and now - self._logged_at < FAILURE_LOG_EVERY_S:
+        if not changed and self._logged_at is not None and \
+                now - self._logged_at < FAILURE_LOG_EVERY_S:
             return
         log.error("MQTT %s cannot connect to %s:%d: %s (%s since the last report, %d since "
-                  "the last connection); retrying", self.role, self.cfg.host, self.cfg.port,
-                  why, _attempts(self._unlogged), self.failures)
+                  "the last connection); retrying%s", self.role, self.cfg.host, self.cfg.port,
+                  why, _attempts(self._unlogged), self.failures,
+                  f" every {self.cfg.reconnect_max_s} s" if self._permanent else "")
         self._unlogged, self._logged_at = 0, now
 
 

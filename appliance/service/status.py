@@ -48,7 +48,9 @@ def snapshot(supervisor: Supervisor, queues: Mapping[str, queue.Queue], *,
             entry["rate_per_s"] = round(
                 (entry["processed"] - previous["stages"][stage.name]["processed"]) / dt, 1)
         if entry["state"] in DEGRADED_STATES:
-            problems.append(f"{stage.name} {entry['state']}")
+            # a stage left down must say why where the operator looks, not only in the log
+            why = f": {h.last_error}" if entry["state"] == "failed" and h.last_error else ""
+            problems.append(f"{stage.name} {entry['state']}{why}")
         if "problem" in entry:
             problems.append(f"{stage.name}: {entry['problem']}")
         if "note" in entry:

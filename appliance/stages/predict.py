@@ -101,8 +101,8 @@ class PredictStage(Stage):
                                                                   3)}
                                     for name in self.watcher.challengers}
         if self.model is None:
-            entry["note"] = ("running without a model ([model] required = false): readings "
-                             "are stored, nothing is predicted until a model is promoted")
+            entry["note"] = ("no model: storing readings only ([model] required = false); "
+                             "nothing is predicted until a model is promoted")
         return entry
 
     def predict(self, rows: FeatureRows) -> Predictions:

@@ -168,7 +168,7 @@ def test_without_a_model_it_collects_history_says_so_and_serves_a_promoted_one(
     snap = svc.wait_for(lambda s: s["stages"]["predict"].get("rows_without_model", 0) > 0,
                         what="feature rows passed over for want of a model")
     assert snap["model"] is None and snap["stages"]["store"]["processed"] == len(msgs)
-    assert snap["state"] == "running" and "running without a model" in snap["notes"][0]
+    assert snap["state"] == "running" and "no model: storing readings only" in snap["notes"][0]
     assert snap["stages"]["predict"]["processed"] == 0
     assert "WITHOUT A MODEL" in svc.log.read_text()
     # a model promoted later serves from the next tick, no restart needed

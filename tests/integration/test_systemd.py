@@ -4,11 +4,16 @@ STOPPING on SIGTERM.  A datagram socket stands where systemd's would."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from tests.support.service import write_config
 
@@ -73,3 +78,35 @@ def test_watchdog_starves_when_an_essential_stage_has_failed(tmp_path, broker, m
     finally:
         service.stop()
         sock.close()
+
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "appliance.service"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="no systemd-analyze")
+
+
+def runnable_unit(tmp_path: Path) -> Path:
+    """The unit with its commands pointing at a binary that exists here: ``verify``
+    checks that ExecStart is executable, and /opt/appliance is not installed on a
+    development machine.  Nothing else in the unit changes."""
+    unit = tmp_path / "appliance.service"
+    unit.write_text(UNIT.read_text().replace("/opt/appliance/venv/bin/appliance", "/usr/bin/true"))
+    return unit
+
+
+@needs_analyze
+def test_the_unit_verifies_without_a_word(tmp_path):
+    done = subprocess.run([SYSTEMD_ANALYZE, "verify", str(runnable_unit(tmp_path))],
+                          capture_output=True, text=True, timeout=60)
+    # verify exits 0 on unknown or misspelt keys: it only warns, so any output is a fault
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+
+
+@needs_analyze
+def test_the_unit_is_locked_down(tmp_path):
+    done = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=true",
+                           str(runnable_unit(tmp_path))],
+                          capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for appliance\.service: (\d+\.\d)", done.stdout)
+    assert found, done.stdout + done.stderr
+    assert float(found.group(1)) <= 2.0, done.stdout

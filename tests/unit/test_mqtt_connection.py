@@ -48,8 +48,10 @@ def test_failed_connects_are_logged_at_most_once_per_period_with_their_count(cap
     refused = ReasonCode(PacketTypes.CONNACK, "Not authorized")
     client.on_connect(client, None, None, refused, None)
     assert lines(caplog) == [
-        "MQTT ingest cannot connect to 10.0.0.9:1884: refused: Not authorized (6 failed "
-        "attempts since the last report, 7 since the last connection); retrying"]
+        "MQTT ingest cannot connect to 10.0.0.9:1884: refused: Not authorized (check "
+        "[mqtt] username and the password: credential mqtt_password, password_file or "
+        "password) (6 failed attempts since the last report, 7 since the last connection); "
+        "retrying every 30 s"]
     assert not monitor.connected.is_set() and monitor.down_for() == FAILURE_LOG_EVERY_S
 
     client.on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), None)

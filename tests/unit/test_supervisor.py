@@ -254,7 +254,9 @@ def test_a_failed_stage_makes_the_service_degraded_even_when_not_essential():
     assert wait_until(lambda: sup.health["a"].state == "failed")
     assert sup.essential_working()  # the watchdog is fed: storing goes on
     s = snap(sup, a=q1, b=q2)
-    assert s["state"] == "degraded" and s["problems"] == ["a failed"]
+    assert s["state"] == "degraded" and s["problems"] == [
+        f"a failed: {sup.health['a'].last_error}"]
+    assert sup.health["a"].last_error  # the reason, in the status where operators look
     assert s["stages"]["b"]["state"] == "running"
     sup.signals.abort.set()
     assert sup.join(2)

@@ -2,6 +2,10 @@
 
 The broker keeps QoS 1 messages for a disconnected persistent session without
 the default cap of 1000 queued messages (a service restart must lose nothing).
+It can listen with TLS only (``tls``: a CA and the broker's certificate, and
+whether a client certificate is required), take users and passwords only
+(``passwords``, hashed with ``mosquitto_passwd``) and restrict topics with an
+ACL (``acl``: the text of mosquitto's ``acl_file``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto")
@@ -30,10 +35,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """PEM files of a TLS listener; ``require_certificate``: clients must present a
+    certificate signed by ``ca``."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    require_certificate: bool = False
+
+
 class PrivateBroker:
     """``with PrivateBroker() as b: b.port`` — stopped and cleaned up on exit."""
 
-    def __init__(self, port: int | None = None, persistence: bool = True) -> None:
+    def __init__(self, port: int | None = None, persistence: bool = True, *,
+                 tls: BrokerTls | None = None, passwords: dict[str, str] | None = None,
+                 acl: str | None = None) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise FileNotFoundError("mosquitto not found: install the Debian package "
@@ -46,7 +64,7 @@ class PrivateBroker:
         self.log = self._dir / "mosquitto.log"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if passwords else 'true'}",
             "max_queued_messages 0",
             "max_queued_bytes 0",
             "max_inflight_messages 0",
@@ -55,8 +73,25 @@ class PrivateBroker:
         ]
         if persistence:
             lines += ["persistence true", f"persistence_location {self._dir}/"]
+        if tls is not None:
+            lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}",
+                      f"require_certificate {str(tls.require_certificate).lower()}"]
+        if passwords:
+            lines.append(f"password_file {self._password_file(passwords)}")
+        if acl is not None:
+            (self._dir / "acl").write_text(acl)
+            # mosquitto logs what the ACL refuses at debug level only: a test reads it there
+            lines += [f"acl_file {self._dir / 'acl'}", "log_type all"]
         self.config.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen | None = None
+
+    def _password_file(self, passwords: dict[str, str]) -> Path:
+        path = self._dir / "passwords"
+        path.touch(mode=0o600)
+        for user, password in passwords.items():
+            subprocess.run(["mosquitto_passwd", "-b", str(path), user, password],
+                           check=True, capture_output=True, timeout=30)
+        return path
 
     def start(self, timeout_s: float = 10.0) -> PrivateBroker:
         self._proc = subprocess.Popen([self.binary, "-c", str(self.config)],

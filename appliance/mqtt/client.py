@@ -131,7 +131,9 @@ class ConnectionMonitor:
         self.last_failure = ""
         self._unlogged = 0
         self._logged_at: float | None = None
-        self._permanent = False  # the last failure was one that retrying will not cure
+        #: Seconds between retries after a failure that retrying will not cure (a
+        #: certificate, a password); None while paho's back-off from reconnect_min_s runs.
+        self.retry_every_s: float | None = None
 
     def attach(self, client: mqtt.Client) -> None:
         client.on_connect = self._on_connect
@@ -148,8 +150,10 @@ class ConnectionMonitor:
         down_s = self.down_for()
         if down_s <= after_s:
             return None
+        retry = f"; retrying every {self.retry_every_s:g} s" if self.retry_every_s else ""
         return (f"MQTT not connected to {self.cfg.host}:{self.cfg.port} for {down_s:.0f} s "
-                f"({self.failures} failed attempts; last: {self.last_failure or 'none yet'})")
+                f"({self.failures} failed attempts; last: {self.last_failure or 'none yet'}"
+                f"{retry})")
 
     # -- paho callbacks (network thread): never raise ---------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
@@ -163,10 +167,10 @@ class ConnectionMonitor:
             else:
                 self._failed(f"refused: {reason_code}", client)
             return
-        if self._permanent:  # back to the short back-off for the next outage
+        if self.retry_every_s is not None:  # back to the short back-off for the next outage
             client.reconnect_delay_set(min_delay=self.cfg.reconnect_min_s,
                                        max_delay=self.cfg.reconnect_max_s)
-            self._permanent = False
+            self.retry_every_s = None
         log.info("MQTT %s connected to %s:%d%s (session present: %s)", self.role,
                  self.cfg.host, self.cfg.port,
                  f" after {_attempts(self.failures)}" if self.failures else "",
@@ -214,10 +218,10 @@ class ConnectionMonitor:
         self._unlogged += 1
         changed = why != self.last_failure
         self.last_failure = why
-        if permanent and not self._permanent:
+        if permanent and self.retry_every_s is None:
             client.reconnect_delay_set(min_delay=self.cfg.reconnect_max_s,
                                        max_delay=self.cfg.reconnect_max_s)
-            self._permanent = True
+            self.retry_every_s = self.cfg.reconnect_max_s
         now = self.clock.monotonic()
         if not changed and self._logged_at is not None and \
                 now - self._logged_at < FAILURE_LOG_EVERY_S:
@@ -225,7 +229,7 @@ class ConnectionMonitor:
         log.error("MQTT %s cannot connect to %s:%d: %s (%s since the last report, %d since "
                   "the last connection); retrying%s", self.role, self.cfg.host, self.cfg.port,
                   why, _attempts(self._unlogged), self.failures,
-                  f" every {self.cfg.reconnect_max_s} s" if self._permanent else "")
+                  f" every {self.retry_every_s:g} s" if self.retry_every_s else "")
         self._unlogged, self._logged_at = 0, now
 
 

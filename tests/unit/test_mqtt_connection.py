@@ -53,9 +53,13 @@ def test_failed_connects_are_logged_at_most_once_per_period_with_their_count(cap
         "password) (6 failed attempts since the last report, 7 since the last connection); "
         "retrying every 30 s"]
     assert not monitor.connected.is_set() and monitor.down_for() == FAILURE_LOG_EVERY_S
+    # a refused password will be refused again: retry slowly, and say so
+    assert monitor.retry_every_s == MqttConfig().reconnect_max_s
+    assert monitor.problem(0).endswith(f"retrying every {MqttConfig().reconnect_max_s} s)")
 
     client.on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), None)
     assert monitor.connected.is_set() and monitor.down_for() == 0.0
+    assert monitor.retry_every_s is None  # the next outage backs off from reconnect_min_s
     assert "MQTT ingest connected to 10.0.0.9:1884 after 7 failed attempts" in lines(caplog)[0]
 
     lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")

@@ -110,3 +110,37 @@ def test_the_unit_is_locked_down(tmp_path):
     found = re.search(r"Overall exposure level for appliance\.service: (\d+\.\d)", done.stdout)
     assert found, done.stdout + done.stderr
     assert float(found.group(1)) <= 2.0, done.stdout
+
+
+INSTALL = UNIT.with_name("install.sh")
+
+
+def test_install_sh_parses_and_refuses_what_it_does_not_know():
+    """What of install.sh runs without root and systemd: its syntax (and shellcheck where
+    installed), and its options, which are checked before anything is touched."""
+    assert subprocess.run(["bash", "-n", str(INSTALL)], timeout=30).returncode == 0
+    if shutil.which("shellcheck"):
+        done = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stdout
+    for args, code, says in ((["--help"], 0, "--uninstall [--purge]"),
+                             (["--bogus"], 2, "unknown option --bogus"),
+                             (["--purge"], 2, "--purge goes with --uninstall")):
+        done = subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True,
+                              timeout=30)
+        assert (done.returncode, says in done.stdout + done.stderr) == (code, True), done
+
+
+def test_the_installed_default_config_passes_the_units_check(tmp_path):
+    """systemd/appliance.toml as install.sh leaves it (without --with-training it appends
+    [retrain] enabled = false) passes ``--check-config``, the unit's ExecStartPre."""
+    (printf,) = [line.strip() for line in INSTALL.read_text().splitlines()
+                 if line.strip().startswith("printf") and "[retrain]" in line]
+    cfg = tmp_path / "appliance.toml"
+    shutil.copy(UNIT.with_name("appliance.toml"), cfg)
+    subprocess.run(["bash", "-c", f"{printf} >>{cfg}"], check=True, timeout=30)
+    done = subprocess.run([sys.executable, "-m", "appliance", "run", "--config", str(cfg),
+                           "--check-config"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and ": OK (broker 127.0.0.1:1883" in done.stdout, done.stderr
+    from appliance.config import load
+    assert load(cfg).retrain.enabled is False

@@ -13,8 +13,9 @@ import pytest
 
 from tests.support import sandbox
 
-pytestmark = pytest.mark.skipif(sandbox.available() is not None,
-                                reason=f"sandbox: {sandbox.available()}")
+pytestmark = [pytest.mark.root,  # a mount namespace and setpriv
+              pytest.mark.skipif(sandbox.available() is not None,
+                                 reason=f"sandbox: {sandbox.available()}")]
 
 PROBE = r"""
 import errno, json, mmap, os, subprocess, sys

@@ -109,4 +109,6 @@ systemctl restart appliance.service
 for old in "$prefix"/venv-*; do
     [ "$old" = "$venv" ] || rm -rf "$old"
 done
+# installs before this layout copied the whole source tree, with its .venv, here
+find "$prefix" -mindepth 1 -maxdepth 1 ! -name 'venv*' ! -name README.md -exec rm -rf {} +
 echo "installed $venv; check with: systemctl status appliance; journalctl -u appliance"

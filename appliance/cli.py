@@ -105,11 +105,125 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
+    """Ask the running service on its socket; when none answers, open the file read-only."""
+    from appliance.service import control
     from appliance.storage import query as sql
 
     cfg = _load_config(args.config)
-    path = Path(args.db) if args.db else cfg.resolve(cfg.storage.path)
-    return sql.main(path, args.query)
+    if args.format == "parquet" and not args.out:
+        print("appliance sql: --format parquet writes a file: give --out FILE", file=sys.stderr)
+        return 2
+    db = _db_path(cfg, args.db)
+    sock = cfg.socket_path(Path(args.db) if args.db else None)
+    limit = args.limit or cfg.control.max_rows
+    timeout_s = args.timeout or cfg.control.timeout_s
+    try:
+        reply = control.ask(sock, {"op": "sql", "query": args.query, "limit": limit,
+                                   "timeout_s": timeout_s}, timeout_s + 30.0)
+        if reply is None:
+            result = sql.main(db, args.query, limit, timeout_s)
+        elif not reply["ok"]:
+            print(f"appliance sql: {'refused' if reply.get('refused') else 'failed'}: "
+                  f"{reply['error']}", file=sys.stderr)
+            return 2 if reply.get("refused") else 1
+        else:
+            result = sql.Result.from_dict(reply)
+            if reply.get("capped"):
+                print(f"note: the service returns at most {result.limit} rows ([control] "
+                      f"max_rows)", file=sys.stderr)
+    except sql.Refused as exc:
+        print(f"appliance sql: refused: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"appliance sql: cannot ask the service on {sock}: {exc} (a person in the "
+              f"service's group may connect)", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"appliance sql: {exc}", file=sys.stderr)
+        return 1
+    except sql.duckdb.InterruptException:
+        print(f"appliance sql: interrupted after {timeout_s:g} s (--timeout)", file=sys.stderr)
+        return 1
+    except sql.duckdb.Error as exc:
+        print(f"appliance sql: failed: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    sql.write(result, args.format, Path(args.out) if args.out else None)
+    note = sql.truncation_note(result)
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Hive-partitioned Parquet from the running service (written into its data folder,
+    then moved here) or, when none answers, from the file opened read-only."""
+    import shutil
+    import uuid
+
+    from appliance.service import control
+    from appliance.storage import export
+    from appliance.storage.database import open_offline
+    from appliance.timefmt import parse_time
+
+    cfg = _load_config(args.config)
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    unknown = sorted(set(tables) - set(export.TABLES))
+    try:
+        since = parse_time(args.since)
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"appliance export: {exc}", file=sys.stderr)
+        return 2
+    to = Path(args.to)
+    there = [str(to / f"table={t}") for t in tables if (to / f"table={t}").exists()]
+    problems = [f"no table {', '.join(unknown)} (tables: {', '.join(export.TABLES)})"
+                if unknown else "", "" if tables else "no tables named",
+                f"{', '.join(there)} exists already: export into a new folder" if there else ""]
+    if any(problems):
+        print(f"appliance export: {'; '.join(p for p in problems if p)}", file=sys.stderr)
+        return 2
+    db = _db_path(cfg, args.db)
+    sock = cfg.socket_path(Path(args.db) if args.db else None)
+    try:
+        reply = control.ask(sock, {"op": "export", "since": since, "until": until,
+                                   "tables": tables}, timeout_s=3600.0)
+    except OSError as exc:
+        print(f"appliance export: cannot ask the service on {sock}: {exc}", file=sys.stderr)
+        return 1
+    to.mkdir(parents=True, exist_ok=True)
+    if reply is not None:
+        if not reply["ok"]:
+            print(f"appliance export: the service could not export: {reply['error']}",
+                  file=sys.stderr)
+            return 1
+        written, source = Path(reply["directory"]), "the running service"
+        done = reply
+    else:
+        written, source = to / f".export-{uuid.uuid4().hex[:8]}", str(db)
+        try:
+            con = open_offline(db, read_only=True)
+        except ValueError as exc:
+            print(f"appliance export: {exc}", file=sys.stderr)
+            return 1
+        try:
+            done = export.write_export(con, written, since, until, tables)
+        finally:
+            con.close()
+    try:
+        for t in tables:
+            if (written / f"table={t}").exists():
+                shutil.move(written / f"table={t}", to / f"table={t}")
+        shutil.rmtree(written)
+    except OSError as exc:
+        print(f"appliance export: written to {written} but not moved to {to}: {exc}",
+              file=sys.stderr)
+        return 1
+    for t in tables:
+        print(f"{t}: {done['tables'][t]} rows")
+    print(f"exported from {source} to {to} ({done['bytes'] / 1e6:.1f} MB in "
+          f"{done['seconds']:.1f} s); read it with DuckDB: SELECT * FROM read_parquet("
+          f"'{to}/table=readings/**/*.parquet', hive_partitioning = true)")
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -338,11 +452,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     families = list(config_mod.FAMILIES) if args.family == "both" else [args.family]
     db = _db_path(cfg, args.db)
+    if args.faults and not args.readings:
+        print("appliance train: --faults goes with --readings", file=sys.stderr)
+        return 2
     try:
-        trained = command.train_from_database(
-            cfg, db, families,
-            Path(args.out_dir) if args.out_dir else None,
-            Progress(enabled=not args.quiet), seed=args.seed)
+        if args.readings:
+            trained = command.train_from_export(
+                cfg, args.readings, args.faults, db, families,
+                Path(args.out_dir) if args.out_dir else None,
+                Progress(enabled=not args.quiet), seed=args.seed)
+        else:
+            trained = command.train_from_database(
+                cfg, db, families,
+                Path(args.out_dir) if args.out_dir else None,
+                Progress(enabled=not args.quiet), seed=args.seed)
     except DatabaseBusy as busy:
         try:
             trained = command.train_beside_service(
@@ -535,11 +658,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("sql", help="read-only SQL on the database")
+    p = sub.add_parser("sql", help="read-only SQL on the database (asks the running service "
+                       "on its socket; without one, opens the file read-only)")
     p.add_argument("--config")
     p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                   help="table (default), csv, json (one object a line), parquet (needs --out)")
+    p.add_argument("--out", metavar="FILE", help="write the result here instead of stdout")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="rows at most (default and ceiling: [control] max_rows, 10,000)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="interrupt the query after S seconds (default and ceiling: "
+                   "[control] timeout_s, 30)")
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("export", help="tables as hive-partitioned Parquet "
+                       "(DIR/table=readings/date=…/…parquet), from the running service or "
+                       "the file")
+    p.add_argument("--since", required=True, metavar="TS",
+                   help="first time exported (RFC 3339 or Unix seconds)")
+    p.add_argument("--until", metavar="TS", help="exported up to, not including, this time")
+    p.add_argument("--to", required=True, metavar="DIR", help="the export's folder")
+    p.add_argument("--tables", default="readings,faults,predictions,alerts",
+                   help="comma-separated (default readings,faults,predictions,alerts)")
+    p.add_argument("--config")
+    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback, "
                        "shadow, unshadow; scores: each model's live event scores; history: "
@@ -587,6 +732,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=[*config_mod.FAMILIES, "both"], default="both",
                    help="model family (default both)")
     p.add_argument("--out-dir", help="also keep the ONNX files and a JSON summary here")
+    p.add_argument("--readings", metavar="GLOB", help="train from an export instead of the "
+                   "database (appliance export; e.g. 'DIR/**'): its table=readings files, and "
+                   "its table=faults unless --faults is given; the registry and the records "
+                   "are still those of --db / the config")
+    p.add_argument("--faults", metavar="GLOB", help="with --readings: the fault events' Parquet "
+                   "files (columns ts, line, asset, state, code, source)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_train)

@@ -219,11 +219,16 @@ def _jsonable(value: Any) -> Any:
 
 
 def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
-    """The file opened by the command itself (no service holds it): read-only, and
-    DuckDB's own switch against files outside the data directory on top of the guard."""
-    return duckdb.connect(str(path), read_only=True, config={
-        "enable_external_access": False,
-        "allowed_directories": [str(path.parent.resolve()) + os.sep]})
+    """The file opened by the command itself (no service holds it): read-only, with
+    DuckDB's own switch against files outside the data directory under the guard, and
+    the configuration locked so no statement turns it back on."""
+    con = duckdb.connect(str(path), read_only=True)
+    # allowed_directories cannot be given to connect (DuckDB 2.0 refuses it before the
+    # database is started), so set in order: the folder, then the switch, then the lock.
+    con.execute("SET allowed_directories = ?", [[str(path.parent.resolve()) + os.sep]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
 
 
 def main(path: Path, text: str, limit: int, timeout_s: float) -> Result:

@@ -47,6 +47,7 @@ def running(tmp_path_factory):
         stale.close()
         service = runner.Service(cfg)
         service.start()
+        _wait_subscribed(service)
         pub = ReadingPublisher(broker, READINGS, assets=4).start()
         try:
             pub.wait_acked(120)
@@ -57,6 +58,11 @@ def running(tmp_path_factory):
             pub.close()
             service.stop()
     assert not cfg.socket_path().exists(), "the socket outlives the service"
+
+
+def _wait_subscribed(service: runner.Service) -> None:
+    """A new session: what is published before the service subscribes is not for it."""
+    wait_until(lambda: service.pipeline.status()["mqtt_connected"], 30, "the MQTT connection")
 
 
 def _ask(cfg: config.Config, text: str, **kw: object) -> dict:
@@ -137,3 +143,46 @@ def test_export_from_the_running_service(running, tmp_path):
     assert [[a, s, n, v, lo.isoformat(), hi.isoformat()] for a, s, n, v, lo, hi in got] == want
     # moved out of the service's folder: nothing left behind there
     assert not list((cfg.socket_path().parent / control.EXPORTS).iterdir())
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_an_export_is_registered_and_promotable(tmp_path, tmp_path_factory,
+                                                                    broker):
+    """History imported (5 assets × 7 days, faults), the service fed more over MQTT,
+    exported while it runs, trained from the export with ``--readings``, promoted."""
+    from appliance.models.registry import Registry
+    from tests.support.retrain import END, SECTIONS, copy_into, prepare
+
+    db = copy_into(prepare(tmp_path_factory.mktemp("history")), tmp_path)
+    cfg = config.load(fault_config(tmp_path, broker, db=db, **SECTIONS))
+    before = {e.name for e in Registry(cfg.models_dir()).entries()}
+    service = runner.Service(cfg)
+    service.start()
+    _wait_subscribed(service)
+    pub = ReadingPublisher(broker, 500, assets=5, t0=END, step_s=60.0).start()
+    try:
+        pub.wait_acked(120)
+        wait_until(lambda: service.pipeline.stages["store"].counters.processed >= 500, 60,
+                   "the published readings stored")
+        to = tmp_path / "export"
+        done = _cli("export", "--config", cfg.source, "--since", "0", "--to", str(to))
+        assert done.returncode == 0, done.stderr
+        stored = _ask(cfg, "SELECT count(*) FROM readings")["rows"][0][0]
+        assert f"readings: {stored} rows" in done.stdout
+        trained = _cli("train", "--config", cfg.source, "--readings", f"{to}/**",
+                       "--family", "logistic", "--quiet")
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        entries = {e.name: e for e in Registry(cfg.models_dir()).entries(runner.spec_hash(cfg))}
+        (new,) = set(entries) - before
+        assert entries[new].model is not None, entries[new].error  # the service's spec hash
+        promoted = _cli("models", "promote", new, "--config", cfg.source)
+        assert promoted.returncode == 0, promoted.stderr
+        wait_until(lambda: _ask(cfg, f"SELECT count(*) FROM models WHERE name = '{new}' "
+                                     f"AND status = 'active'")["rows"][0][0] > 0, 60,
+                   "the service switching to the model trained on the export")
+        runs = _ask(cfg, "SELECT json_extract_string(detail, '$.database') FROM "
+                         "training_runs WHERE model = ?".replace("?", f"'{new}'"))["rows"]
+        assert runs == [[f"{to}/**"]]
+    finally:
+        pub.close()
+        service.stop()

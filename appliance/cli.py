@@ -602,6 +602,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from appliance.devtools.bench import drift
 
         return drift.run(json_output=args.json, assets=args.assets)
+    if args.what == "sql":
+        from appliance.devtools.bench import sql_load
+
+        sql_load.run(messages=args.messages, rows=args.rows, memory_limit=args.memory_limit,
+                     json_output=args.json)
+        return 0
     from appliance.devtools.bench import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
@@ -776,9 +782,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_backtest)
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift"])
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql"])
     p.add_argument("--json", action="store_true")
-    p.add_argument("--messages", type=int, default=200_000, help="ingest: messages to send")
+    p.add_argument("--messages", type=int, default=200_000,
+                   help="ingest, sql: messages to send")
+    p.add_argument("--rows", type=int, default=10_000_000,
+                   help="sql: readings in the database the heavy query aggregates")
+    p.add_argument("--memory-limit", default="32MB",
+                   help="sql: the service's [storage] memory_limit (default 32MB)")
     p.add_argument("--assets", type=int, default=1000, help="memory, drift: assets to simulate")
     p.set_defaults(func=_cmd_bench)
     return parser

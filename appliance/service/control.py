@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 #: A request is one line of at most this many bytes.
 MAX_REQUEST = 1 << 20
 EXPORTS = "exports"
+#: How long ``stop`` interrupts a running request before it joins the threads.
+STOP_WAIT_S = 2.0
 
 
 class ControlServer:
@@ -59,6 +61,7 @@ class ControlServer:
         self._db = db
         self._one_at_a_time = threading.Lock()
         self._free_at = 0.0
+        self._stopping = threading.Event()
         self._running: set[duckdb.DuckDBPyConnection] = set()
         self._guard = threading.Lock()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
@@ -89,10 +92,16 @@ class ControlServer:
     def stop(self) -> None:
         if self._server is None:
             return
+        self._stopping.set()
         self._server.shutdown()
-        with self._guard:
-            for cursor in self._running:
-                cursor.interrupt()
+        # Interrupted again and again while a request holds its turn: one that took its
+        # turn but had not started its query yet would otherwise run it whole.
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self._one_at_a_time.locked() and time.monotonic() < deadline:
+            with self._guard:
+                for cursor in self._running:
+                    cursor.interrupt()
+            time.sleep(0.02)
         self._server.server_close()  # joins the request threads
         self._server = None
         try:
@@ -109,11 +118,10 @@ class ControlServer:
         if op not in ("sql", "export"):
             return {"ok": False, "error": f"unknown request {op!r}"}
         timeout_s = min(float(request.get("timeout_s") or self.timeout_s), self.timeout_s)
-        if not self._one_at_a_time.acquire(timeout=timeout_s):
-            return {"ok": False, "error": f"another query ran for all of {timeout_s:g} s; "
-                                          f"try again"}
+        if not self._take_turn(timeout_s):
+            return {"ok": False, "error": "the service is stopping" if self._stopping.is_set()
+                    else f"another query ran for all of {timeout_s:g} s; try again"}
         try:
-            time.sleep(max(0.0, self._free_at - time.monotonic()))
             _lower_priority()
             started = time.monotonic()
             cursor = self._db.cursor()
@@ -132,6 +140,19 @@ class ControlServer:
                 self._free_at = 2 * time.monotonic() - started
         finally:
             self._one_at_a_time.release()
+
+    def _take_turn(self, timeout_s: float) -> bool:
+        """Wait for the one request slot and for the previous request's pause; False
+        when that took ``timeout_s`` or the service is stopping (``stop`` must not wait
+        for requests that have not started: SIGTERM to exit is under 5 s)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._one_at_a_time.acquire(timeout=0.1):
+            if self._stopping.is_set() or time.monotonic() >= deadline:
+                return False
+        if self._stopping.wait(max(0.0, self._free_at - time.monotonic())):
+            self._one_at_a_time.release()
+            return False
+        return True
 
     def _run(self, op: str, request: dict[str, Any], cursor: duckdb.DuckDBPyConnection,
              timeout_s: float) -> dict[str, Any]:

@@ -186,3 +186,31 @@ def test_a_model_trained_on_an_export_is_registered_and_promotable(tmp_path, tmp
     finally:
         pub.close()
         service.stop()
+
+
+def test_stop_interrupts_a_running_query_and_waiting_ones(tmp_path, broker):
+    import threading
+
+    cfg = config.load(fault_config(tmp_path, broker, model={"required": False},
+                                   control={"timeout_s": 600.0}))
+    service = runner.Service(cfg)
+    service.start()
+    replies: list[dict | None] = []
+
+    def ask() -> None:
+        replies.append(control.ask(cfg.socket_path(), {
+            "op": "sql", "query": "SELECT count(*) FROM range(1000000000000) a"}, 600.0))
+
+    askers = [threading.Thread(target=ask) for _ in range(3)]
+    for t in askers:
+        t.start()
+    wait_until(lambda: service.control._running, 30, "a query running")
+    assert service.stop()
+    for t in askers:
+        t.join(30)
+    # each query would run for hours: every asker answered means none was left running
+    assert len(replies) == 3 and all(r is not None and not r["ok"] for r in replies)
+    errors = sorted(r["error"] for r in replies)
+    assert errors[0].startswith("interrupted"), errors
+    assert all(e.startswith("interrupted") or e == "the service is stopping"
+               for e in errors), errors

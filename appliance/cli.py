@@ -113,6 +113,10 @@ def _cmd_sql(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.out:
         print("appliance sql: --format parquet writes a file: give --out FILE", file=sys.stderr)
         return 2
+    if (args.limit is not None and args.limit < 1) or (args.timeout is not None
+                                                       and args.timeout <= 0):
+        print("appliance sql: --limit and --timeout must be positive", file=sys.stderr)
+        return 2
     db = _db_path(cfg, args.db)
     sock = cfg.socket_path(Path(args.db) if args.db else None)
     limit = args.limit or cfg.control.max_rows

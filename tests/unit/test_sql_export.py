@@ -122,6 +122,8 @@ def test_cli_formats(db, tmp_path, capsys):
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 2 + 5 and "cut at 5 rows" in out.err
     assert main(["sql", "--db", str(db), "--format", "parquet", text]) == 2
+    assert main(["sql", "--db", str(db), "--limit", "0", text]) == 2
+    assert "must be positive" in capsys.readouterr().err
     out_file = tmp_path / "p.parquet"
     assert main(["sql", "--db", str(db), "--format", "parquet", "--out", str(out_file),
                  text]) == 0
@@ -180,3 +182,17 @@ def test_an_export_loads_as_the_database_does(db, tmp_path):
             np.testing.assert_array_equal(g.series[sensor][0], ts)
             np.testing.assert_array_equal(g.series[sensor][1], values)
         np.testing.assert_array_equal(g.fault_starts, w.fault_starts)
+
+
+def test_control_settings_are_checked_and_the_socket_found(tmp_path):
+    from appliance import config
+
+    path = tmp_path / "appliance.toml"
+    path.write_text('[storage]\npath = "data/a.duckdb"\n[control]\nmax_rows = 0\n')
+    with pytest.raises(config.ConfigError) as bad:
+        config.load(path)
+    assert str(path) in str(bad.value) and "max_rows" in str(bad.value)
+    path.write_text('[storage]\npath = "data/a.duckdb"\n')
+    assert config.load(path).socket_path() == tmp_path / "data" / "appliance.sock"
+    path.write_text('[storage]\npath = "data/a.duckdb"\n[control]\nsocket = "run/x.sock"\n')
+    assert config.load(path).socket_path() == tmp_path / "run" / "x.sock"

@@ -344,9 +344,8 @@ def _models_scores(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def _models_history(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """The retraining loop's story (``model_history``), oldest first; while the service
-    holds the database it is asked for the rows (a request in the registry folder)."""
-    from appliance.clock import WallClock
-    from appliance.service import requests
+    holds the database it is asked for the rows (on its control socket)."""
+    from appliance.service import control
     from appliance.storage.database import DatabaseBusy, open_offline
     from appliance.storage.query import model_history
 
@@ -354,12 +353,14 @@ def _models_history(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     try:
         con = open_offline(db, read_only=True)
     except DatabaseBusy:
-        req = requests.submit(cfg.models_dir(Path(args.db) if args.db else None), "history")
-        answer = requests.wait(req, 30.0, WallClock())
-        requests.forget(req)
+        sock = cfg.socket_path(Path(args.db) if args.db else None)
+        try:
+            answer = control.ask(sock, {"op": "history"}, 30.0)
+        except OSError as exc:
+            answer = {"ok": False, "error": str(exc)}
         if not answer or not answer.get("ok"):
             print(f"appliance models history: {db} is held by the running service and it did "
-                  f"not answer: {(answer or {}).get('error', 'no answer in 30 s')}",
+                  f"not answer on {sock}: {(answer or {}).get('error', 'no service there')}",
                   file=sys.stderr)
             return 1
         rows = answer["rows"]

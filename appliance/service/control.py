@@ -3,6 +3,7 @@ from inside the running service, which alone may open its database file.
 
     client ──► one JSON line: {"op": "sql", "query": …, "limit": N, "timeout_s": S}
                               {"op": "export", "since": …, "until": …, "tables": […]}
+                              {"op": "history"}  (``appliance models history``)
                               {"op": "ping"}
            ◄── one JSON line: {"ok": true, …} or {"ok": false, "error": "…"}
 
@@ -115,7 +116,7 @@ class ControlServer:
         op = request.get("op")
         if op == "ping":
             return {"ok": True, "database": str(self.data_dir)}
-        if op not in ("sql", "export"):
+        if op not in ("sql", "export", "history"):
             return {"ok": False, "error": f"unknown request {op!r}"}
         timeout_s = min(float(request.get("timeout_s") or self.timeout_s), self.timeout_s)
         if not self._take_turn(timeout_s):
@@ -157,6 +158,8 @@ class ControlServer:
     def _run(self, op: str, request: dict[str, Any], cursor: duckdb.DuckDBPyConnection,
              timeout_s: float) -> dict[str, Any]:
         try:
+            if op == "history":
+                return {"ok": True, "rows": query.model_history(cursor)}
             if op == "sql":
                 limit = min(int(request.get("limit") or self.max_rows), self.max_rows)
                 result = query.run(cursor, str(request.get("query", "")), self.data_dir,
@@ -173,6 +176,8 @@ class ControlServer:
         except query.Refused as exc:
             return {"ok": False, "refused": True, "error": str(exc)}
         except duckdb.InterruptException:
+            if self._stopping.is_set():
+                return {"ok": False, "error": "interrupted: the service is stopping"}
             return {"ok": False, "error": f"interrupted after {timeout_s:g} s (the "
                                           f"timeout); narrow the query or raise --timeout"}
         except (duckdb.Error, ValueError, KeyError, TypeError) as exc:

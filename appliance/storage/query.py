@@ -285,7 +285,10 @@ def _write_parquet(result: Result, out: Path) -> None:
         con.execute(f"CREATE TABLE result ({cols})")
         if result.rows:
             marks = ", ".join("?" for _ in result.columns)
-            con.executemany(f"INSERT INTO result VALUES ({marks})", result.rows)
+            blobs = [i for i, t in enumerate(result.types) if t == "BLOB"]
+            rows = [[base64.b64decode(v) if i in blobs and v is not None else v
+                     for i, v in enumerate(r)] for r in result.rows] if blobs else result.rows
+            con.executemany(f"INSERT INTO result VALUES ({marks})", rows)
         con.execute("COPY result TO ? (FORMAT parquet)", [str(out)])
     finally:
         con.close()

@@ -196,3 +196,11 @@ def test_control_settings_are_checked_and_the_socket_found(tmp_path):
     assert config.load(path).socket_path() == tmp_path / "data" / "appliance.sock"
     path.write_text('[storage]\npath = "data/a.duckdb"\n[control]\nsocket = "run/x.sock"\n')
     assert config.load(path).socket_path() == tmp_path / "run" / "x.sock"
+
+
+def test_parquet_output_keeps_bytes_and_nulls(db, tmp_path):
+    # bytes travel as base64 in the JSON reply; the Parquet file has the bytes again
+    out = tmp_path / "b.parquet"
+    assert main(["sql", "--db", str(db), "--format", "parquet", "--out", str(out),
+                 "SELECT '\\x00ab'::BLOB AS b, NULL::DOUBLE AS n"]) == 0
+    assert duckdb.sql(f"SELECT b, n FROM '{out}'").fetchall() == [(b"\x00ab", None)]

@@ -44,6 +44,8 @@ REFUSED = [
                     "(SELECT length(content) FROM read_text('/etc/passwd'))",
      "outside the data directory"),
     ("file_by_name", "SELECT * FROM '/etc/passwd'", "no table or view named '/etc/passwd'"),
+    ("summarize_file", "SUMMARIZE '/etc/passwd'", "no table or view named '/etc/passwd'"),
+    ("join_file", "SELECT * FROM faults, '/etc/hostname'", "no table or view named"),
     ("query_function", "SELECT * FROM query('SELECT * FROM read_csv(''/etc/passwd'')')",
      "table function query() is refused"),
     ("getenv", "SELECT getenv('HOME')", "getenv() is refused"),

@@ -105,11 +105,129 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
+    """Ask the running service on its socket; when none answers, open the file read-only."""
+    from appliance.service import control
     from appliance.storage import query as sql
 
     cfg = _load_config(args.config)
-    path = Path(args.db) if args.db else cfg.resolve(cfg.storage.path)
-    return sql.main(path, args.query)
+    if args.format == "parquet" and not args.out:
+        print("appliance sql: --format parquet writes a file: give --out FILE", file=sys.stderr)
+        return 2
+    if (args.limit is not None and args.limit < 1) or (args.timeout is not None
+                                                       and args.timeout <= 0):
+        print("appliance sql: --limit and --timeout must be positive", file=sys.stderr)
+        return 2
+    db = _db_path(cfg, args.db)
+    sock = cfg.socket_path(Path(args.db) if args.db else None)
+    limit = args.limit or cfg.control.max_rows
+    timeout_s = args.timeout or cfg.control.timeout_s
+    try:
+        reply = control.ask(sock, {"op": "sql", "query": args.query, "limit": limit,
+                                   "timeout_s": timeout_s}, timeout_s + 30.0)
+        if reply is None:
+            result = sql.main(db, args.query, limit, timeout_s)
+        elif not reply["ok"]:
+            print(f"appliance sql: {'refused' if reply.get('refused') else 'failed'}: "
+                  f"{reply['error']}", file=sys.stderr)
+            return 2 if reply.get("refused") else 1
+        else:
+            result = sql.Result.from_dict(reply)
+            if reply.get("capped"):
+                print(f"note: the service returns at most {result.limit} rows ([control] "
+                      f"max_rows)", file=sys.stderr)
+    except sql.Refused as exc:
+        print(f"appliance sql: refused: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"appliance sql: cannot ask the service on {sock}: {exc} (a person in the "
+              f"service's group may connect)", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"appliance sql: {exc}", file=sys.stderr)
+        return 1
+    except sql.duckdb.InterruptException:
+        print(f"appliance sql: interrupted after {timeout_s:g} s (--timeout)", file=sys.stderr)
+        return 1
+    except sql.duckdb.Error as exc:
+        print(f"appliance sql: failed: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
+    sql.write(result, args.format, Path(args.out) if args.out else None)
+    note = sql.truncation_note(result)
+    if note:
+        print(note, file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Hive-partitioned Parquet from the running service (written into its data folder,
+    then moved here) or, when none answers, from the file opened read-only."""
+    import shutil
+    import uuid
+
+    from appliance.service import control
+    from appliance.storage import export
+    from appliance.storage.database import open_offline
+    from appliance.timefmt import parse_time
+
+    cfg = _load_config(args.config)
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+    unknown = sorted(set(tables) - set(export.TABLES))
+    try:
+        since = parse_time(args.since)
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"appliance export: {exc}", file=sys.stderr)
+        return 2
+    to = Path(args.to)
+    there = [str(to / f"table={t}") for t in tables if (to / f"table={t}").exists()]
+    problems = [f"no table {', '.join(unknown)} (tables: {', '.join(export.TABLES)})"
+                if unknown else "", "" if tables else "no tables named",
+                f"{', '.join(there)} exists already: export into a new folder" if there else ""]
+    if any(problems):
+        print(f"appliance export: {'; '.join(p for p in problems if p)}", file=sys.stderr)
+        return 2
+    db = _db_path(cfg, args.db)
+    sock = cfg.socket_path(Path(args.db) if args.db else None)
+    try:
+        reply = control.ask(sock, {"op": "export", "since": since, "until": until,
+                                   "tables": tables}, timeout_s=3600.0)
+    except OSError as exc:
+        print(f"appliance export: cannot ask the service on {sock}: {exc}", file=sys.stderr)
+        return 1
+    to.mkdir(parents=True, exist_ok=True)
+    if reply is not None:
+        if not reply["ok"]:
+            print(f"appliance export: the service could not export: {reply['error']}",
+                  file=sys.stderr)
+            return 1
+        written, source = Path(reply["directory"]), "the running service"
+        done = reply
+    else:
+        written, source = to / f".export-{uuid.uuid4().hex[:8]}", str(db)
+        try:
+            con = open_offline(db, read_only=True)
+        except ValueError as exc:
+            print(f"appliance export: {exc}", file=sys.stderr)
+            return 1
+        try:
+            done = export.write_export(con, written, since, until, tables)
+        finally:
+            con.close()
+    try:
+        for t in tables:
+            if (written / f"table={t}").exists():
+                shutil.move(written / f"table={t}", to / f"table={t}")
+        shutil.rmtree(written)
+    except OSError as exc:
+        print(f"appliance export: written to {written} but not moved to {to}: {exc}",
+              file=sys.stderr)
+        return 1
+    for t in tables:
+        print(f"{t}: {done['tables'][t]} rows")
+    print(f"exported from {source} to {to} ({done['bytes'] / 1e6:.1f} MB in "
+          f"{done['seconds']:.1f} s); read it with DuckDB: SELECT * FROM read_parquet("
+          f"'{to}/table=readings/**/*.parquet', hive_partitioning = true)")
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -226,9 +344,8 @@ def _models_scores(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 def _models_history(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     """The retraining loop's story (``model_history``), oldest first; while the service
-    holds the database it is asked for the rows (a request in the registry folder)."""
-    from appliance.clock import WallClock
-    from appliance.service import requests
+    holds the database it is asked for the rows (on its control socket)."""
+    from appliance.service import control
     from appliance.storage.database import DatabaseBusy, open_offline
     from appliance.storage.query import model_history
 
@@ -236,12 +353,14 @@ def _models_history(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     try:
         con = open_offline(db, read_only=True)
     except DatabaseBusy:
-        req = requests.submit(cfg.models_dir(Path(args.db) if args.db else None), "history")
-        answer = requests.wait(req, 30.0, WallClock())
-        requests.forget(req)
+        sock = cfg.socket_path(Path(args.db) if args.db else None)
+        try:
+            answer = control.ask(sock, {"op": "history"}, 30.0)
+        except OSError as exc:
+            answer = {"ok": False, "error": str(exc)}
         if not answer or not answer.get("ok"):
             print(f"appliance models history: {db} is held by the running service and it did "
-                  f"not answer: {(answer or {}).get('error', 'no answer in 30 s')}",
+                  f"not answer on {sock}: {(answer or {}).get('error', 'no service there')}",
                   file=sys.stderr)
             return 1
         rows = answer["rows"]
@@ -338,11 +457,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _load_config(args.config)
     families = list(config_mod.FAMILIES) if args.family == "both" else [args.family]
     db = _db_path(cfg, args.db)
+    if args.faults and not args.readings:
+        print("appliance train: --faults goes with --readings", file=sys.stderr)
+        return 2
     try:
-        trained = command.train_from_database(
-            cfg, db, families,
-            Path(args.out_dir) if args.out_dir else None,
-            Progress(enabled=not args.quiet), seed=args.seed)
+        if args.readings:
+            trained = command.train_from_export(
+                cfg, args.readings, args.faults, db, families,
+                Path(args.out_dir) if args.out_dir else None,
+                Progress(enabled=not args.quiet), seed=args.seed)
+        else:
+            trained = command.train_from_database(
+                cfg, db, families,
+                Path(args.out_dir) if args.out_dir else None,
+                Progress(enabled=not args.quiet), seed=args.seed)
     except DatabaseBusy as busy:
         try:
             trained = command.train_beside_service(
@@ -479,6 +607,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from appliance.devtools.bench import drift
 
         return drift.run(json_output=args.json, assets=args.assets)
+    if args.what == "sql":
+        from appliance.devtools.bench import sql_load
+
+        sql_load.run(messages=args.messages, rows=args.rows, memory_limit=args.memory_limit,
+                     json_output=args.json)
+        return 0
     from appliance.devtools.bench import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
@@ -535,11 +669,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("sql", help="read-only SQL on the database")
+    p = sub.add_parser("sql", help="read-only SQL on the database (asks the running service "
+                       "on its socket; without one, opens the file read-only)")
     p.add_argument("--config")
     p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                   help="table (default), csv, json (one object a line), parquet (needs --out)")
+    p.add_argument("--out", metavar="FILE", help="write the result here instead of stdout")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="rows at most (default and ceiling: [control] max_rows, 10,000)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="interrupt the query after S seconds (default and ceiling: "
+                   "[control] timeout_s, 30)")
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("export", help="tables as hive-partitioned Parquet "
+                       "(DIR/table=readings/date=…/…parquet), from the running service or "
+                       "the file")
+    p.add_argument("--since", required=True, metavar="TS",
+                   help="first time exported (RFC 3339 or Unix seconds)")
+    p.add_argument("--until", metavar="TS", help="exported up to, not including, this time")
+    p.add_argument("--to", required=True, metavar="DIR", help="the export's folder")
+    p.add_argument("--tables", default="readings,faults,predictions,alerts",
+                   help="comma-separated (default readings,faults,predictions,alerts)")
+    p.add_argument("--config")
+    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback, "
                        "shadow, unshadow; scores: each model's live event scores; history: "
@@ -587,6 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=[*config_mod.FAMILIES, "both"], default="both",
                    help="model family (default both)")
     p.add_argument("--out-dir", help="also keep the ONNX files and a JSON summary here")
+    p.add_argument("--readings", metavar="GLOB", help="train from an export instead of the "
+                   "database (appliance export; e.g. 'DIR/**'): its table=readings files, and "
+                   "its table=faults unless --faults is given; the registry and the records "
+                   "are still those of --db / the config")
+    p.add_argument("--faults", metavar="GLOB", help="with --readings: the fault events' Parquet "
+                   "files (columns ts, line, asset, state, code, source)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_train)
@@ -625,9 +787,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_backtest)
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift"])
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql"])
     p.add_argument("--json", action="store_true")
-    p.add_argument("--messages", type=int, default=200_000, help="ingest: messages to send")
+    p.add_argument("--messages", type=int, default=200_000,
+                   help="ingest, sql: messages to send")
+    p.add_argument("--rows", type=int, default=10_000_000,
+                   help="sql: readings in the database the heavy query aggregates")
+    p.add_argument("--memory-limit", default="32MB",
+                   help="sql: the service's [storage] memory_limit (default 32MB)")
     p.add_argument("--assets", type=int, default=1000, help="memory, drift: assets to simulate")
     p.set_defaults(func=_cmd_bench)
     return parser

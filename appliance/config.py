@@ -201,6 +201,20 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """``[control]``: the service's socket for ``appliance sql`` and ``appliance export``
+    while it runs (``service/control.py``)."""
+
+    #: The Unix socket (mode 0660, the service's group); empty = "appliance.sock" beside
+    #: the database file.
+    socket: str = ""
+    #: Rows a query returns at most (``appliance sql --limit`` asks for fewer).
+    max_rows: int = field(default=10_000, metadata=_range(1, 10_000_000))
+    #: A query still running after this long is interrupted (``--timeout`` asks for less).
+    timeout_s: float = field(default=30.0, metadata=_range(0.0, 3600.0, lo_open=True))
+
+
+@dataclass(frozen=True, slots=True)
 class DriftConfig:
     """``[drift]``: watching the model's inputs (``stages/drift.py``, ``models/drift.py``).
 
@@ -351,6 +365,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     status: StatusConfig = StatusConfig()
     service: ServiceConfig = ServiceConfig()
+    control: ControlConfig = ControlConfig()
     training: TrainingConfig = TrainingConfig()
     drift: DriftConfig = DriftConfig()
     retrain: RetrainConfig = RetrainConfig()
@@ -366,6 +381,14 @@ class Config:
             return self.resolve(self.model.dir)
         return (Path(db) if db is not None else self.resolve(self.storage.path)).parent / \
             "models"
+
+    def socket_path(self, db: Path | None = None) -> Path:
+        """The service's control socket: ``[control] socket``, else "appliance.sock" beside
+        the database (``db`` when a command was given one, else ``[storage] path``)."""
+        if self.control.socket:
+            return self.resolve(self.control.socket)
+        return (Path(db) if db is not None else self.resolve(self.storage.path)).parent / \
+            "appliance.sock"
 
     def variant(self, name: str) -> VariantConfig | None:
         """The ``[variants.<name>]`` table, or None when the file has none of that name."""

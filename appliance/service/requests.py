@@ -12,9 +12,9 @@ Files, as ``registry.json`` is, because the command and the service already
 share that folder (and its permissions) and a request survives a service restart.
 Kinds: ``retrain`` (``appliance retrain``: train now, by hand), ``snapshot``
 (``appliance train`` while the service runs: copy the history out for it),
-``record`` (that command's rows for ``models`` and ``training_runs``, which only
-the service may write) and ``history`` (``appliance models history``: the rows of
-``model_history``).  The retrain stage serves them.
+and ``record`` (that command's rows for ``models`` and ``training_runs``, which only
+the service may write).  The retrain stage serves them.  (Reads while the service
+runs go over its control socket: ``service/control.py``.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 from appliance.clock import Clock
 
 FOLDER = "requests"
-KINDS = ("retrain", "snapshot", "record", "history")
+KINDS = ("retrain", "snapshot", "record")
 
 
 def submit(models_dir: Path, kind: str, body: dict[str, Any] | None = None) -> Path:

@@ -17,7 +17,8 @@
     scores     stages/scores.py     models/scores.py (beside the chain: rescores as faults arrive)
     retrain    stages/retrain.py    models/lifecycle.py, service/child.py (beside the chain:
                                     a training child on a snapshot; shadow, promote, roll back)
-    service/   supervisor (a thread per stage, restarts, hung), status, systemd_notify
+    service/   supervisor (a thread per stage, restarts, hung), status, systemd_notify,
+               control (the socket `appliance sql` and `export` ask while it runs)
 
 Stages share only the typed messages of ``messages.py`` on their queues.
 Training, import and the dev tools are never imported here
@@ -46,6 +47,7 @@ from appliance.features.spec import PipelineSpec
 from appliance.models.contract import LoadedModel, ModelError
 from appliance.models.registry import Registry
 from appliance.models.watcher import ModelWatcher, serving_model
+from appliance.service.control import ControlServer
 from appliance.service.status import StatusPublisher, snapshot
 from appliance.service.supervisor import Supervisor
 from appliance.service.systemd_notify import notify, watchdog_interval_s
@@ -147,6 +149,7 @@ class Service:
         self.cfg = cfg
         self.pipeline = build(cfg)
         self.publisher: StatusPublisher | None = None
+        self.control = ControlServer(cfg, self.pipeline.db)
         self._next_status = 0.0
 
     def start(self) -> None:
@@ -155,6 +158,7 @@ class Service:
             log.error("STARTED WITH A DAMAGED DATABASE LOG, set aside at %s",
                       p.open_report.damaged_wal)
         p.supervisor.start()
+        self.control.start()
         self.publisher = StatusPublisher(self.cfg, p.status)
         notify("READY=1")
         log.info("appliance %s running; database %s", __version__,
@@ -172,6 +176,7 @@ class Service:
     def stop(self) -> bool:
         notify("STOPPING=1")
         log.info("stopping: draining the pipeline")
+        self.control.stop()  # before the drain: a query must not hold the cores meanwhile
         clean = self.pipeline.supervisor.stop(DRAIN_TIMEOUT_S)
         if self.publisher is not None:
             self.publisher.publish(final="offline")

@@ -53,7 +53,6 @@ from appliance.service import requests
 from appliance.service.child import ChildOutcome, TrainingChild
 from appliance.stages.base import POLL_S, Stage, StopSignals
 from appliance.storage import tables
-from appliance.storage.query import model_history
 from appliance.storage.snapshot import write_snapshot
 from appliance.timefmt import from_us, rfc3339
 
@@ -344,8 +343,6 @@ class RetrainStage(Stage):
                 elif kind == "record":
                     self._record(doc)
                     answer = {"ok": True}
-                elif kind == "history":
-                    answer = {"ok": True, "rows": model_history(self._cur())}
                 else:
                     answer = {"ok": False, "error": f"unknown request kind {kind!r}"}
             except Exception as exc:  # a bad request must not crash-loop the stage

@@ -75,9 +75,17 @@ def open_snapshot(directory: Path, memory_limit: str = "512MB") -> duckdb.DuckDB
     of readings at one timestamp, which validity depends on)."""
     if is_ready(directory) is None:
         raise ValueError(f"{directory}: not a finished snapshot (no {READY})")
+    return open_tables({table: f"SELECT * FROM read_parquet('{directory / (name + '.parquet')}')"
+                        for table, name in (("series", "series"), ("readings_raw", "readings"),
+                                            ("faults", "faults"))}, memory_limit)
+
+
+def open_tables(selects: dict[str, str], memory_limit: str = "512MB"
+                ) -> duckdb.DuckDBPyConnection:
+    """An in-memory database with a table per ``selects`` entry (name → SELECT over
+    Parquet files), created in the order given (a later SELECT may join an earlier
+    table): history read from files as ``load_histories`` reads a database."""
     con = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
-    for table, name in (("series", "series"), ("readings_raw", "readings"),
-                        ("faults", "faults")):
-        con.execute(f"CREATE TABLE {table} AS SELECT * FROM "
-                    f"read_parquet('{directory / (name + '.parquet')}')")
+    for table, select in selects.items():
+        con.execute(f"CREATE TABLE {table} AS {select}")
     return con

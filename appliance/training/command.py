@@ -29,6 +29,7 @@ from appliance.models.registry import Registry
 from appliance.service import requests
 from appliance.storage import tables
 from appliance.storage.database import DatabaseBusy, open_offline, release_buffers
+from appliance.storage.export import open_export
 from appliance.storage.history import load_histories
 from appliance.storage.snapshot import open_snapshot
 from appliance.timefmt import rfc3339
@@ -115,6 +116,41 @@ def train_beside_service(cfg: Config, db_path: Path, families: Sequence[str],
     if (requests.wait(rec, 30.0, WallClock()) or {}).get("ok") is not True:
         say("note: the service did not record this run in models and training_runs")
     requests.forget(rec)
+    if not trained:
+        raise ValueError(records["training_runs"][0]["detail"]["error"])
+    return trained
+
+
+def train_from_export(cfg: Config, readings: str, faults: str | None, db_path: Path,
+                      families: Sequence[str], out_dir: Path | None = None,
+                      progress: Progress | None = None, seed: int = 0) -> list[Trained]:
+    """``train_from_database`` on an export (``storage.export``: ``readings`` a folder or
+    glob, ``faults`` the fault files or None for the export's own): registered in the
+    registry of ``db_path``, recorded in its database (by the service while it holds
+    the file; not at all when there is no such file)."""
+    say = progress or Progress(enabled=False)
+    models_dir = cfg.models_dir(db_path)
+    con = open_export(readings, faults)
+    try:
+        trained, records = _train(cfg, con, models_dir, readings, families, out_dir, say,
+                                  seed)
+    finally:
+        con.close()
+    if not db_path.exists():
+        say(f"note: no database at {db_path}: this run is not recorded in training_runs")
+    else:
+        try:
+            db = open_offline(db_path)
+        except DatabaseBusy:
+            rec = requests.submit(models_dir, "record", records)
+            if (requests.wait(rec, 30.0, WallClock()) or {}).get("ok") is not True:
+                say("note: the service did not record this run in models and training_runs")
+            requests.forget(rec)
+        else:
+            try:
+                _insert(db, records)
+            finally:
+                db.close()
     if not trained:
         raise ValueError(records["training_runs"][0]["detail"]["error"])
     return trained

@@ -120,10 +120,12 @@ def test_sql_is_read_only(tmp_path, capsys):
     connect(db)[0].close()
     assert main(["sql", "--db", str(db), "SELECT count(*) AS n FROM readings"]) == 0
     assert capsys.readouterr().out.split() == ["n", "-", "0"]
-    assert main(["sql", "--db", str(db), "DELETE FROM faults"]) == 1
-    assert "read-only" in capsys.readouterr().err
+    # refused before running (exit 2, the reason named); tests/unit/test_sql_export.py
+    # has one test per kind of refusal
+    assert main(["sql", "--db", str(db), "DELETE FROM faults"]) == 2
+    assert "refused: DELETE statement" in capsys.readouterr().err
     assert main(["sql", "--db", str(db),
-                 f"COPY faults TO '{tmp_path / 'x.csv'}'"]) == 1
+                 f"COPY faults TO '{tmp_path / 'x.csv'}'"]) == 2
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -479,6 +479,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from appliance.devtools.bench import drift
 
         return drift.run(json_output=args.json, assets=args.assets)
+    if args.what == "growth":
+        from appliance.devtools.bench import growth
+
+        return growth.run(json_output=args.json, assets=args.assets, hours=args.hours)
     from appliance.devtools.bench import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
@@ -625,10 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_backtest)
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift"])
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "growth"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--messages", type=int, default=200_000, help="ingest: messages to send")
-    p.add_argument("--assets", type=int, default=1000, help="memory, drift: assets to simulate")
+    p.add_argument("--assets", type=int, default=1000,
+                   help="memory, drift, growth: assets to simulate")
+    p.add_argument("--hours", type=float, default=3.0,
+                   help="growth: hours of event time written (then as many under retention)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -150,10 +150,14 @@ class MaintenanceStage(Stage):
         con = self._con
         assert con is not None
         disk = self._disk = self.measure()
+        s = self.cfg.storage
+        # first: a gateway receiving nothing but garbage must not fill its disk with it
+        received = to_us(self.clock.time() - s.keep_dead_letters_days * _DAY_S)
+        self._transaction(tables.delete_dead_letters_before, received,
+                          counter="dead_letters_deleted")
         newest = self._newest_reading()
         if newest is None:
             return False
-        s = self.cfg.storage
         more = False
         cutoff = newest - to_us(s.keep_readings_days * _DAY_S) if s.keep_readings_days \
             else None
@@ -170,9 +174,6 @@ class MaintenanceStage(Stage):
             if cutoff is not None:
                 more |= self._delete_readings(cutoff, "readings_deleted") is not None
         more |= self._predictions(newest)
-        received = to_us(self.clock.time() - s.keep_dead_letters_days * _DAY_S)
-        self._transaction(tables.delete_dead_letters_before, received,
-                          counter="dead_letters_deleted")
         if pressed:
             self.checkpoint()  # deleted rows free their blocks only at a checkpoint
         return more

@@ -69,8 +69,7 @@ def test_readings_past_keep_days_are_deleted_in_slices_and_newer_ones_kept(tmp_p
 
 def test_dead_letters_are_kept_for_their_days_by_the_wall_clock(tmp_path):
     clock = ManualClock(T0)
-    stage, db = _stage(tmp_path, clock, keep_dead_letters_days=30.0)
-    _readings(db, np.array([T0]))
+    stage, db = _stage(tmp_path, clock, keep_dead_letters_days=30.0)  # and no readings
     con = db.cursor()
     tables.insert_dead_letters(con, [DeadLetter(T0 - d * DAY, "plant/x", b"?", "bad")
                                      for d in (40, 31, 29, 1)])

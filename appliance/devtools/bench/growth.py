@@ -135,10 +135,13 @@ def run(json_output: bool = False, assets: int = 1000, hours: float = 3.0, seed:
                          "'X', 'import')", [ts, asset])
         lo = int(START // 600 * 600 * 1e6)
         hi = int((line.now // 600 + 1) * 600 * 1e6)
-        pcon.execute("BEGIN")
-        thinned = tables.thin_predictions(pcon, lo, hi, cfg.storage.thin_predictions_every_s,
-                                          cfg.pipeline.horizon_s, cfg.alerts.clear_ratio)
-        pcon.execute("COMMIT")
+        thinned, hour = 0, int(3600 * 1e6)
+        for start in range(lo, hi, hour):  # the stage's slices: a window fits 32 MB
+            pcon.execute("BEGIN")
+            thinned += tables.thin_predictions(pcon, start, min(hi, start + hour),
+                                               cfg.storage.thin_predictions_every_s,
+                                               cfg.pipeline.horizon_s, cfg.alerts.clear_ratio)
+            pcon.execute("COMMIT")
         pdb.execute("CHECKPOINT")
         kept = predictions - thinned
         # what DuckDB still holds: deleted rows free their blocks once a checkpoint

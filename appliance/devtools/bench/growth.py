@@ -135,10 +135,10 @@ def run(json_output: bool = False, assets: int = 1000, hours: float = 3.0, seed:
                          "'X', 'import')", [ts, asset])
         lo = int(START // 600 * 600 * 1e6)
         hi = int((line.now // 600 + 1) * 600 * 1e6)
-        thinned, hour = 0, int(3600 * 1e6)
-        for start in range(lo, hi, hour):  # the stage's slices: a window fits 32 MB
+        thinned, step = 0, int(1200 * 1e6)
+        for start in range(lo, hi, step):  # the stage's slices (THIN_ROWS): they fit 32 MB
             pcon.execute("BEGIN")
-            thinned += tables.thin_predictions(pcon, start, min(hi, start + hour),
+            thinned += tables.thin_predictions(pcon, start, min(hi, start + step),
                                                cfg.storage.thin_predictions_every_s,
                                                cfg.pipeline.horizon_s, cfg.alerts.clear_ratio)
             pcon.execute("COMMIT")

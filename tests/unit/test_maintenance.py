@@ -12,7 +12,7 @@ import pytest
 from appliance.clock import ManualClock
 from appliance.config import Config, ConfigError, StorageConfig, from_dict
 from appliance.messages import DeadLetter, Prediction
-from appliance.service.status import health_document
+from appliance.service.status import health_document, text
 from appliance.stages import maintenance
 from appliance.stages.maintenance import MaintenanceStage
 from appliance.storage import tables
@@ -187,6 +187,13 @@ def test_the_status_warns_from_80_percent_naming_the_figures(tmp_path):
     doc = health_document({"ts": 1.0, "disk": entry["disk"], "stages": {"maintenance": entry}})
     assert doc is not None and doc["state"] == "warning"
     assert f"{entry['disk']['budget_mb']:,.0f} MB budget" in doc["message"]
+    snap = {"state": "running", "version": "0", "model": None, "mqtt_connected": True,
+            "problems": [], "notes": [entry["note"]], "disk": entry["disk"], "queues": {},
+            "stages": {"maintenance": {**entry, "state": "running", "restarts": 0,
+                                       "last_error": ""}}}
+    shown = text(snap, 1.0)
+    assert f"of {entry['disk']['budget_mb']:,.0f} MB (85 %, warning; [storage] max_disk_mb)" \
+        in shown, shown
 
 
 def test_checkpoints_come_when_the_clock_says_and_the_log_limit_is_set(tmp_path):

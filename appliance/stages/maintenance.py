@@ -112,7 +112,7 @@ class MaintenanceStage(Stage):
         self._newest: int | None = None
         self._oldest: int | None = None
         self._thinned_to: int | None = None
-        self._slice_s = 600.0
+        self._slice_s = 60.0  # grows towards SLICE_ROWS: a first slice must not be huge
         self._disk: DiskUse | None = None
         self._floor_hit = False
         self._last_checkpoint: dict[str, Any] = {}
@@ -157,6 +157,7 @@ class MaintenanceStage(Stage):
         self._transaction(tables.delete_dead_letters_before, received,
                           counter="dead_letters_deleted")
         newest = self._newest_reading()
+        self.progressed()  # the first look at a long history reads every row group once
         if newest is None:
             return False
         more = False

@@ -28,6 +28,7 @@ beside the store's appends and the record stage's inserts, never holding them up
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -115,6 +116,7 @@ class MaintenanceStage(Stage):
         self._slice_s = 60.0  # grows towards SLICE_ROWS: a first slice must not be huge
         self._disk: DiskUse | None = None
         self._floor_hit = False
+        self._failing = ""  # the error of the last pass while passes fail
         self._last_checkpoint: dict[str, Any] = {}
 
     def start(self) -> None:
@@ -140,7 +142,16 @@ class MaintenanceStage(Stage):
         if now >= self._next_checkpoint:
             self.checkpoint()
         if now >= self._next_pass:
-            backlog = self.maintain()
+            try:
+                backlog = self.maintain()
+                self._failing = ""
+            except duckdb.Error as exc:  # a full disk, an I/O error: the next pass retries
+                self.counters.errors += 1
+                if not self._failing:
+                    log.error("maintenance: retention failed (%s); trying again every %g s",
+                              exc, PASS_S)
+                self._failing = f"{type(exc).__name__}: {exc}"[:300]
+                backlog = False
             self._next_pass = self.clock.monotonic() + (0.0 if backlog else PASS_S)
 
     # -- one pass ----------------------------------------------------------------------
@@ -292,7 +303,9 @@ class MaintenanceStage(Stage):
             n = delete(con, *args)
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            # a failed COMMIT has already ended the transaction
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
             raise
         if n:
             self.counters.bump(counter, n)
@@ -312,6 +325,8 @@ class MaintenanceStage(Stage):
 
     def status(self) -> dict[str, Any]:
         entry: dict[str, Any] = {**super().status(), **self._last_checkpoint}
+        if self._failing:
+            entry["problem"] = f"retention failing ({self._failing})"
         disk = self._disk
         if disk is None:
             return entry
@@ -323,10 +338,10 @@ class MaintenanceStage(Stage):
         pct = f"{100 * disk.fraction:.0f} %"
         figures = (f"the database uses {disk.used / _MB:,.0f} MB of its "
                    f"{disk.budget / _MB:,.0f} MB budget ({pct}; file {disk.file / _MB:,.0f} MB)")
-        if self._floor_hit or disk.fraction >= 1.0:
-            entry["problem"] = (f"disk: {figures}; readings newer than "
-                                f"{self.cfg.storage.min_keep_readings_days:g} days are kept, "
-                                f"so it grows past the budget")
+        if self._floor_hit or disk.fraction >= 1.0:  # after a failing pass's problem
+            entry.setdefault("problem", f"disk: {figures}; readings newer than "
+                             f"{self.cfg.storage.min_keep_readings_days:g} days are kept, "
+                             f"so it grows past the budget")
         elif disk.fraction >= DELETE_EARLY_AT:
             entry["note"] = (f"disk: {figures}; deleting the oldest readings early "
                              f"(kept {entry.get('readings_kept_days', '?')} days)")

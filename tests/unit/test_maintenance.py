@@ -237,3 +237,18 @@ def test_short_readings_retention_is_allowed_with_the_loop_off():
     cfg = from_dict({"storage": {"keep_readings_days": 7.0}, "retrain": {"enabled": False}})
     assert cfg.storage.keep_readings_days == 7.0
     assert dataclasses.asdict(from_dict({}).storage)["keep_readings_days"] == 90.0
+
+
+def test_a_failing_pass_is_a_problem_and_the_next_one_retries(tmp_path):
+    clock = ManualClock(T0)
+    stage, db = _stage(tmp_path, clock)
+    _readings(db, np.array([T0]))
+    db.execute("DROP TABLE dead_letters")  # every pass now fails, as on a broken disk
+    stage.tick()
+    assert stage.status()["problem"].startswith("retention failing (CatalogException")
+    assert stage.counters.errors == 1
+    db.execute("CREATE TABLE dead_letters (received_at TIMESTAMP, topic VARCHAR, "
+                "payload BLOB, reason VARCHAR)")
+    clock.advance(10.0)
+    stage.tick()
+    assert "problem" not in stage.status() and stage.counters.errors == 1

@@ -613,6 +613,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sql_load.run(messages=args.messages, rows=args.rows, memory_limit=args.memory_limit,
                      json_output=args.json)
         return 0
+    if args.what == "growth":
+        from appliance.devtools.bench import growth
+
+        return growth.run(json_output=args.json, assets=args.assets, hours=args.hours)
     from appliance.devtools.bench import ingest
 
     return ingest.run(json_output=args.json, messages=args.messages)
@@ -787,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_backtest)
 
     p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql"])
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--messages", type=int, default=200_000,
                    help="ingest, sql: messages to send")
@@ -795,7 +799,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sql: readings in the database the heavy query aggregates")
     p.add_argument("--memory-limit", default="32MB",
                    help="sql: the service's [storage] memory_limit (default 32MB)")
-    p.add_argument("--assets", type=int, default=1000, help="memory, drift: assets to simulate")
+    p.add_argument("--assets", type=int, default=1000,
+                   help="memory, drift, growth: assets to simulate")
+    p.add_argument("--hours", type=float, default=3.0,
+                   help="growth: hours of event time written (then as many under retention)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -66,6 +66,32 @@ class StorageConfig:
     memory_limit: str = "32MB"
     retry_min_s: float = field(default=0.2, metadata=_range(0.0, lo_open=True))
     retry_max_s: float = field(default=10.0, metadata=_range(0.0, lo_open=True))
+    # -- disk and retention (``stages/maintenance.py``; README "Disk and retention") --
+    #: Readings older than this (event time, before the newest reading) are deleted;
+    #: 0 = no age limit (``max_disk_mb`` still bounds them).  At least the retraining
+    #: loop's ``history_days + holdout_days`` plus a day of warm-up while it is on.
+    keep_readings_days: float = field(default=90.0, metadata=_range(0.0))
+    #: Predictions older than this are deleted; 0 = no age limit.
+    keep_predictions_days: float = field(default=365.0, metadata=_range(0.0))
+    #: Predictions are kept at full rate this long, then thinned: only those within one
+    #: horizon of an alert or fault of their asset, or at or above threshold × clear_ratio,
+    #: stay whole; of the rest, one per asset and model per ``thin_predictions_every_s``
+    #: (the highest).  At least the live scores' 30 days and the shadow/probation periods.
+    thin_predictions_after_days: float = field(default=30.0, metadata=_range(0.0))
+    thin_predictions_every_s: float = field(default=600.0, metadata=_range(1.0, 86400.0))
+    #: Dead letters (``received_at``, wall-clock time) older than this are deleted.
+    keep_dead_letters_days: float = field(default=30.0, metadata=_range(0.0, lo_open=True))
+    #: The database file and its log may use this much disk; 0 = half the size of the
+    #: file system holding the database (resolved at start, shown in the status).  At
+    #: 80 % the status warns; at 90 % the oldest readings are deleted early, but never
+    #: those newer than ``min_keep_readings_days``.
+    max_disk_mb: int = field(default=0, metadata=_range(0))
+    min_keep_readings_days: float = field(default=3.0, metadata=_range(0.0))
+    #: A checkpoint (the log written into the file) at least this often: a damaged log
+    #: loses what was committed since the last one (README "Disk and retention").
+    checkpoint_every_s: float = field(default=60.0, metadata=_range(1.0, 86400.0))
+    #: ... and whenever the log reaches this size (DuckDB's ``checkpoint_threshold``).
+    checkpoint_wal_mb: float = field(default=8.0, metadata=_range(0.0625, 1024.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,6 +630,7 @@ def _check_cross_field(cfg: Config) -> None:
         if w < cfg.pipeline.cadence_s:
             raise ConfigError(f"{src}: [pipeline] windows_s: window {w} is shorter than "
                               f"cadence_s ({cfg.pipeline.cadence_s})")
+    _check_storage(cfg)
     d = cfg.drift
     if not 10 <= d.window_s / d.sample_s <= 2000:
         raise ConfigError(f"{src}: [drift] window_s must hold 10 to 2000 samples of sample_s, "
@@ -622,3 +649,39 @@ def _check_cross_field(cfg: Config) -> None:
             if w < cadence:
                 raise ConfigError(f"{src}: [variants.{name}] windows_s: window {w} is "
                                   f"shorter than cadence_s ({cadence})")
+
+
+#: The longest live-score window (``models/scores.py``), in days: predictions are
+#: kept whole at least this long.
+LIVE_SCORE_DAYS = 30.0
+#: Warm-up a retraining candidate reads before its history (the longest window fills).
+RETRAIN_WARMUP_DAYS = 1.0
+
+
+def _check_storage(cfg: Config) -> None:
+    src, s, r = cfg.source, cfg.storage, cfg.retrain
+    need = r.history_days + r.holdout_days + RETRAIN_WARMUP_DAYS
+    if r.enabled and s.keep_readings_days and s.keep_readings_days < need:
+        raise ConfigError(
+            f"{src}: [storage] keep_readings_days ({s.keep_readings_days:g}) is shorter than "
+            f"what the retraining loop trains on: [retrain] history_days + holdout_days + "
+            f"a day of warm-up = {need:g}; raise it, set 0 (no age limit), or turn the loop "
+            f"off ([retrain] enabled = false)")
+    if s.keep_readings_days and s.min_keep_readings_days >= s.keep_readings_days:
+        raise ConfigError(f"{src}: [storage] min_keep_readings_days "
+                          f"({s.min_keep_readings_days:g}) must be below keep_readings_days "
+                          f"({s.keep_readings_days:g})")
+    whole = max(LIVE_SCORE_DAYS, r.shadow_days, r.drift_shadow_days, r.probation_days)
+    if s.thin_predictions_after_days < whole:
+        raise ConfigError(
+            f"{src}: [storage] thin_predictions_after_days ({s.thin_predictions_after_days:g})"
+            f" must be at least {whole:g}: the live scores (30 days) and the shadow and "
+            f"probation reviews ([retrain]) read whole predictions that far back")
+    if s.keep_predictions_days and s.keep_predictions_days < whole:
+        raise ConfigError(
+            f"{src}: [storage] keep_predictions_days ({s.keep_predictions_days:g}) must be 0 "
+            f"(no age limit) or at least {whole:g}: the live scores and the shadow and "
+            f"probation reviews read predictions that far back")
+    if s.max_disk_mb and s.max_disk_mb < 64:
+        raise ConfigError(f"{src}: [storage] max_disk_mb: expected 0 (half the file system) "
+                          f"or at least 64, got {s.max_disk_mb}")

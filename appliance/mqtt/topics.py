@@ -8,6 +8,7 @@ Alerts:    <alerts_prefix>/<line>/<asset>/alert (published, QoS 1, retained)
 Drift:     <alerts_prefix>/<line>/drift         (published, QoS 1, retained; asset or "*")
 Sensor:    <alerts_prefix>/<line>/<asset>/sensor (published, QoS 1, retained)
 Status:    <status topic>                       (published, retained, last will "offline")
+Health:    <alerts_prefix>/health               (published, retained: the disk watch)
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class Topics:
     def from_config(cls, cfg: Config) -> Topics:
         return cls(cfg.mqtt.topic_prefix.rstrip("/"), cfg.alerts.topic_prefix.rstrip("/"),
                    cfg.status.topic)
+
+    @property
+    def health(self) -> str:
+        """The retained health message (``service/status.py``: the disk against its budget)."""
+        return f"{self.alerts_prefix}/health"
 
     def subscriptions(self) -> tuple[str, ...]:
         """Topic filters to subscribe to: everything under the prefix, so that a

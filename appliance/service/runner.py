@@ -17,6 +17,8 @@
     scores     stages/scores.py     models/scores.py (beside the chain: rescores as faults arrive)
     retrain    stages/retrain.py    models/lifecycle.py, service/child.py (beside the chain:
                                     a training child on a snapshot; shadow, promote, roll back)
+    maintenance stages/maintenance.py storage/tables.py (beside the chain: retention,
+                                    checkpoints, the disk watch)
     service/   supervisor (a thread per stage, restarts, hung), status, systemd_notify,
                control (the socket `appliance sql` and `export` ask while it runs)
 
@@ -56,6 +58,7 @@ from appliance.stages.base import Stage
 from appliance.stages.drift import DriftStage
 from appliance.stages.features import FeaturesStage
 from appliance.stages.ingest import IngestStage
+from appliance.stages.maintenance import MaintenanceStage
 from appliance.stages.predict import PredictStage
 from appliance.stages.record import RecordStage
 from appliance.stages.retrain import RetrainStage
@@ -104,6 +107,7 @@ def build(cfg: Config) -> Pipeline:
     stages: dict[str, Stage] = {
         "retrain": RetrainStage(cfg, db, registry, spec_hash(cfg), q["predictions"]),
         "scores": ScoresStage(cfg, db),
+        "maintenance": MaintenanceStage(cfg, db, cfg.resolve(cfg.storage.path)),
         "record": RecordStage(db, q["records"]),
         "alert": AlertStage(cfg, q["predictions"], q["records"]),
         "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg),

@@ -66,6 +66,7 @@ def snapshot(supervisor: Supervisor, queues: Mapping[str, queue.Queue], *,
         "model": stages.get("predict", {}).get("model"),
         "database": database,
         "damaged_wal": damaged_wal,
+        "disk": stages.get("maintenance", {}).get("disk"),
         "queues": {name: qq.qsize() for name, qq in queues.items()},
         "stages": stages,
     }
@@ -89,6 +90,7 @@ class StatusPublisher:
         connect(self.client, cfg.mqtt, props)
         self.previous: dict | None = None
         self._file_error = ""
+        self._health: dict | None = None  # the last health message published
 
     def publish(self, final: str | None = None) -> dict:
         snap = self.read(self.previous)
@@ -107,11 +109,40 @@ class StatusPublisher:
                 log.error("status file %s not written: %s", path, exc)
             self._file_error = str(exc)
         self.client.publish(self.topic, final or payload, qos=1, retain=True)
+        if not final:
+            self._publish_health(snap)
         return snap
+
+    def _publish_health(self, snap: dict) -> None:
+        """The retained health message, when its state changes or the disk in use moves
+        by a percentage point: a dashboard or an alerting rule watches one small topic."""
+        doc = health_document(snap)
+        last = self._health
+        if doc is None or (last is not None and last["state"] == doc["state"] and abs(
+                last["disk"]["used_percent"] - doc["disk"]["used_percent"]) < 1.0):
+            return
+        self.client.publish(Topics.from_config(self.cfg).health, json.dumps(doc), qos=1,
+                            retain=True)
+        self._health = doc
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def health_document(snap: dict) -> dict | None:
+    """``{"ts", "state": "ok" | "warning" | "critical", "message", "disk"}`` from a status
+    snapshot, or None before the disk was first measured.  ``warning`` from 80 % of the
+    disk budget in use; ``critical`` when the database grows past it."""
+    disk = snap.get("disk")
+    if not disk:
+        return None
+    entry = snap["stages"].get("maintenance", {})
+    state = "critical" if "problem" in entry else "ok" if disk["state"] == "ok" else "warning"
+    message = entry.get("problem") or entry.get("note") or (
+        f"disk: the database uses {disk['used_mb']:,.0f} MB of its {disk['budget_mb']:,.0f} MB "
+        f"budget ({disk['used_percent']:.0f} %)")
+    return {"ts": snap["ts"], "state": state, "message": message, "disk": disk}
 
 
 def text(snap: dict, age_s: float) -> str:
@@ -124,6 +155,12 @@ def text(snap: dict, age_s: float) -> str:
         lines.append(f"-- {note}")
     if snap.get("damaged_wal"):
         lines.append(f"!! damaged write-ahead log set aside at {snap['damaged_wal']}")
+    if snap.get("disk"):
+        d = snap["disk"]
+        lines.append(f"disk: {d['used_mb']:,.0f} MB in use of {d['budget_mb']:,.0f} MB "
+                     f"({d['used_percent']:.0f} %, {d['state']}; {d['budget_source']}), file "
+                     f"{d['file_mb']:,.0f} MB, log {d['wal_mb']:.1f} MB, "
+                     f"{d['fs_free_mb']:,.0f} MB free on the file system")
     lines.append("queues: " + ", ".join(f"{k} {v}" for k, v in snap["queues"].items()))
     lines.append(f"{'stage':10} {'state':10} {'processed':>10} {'rate/s':>8} {'restarts':>8}  "
                  f"last error")

@@ -194,3 +194,70 @@ def insert_loop_event(con: duckdb.DuckDBPyConnection, event: LoopEvent) -> None:
                 [to_us(d["at"]), to_us(d["ts"]), d["event"], d["model"], d["other"],
                  d["reason"], json.dumps(d["detail"]), d["champion"],
                  json.dumps(d["challengers"])])
+
+
+# -- retention (``stages/maintenance.py``): each deletes in the caller's transaction and
+# -- returns the number of rows it deleted.
+
+
+def delete_readings_before(con: duckdb.DuckDBPyConnection, ts_us: int) -> int:
+    """Readings whose event time is before ``ts_us``."""
+    return _deleted(con.execute("DELETE FROM readings_raw WHERE ts < make_timestamp(?)",
+                                [ts_us]))
+
+
+def delete_predictions_before(con: duckdb.DuckDBPyConnection, ts_us: int) -> int:
+    """Predictions whose tick is before ``ts_us``."""
+    return _deleted(con.execute("DELETE FROM predictions WHERE ts < make_timestamp(?)",
+                                [ts_us]))
+
+
+def delete_dead_letters_before(con: duckdb.DuckDBPyConnection, ts_us: int) -> int:
+    """Dead letters received before ``ts_us``."""
+    return _deleted(con.execute("DELETE FROM dead_letters WHERE received_at < "
+                                "make_timestamp(?)", [ts_us]))
+
+
+def thin_predictions(con: duckdb.DuckDBPyConnection, lo_us: int, hi_us: int, every_s: float,
+                     near_s: float, clear_ratio: float) -> int:
+    """Thin the predictions with ticks in [``lo_us``, ``hi_us``).
+
+    Kept whole: every prediction within ``near_s`` of an alert row (raised or cleared,
+    any model) or a fault row (start or end) of its asset, and every one at or above
+    its threshold × ``clear_ratio`` (an alarm may be up there).  Of the rest, one per
+    (line, asset, model, role) and ``every_s`` bucket of event time stays: the highest,
+    so a near miss is never thinned away.  Doing it again
+    deletes nothing more; ``lo_us`` and ``hi_us`` should be multiples of ``every_s``
+    so that a bucket never straddles two calls.
+    """
+    every_us, near_us = int(every_s * 1e6), int(near_s * 1e6)
+    # Lean for the service's 32 MB: the bucket winners are an aggregate (one row per
+    # asset, model and bucket, not a window over every row), and the events are only
+    # those near the slice (a few rows).
+    return _deleted(con.execute(
+        """
+        DELETE FROM predictions p
+        WHERE p.ts >= make_timestamp($lo) AND p.ts < make_timestamp($hi)
+          AND p.probability < p.threshold * $ratio
+          AND p.rowid NOT IN (
+              SELECT arg_max(rowid, probability) FROM predictions
+              WHERE ts >= make_timestamp($lo) AND ts < make_timestamp($hi)
+              GROUP BY line, asset, model, role, epoch_us(ts) // $every)
+          AND NOT EXISTS (
+              SELECT 1 FROM (
+                  SELECT line, asset, ts FROM alerts
+                  WHERE ts BETWEEN make_timestamp($lo - $near) AND make_timestamp($hi + $near)
+                  UNION ALL
+                  SELECT line, asset, ts FROM faults
+                  WHERE ts BETWEEN make_timestamp($lo - $near) AND make_timestamp($hi + $near)
+              ) e
+              WHERE e.line = p.line AND e.asset = p.asset
+                AND e.ts BETWEEN p.ts - to_microseconds($near)
+                             AND p.ts + to_microseconds($near))
+        """, {"lo": lo_us, "hi": hi_us, "every": every_us, "near": near_us,
+              "ratio": clear_ratio}))
+
+
+def _deleted(result: duckdb.DuckDBPyConnection) -> int:
+    row = result.fetchone()
+    return int(row[0]) if row else 0

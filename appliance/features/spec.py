@@ -234,6 +234,16 @@ class PipelineSpec:
 
         return max(filled(w) for w in self.windows_s)
 
+    def refilled_after_s(self) -> float:
+        """Event-time seconds of readings that rebuild every window of a series and the
+        warm-up (a service start replays this much by default): the longest of the
+        warm-up, ``filled_after_s`` and the cleaning windows.  Not the EWMAs, whose
+        memory has no end (see ``[pipeline] restore_s``)."""
+        cleaning = [s.clean.hampel_window_s for _n, s in self.sensors if s.clean]
+        if self.clean is not None:
+            cleaning.append(self.clean.hampel_window_s)
+        return max(self.warmup_s, self.filled_after_s(), *cleaning)
+
     @property
     def warmup_ticks(self) -> int:
         """Ticks at the start of each stretch of activity that make no rows."""

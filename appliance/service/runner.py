@@ -61,6 +61,7 @@ from appliance.stages.scores import ScoresStage
 from appliance.stages.store import StoreStage
 from appliance.storage.database import OpenReport
 from appliance.storage.database import connect as open_database
+from appliance.storage.recent import standing_alerts
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def build(cfg: Config) -> Pipeline:
         "retrain": RetrainStage(cfg, db, registry, spec_hash(cfg), q["predictions"]),
         "scores": ScoresStage(cfg, db),
         "record": RecordStage(db, q["records"]),
-        "alert": AlertStage(cfg, q["predictions"], q["records"]),
+        # the champion's alerts still raised when the service stopped go on raised
+        "alert": AlertStage(cfg, q["predictions"], q["records"], standing_alerts(db)),
         "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg),
                                                   cfg.model.max_challengers), model,
                                 q["features"], q["predictions"]),

@@ -1,0 +1,324 @@
+"""A service restart: the feature windows are refilled from stored readings, and the
+alerts still standing go on (or are cleared when nothing backs them any more).
+
+Real stages wired as the runner wires them, on a real DuckDB file; the alert stage
+publishes to a real mosquitto.  Readings enter at the store as ingest hands them over,
+so event times a day in the past are not refused as too old.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from appliance import config
+from appliance.clock import ManualClock
+from appliance.devtools import simulator
+from appliance.devtools.mosquitto import PrivateBroker
+from appliance.features.batch import asset_features
+from appliance.features.spec import PipelineSpec
+from appliance.messages import (
+    EndOfStream,
+    Inbound,
+    Prediction,
+    Predictions,
+    SeriesKey,
+)
+from appliance.models.contract import LoadedModel
+from appliance.models.registry import Registry
+from appliance.models.watcher import ModelWatcher
+from appliance.service.supervisor import Supervisor
+from appliance.stages.alert import AlertStage
+from appliance.stages.features import FeaturesStage
+from appliance.stages.predict import PredictStage
+from appliance.stages.record import RecordStage
+from appliance.stages.store import StoreStage
+from appliance.storage import database, recent
+from appliance.timefmt import from_us, to_us
+from appliance.training import export
+from tests.support.service import subscriber
+
+#: Short windows so a day has many ticks after the warm-up, and EWMAs short enough that
+#: ``restore_s`` spans 48 half-lives of the longer one (``missing``: a quarter of the
+#: 600 s window): an EWMA started that long ago differs from one started at the day's
+#: start by less than 2^-48 of the value, below what a float32 row holds.  24 was tried
+#: and is not enough: ``dev`` is a small difference of two large numbers (a value of 40
+#: minus its baseline), and a boosted model's split fell inside the 1e-7 left over.
+PIPELINE = {"cadence_s": 10.0, "horizon_s": 600.0, "idle_gap_s": 3600.0,
+            "baseline_halflife_s": 100.0}
+RESTORE_S = 7200.0
+ASSETS = 2
+HZ = 0.1
+
+
+def readings(seed: int) -> tuple[list[SeriesKey], np.ndarray, np.ndarray]:
+    """A simulated day in arrival order (event time), with times as stored (whole µs)."""
+    day = simulator.simulate_history(1, ASSETS, HZ, seed=seed)
+    keys, ts, values = [], [], []
+    for asset in day.assets:
+        for sensor, (t, v) in day.series(asset).items():
+            keys.extend([SeriesKey(day.line, asset, sensor)] * len(t))
+            ts.append(t)
+            values.append(v)
+    t, v = from_us(to_us(np.concatenate(ts))), np.concatenate(values)
+    order = np.argsort(t, kind="stable")
+    return [keys[i] for i in order.tolist()], t[order], v[order]
+
+
+def random_model(path: Path, spec: PipelineSpec, keys, ts, values) -> LoadedModel:
+    """A boosted model fitted to random labels: its score moves with nearly every
+    feature, so any difference in a restored window shows in the predictions."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    asset = keys[0].asset
+    mine = np.array([k.asset == asset for k in keys])
+    sensors = {k.sensor for k in keys}
+    series = {s: (ts[mine & np.array([k.sensor == s for k in keys])],
+                  values[mine & np.array([k.sensor == s for k in keys])]) for s in sensors}
+    names, _ticks, X = asset_features(spec, series, ts[0] - 1, ts[-1])
+    y = np.random.default_rng(5).integers(0, 2, len(X))
+    clf = HistGradientBoostingClassifier(max_iter=30, max_depth=4, random_state=0).fit(X, y)
+    meta = export.build_metadata(
+        feature_names=names, spec_hash=spec.hash, horizon_s=spec.horizon_s, threshold=0.5,
+        reference=export.reference_distribution(X.astype(np.float32), names),
+        trained_from=ts[0], trained_to=ts[-1], metrics={}, family="gbt")
+    return export.write_model(export.to_onnx(clf, len(names), meta), path, spec.hash)
+
+
+def run_service(cfg: config.Config, db_path: Path, model: LoadedModel, keys, ts, values,
+                per_batch: int = 500) -> dict:
+    """store → features → predict → record over ``db_path`` until the readings given
+    are in; the stages' status at the end."""
+    db, _ = database.connect(db_path)
+    q = {n: queue.Queue(maxsize=64) for n in ("inbound", "stored", "features", "records")}
+    watcher = ModelWatcher(Registry(db_path.parent / "models"), model.spec_hash)
+    stages = [RecordStage(db, q["records"]),
+              PredictStage(cfg, watcher, model, q["features"], q["records"]),
+              FeaturesStage(cfg, q["stored"], q["features"]),
+              StoreStage(cfg, db, q["inbound"], q["stored"], queue.Queue())]
+    supervisor = Supervisor(stages)
+    supervisor.start()
+    for lo in range(0, len(keys), per_batch):
+        q["inbound"].put(Inbound(tuple(keys[lo:lo + per_batch]), ts[lo:lo + per_batch],
+                                 values[lo:lo + per_batch], (), (), 0, ()))
+    q["inbound"].put(EndOfStream())
+    assert supervisor.join(300), "the pipeline did not drain"
+    db.close()
+    assert not any(h.last_error for h in supervisor.health.values()), supervisor.health
+    return {s.name: s.status() for s in stages}
+
+
+def predictions(db_path: Path) -> list[tuple]:
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        return con.execute("SELECT epoch_us(ts), line, asset, probability FROM predictions "
+                           "ORDER BY ts, line, asset").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_a_restart_predicts_as_a_service_that_never_stopped(tmp_path):
+    cfg = config.from_dict({"pipeline": {**PIPELINE, "restore_s": RESTORE_S}})
+    spec = PipelineSpec.from_config(cfg.pipeline)
+    keys, ts, values = readings(seed=17)
+    model = random_model(tmp_path / "m.onnx", spec, keys, ts, values)
+
+    (tmp_path / "once").mkdir()
+    run_service(cfg, tmp_path / "once" / "a.duckdb", model, keys, ts, values)
+    want = predictions(tmp_path / "once" / "a.duckdb")
+
+    (tmp_path / "twice").mkdir()
+    db = tmp_path / "twice" / "a.duckdb"
+    # stopped in the middle of one time step: readings of that very time come after it
+    stop = int(np.searchsorted(ts, ts[len(ts) // 2])) + 3
+    first = run_service(cfg, db, model, keys[:stop], ts[:stop], values[:stop])
+    assert "replayed_readings" not in first["store"]  # nothing was stored yet
+    before = predictions(db)
+    second = run_service(cfg, db, model, keys[stop:], ts[stop:], values[stop:])
+    got = predictions(db)
+
+    assert second["store"]["replayed_readings"] > RESTORE_S * HZ * 5
+    assert second["features"]["ticks_not_repeated"] > 0
+    assert set(before) <= set(got)  # nothing stored before the stop was touched
+    ticks = [row[:3] for row in got]
+    assert len(set(ticks)) == len(ticks), "a tick was predicted twice"
+    assert ticks == [row[:3] for row in want]
+    assert len(before) > 1000 and len(got) - len(before) > 1000
+    np.testing.assert_allclose([r[3] for r in got], [r[3] for r in want], rtol=0, atol=1e-6)
+    # the probabilities move: the rows are not equal because they are all alike
+    assert np.std([r[3] for r in got[len(before):]]) > 0.01
+
+
+@pytest.mark.slow
+def test_without_the_replay_a_restart_predicts_otherwise(tmp_path):
+    """What the replay is for: restarted cold, the asset warms up again (no rows for the
+    warm-up after the restart) and its windows start empty."""
+    cfg = config.from_dict({"pipeline": {**PIPELINE, "restore_s": 0.0}})
+    spec = PipelineSpec.from_config(cfg.pipeline)
+    keys, ts, values = readings(seed=17)
+    model = random_model(tmp_path / "m.onnx", spec, keys, ts, values)
+    db = tmp_path / "a.duckdb"
+    stop = len(ts) // 2
+    run_service(cfg, db, model, keys[:stop], ts[:stop], values[:stop])
+    cut = to_us(float(ts[stop - 1]))
+    status = run_service(cfg, db, model, keys[stop:], ts[stop:], values[stop:])
+    assert "replayed_readings" not in status["store"]
+    after = [t for t, *_ in predictions(db) if t > cut]
+    # the first tick after the stop is predicted only after a warm-up
+    assert after[0] - cut >= to_us(spec.warmup_s) - to_us(spec.cadence_s)
+
+
+# -- alerts --------------------------------------------------------------------------
+
+
+def alert_service(cfg: config.Config, db_path: Path, clock: ManualClock
+                  ) -> tuple[Supervisor, queue.Queue, duckdb.DuckDBPyConnection]:
+    """alert → record over ``db_path``, resuming the alerts stored there, as the runner
+    wires them; its input queue."""
+    db, _ = database.connect(db_path)
+    inbox: queue.Queue = queue.Queue()
+    records: queue.Queue = queue.Queue()
+    stages = [RecordStage(db, records),
+              AlertStage(cfg, inbox, records, recent.standing_alerts(db))]
+    supervisor = Supervisor(stages, clock)
+    supervisor.start()
+    return supervisor, inbox, db
+
+
+def connected(supervisor: Supervisor) -> None:
+    """Wait for the alert stage's MQTT connection (what it publishes before is queued, and
+    a stop right after would drop it)."""
+    wait_for("the alert connection",
+             lambda: (link := supervisor.stages[1].link) is not None and link.connected.is_set())
+
+
+def stop(supervisor: Supervisor, inbox: queue.Queue, db: duckdb.DuckDBPyConnection) -> None:
+    inbox.put(EndOfStream())
+    assert supervisor.join(30)
+    db.close()
+
+
+def prediction(ts: float, p: float, asset: str = "a1") -> Predictions:
+    return Predictions((Prediction("l1", asset, ts, p, 0.5, "m1"),))
+
+
+def alerts_stored(db_path: Path) -> list[tuple]:
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        return con.execute("SELECT asset, state, probability FROM alerts "
+                           "ORDER BY ts, asset").fetchall()
+    finally:
+        con.close()
+
+
+def wait_for(what: str, predicate, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def store_reading(db_path: Path, asset: str, ts: float) -> None:
+    """A reading of ``asset`` as the store would have stored it."""
+    from appliance.storage import tables
+
+    con, _ = database.connect(db_path)
+    registry = tables.SeriesRegistry(con)
+    con.execute("BEGIN")
+    tables.insert_readings(con, registry.ids(con, [SeriesKey("l1", asset, "temp")]),
+                           np.array([to_us(ts)]), np.array([20.0]))
+    con.execute("COMMIT")
+    con.close()
+
+
+def raise_and_stop(tmp_path: Path, broker: PrivateBroker, clock: ManualClock) -> Path:
+    """A first service run that raises a1's alert (published retained, recorded) and
+    stops; the database path."""
+    cfg = config.from_dict({"mqtt": {"host": broker.host, "port": broker.port},
+                            "pipeline": {"horizon_s": 600.0}})
+    db = tmp_path / "a.duckdb"
+    store_reading(db, "a1", clock.time())
+    supervisor, inbox, con = alert_service(cfg, db, clock)
+    connected(supervisor)
+    inbox.put(prediction(clock.time(), 0.9))
+    wait_for("the raise", lambda: supervisor.stages[1].counters.extra.get("alerts_raised"))
+    stop(supervisor, inbox, con)
+    assert alerts_stored(db) == [("a1", "raised", 0.9)]
+    return db
+
+
+@pytest.fixture
+def retained(broker):
+    """The retained alert state of a1 as a late subscriber sees it: (client, messages)."""
+    made = []
+
+    def latest() -> list[dict]:
+        client, received = subscriber(broker, "appliance/l1/a1/alert")
+        made.append(client)
+        wait_for("the retained alert", lambda: received)
+        return received
+
+    yield latest
+    for c in made:
+        c.loop_stop()
+        c.disconnect()
+
+
+@pytest.mark.parametrize("case", ["quiet", "low"])
+def test_a_raised_alert_left_standing_at_a_stop_is_cleared_after_the_restart(
+        tmp_path, broker, retained, case):
+    clock = ManualClock(1_700_000_000.0)
+    db = raise_and_stop(tmp_path, broker, clock)
+    assert retained()[-1]["state"] == "raised"
+    cfg = config.from_dict({"mqtt": {"host": broker.host, "port": broker.port},
+                            "pipeline": {"horizon_s": 600.0}})
+    if case == "quiet":
+        clock.advance(601.0)  # down for longer than the horizon: a1 sent nothing since
+    supervisor, inbox, con = alert_service(cfg, db, clock)
+    connected(supervisor)
+    alert = supervisor.stages[1]
+    assert alert.status()["alerts_resumed"] == 1
+    if case == "low":
+        clock.advance(10.0)
+        inbox.put(prediction(clock.time(), 0.1))
+    wait_for("the clear", lambda: alert.counters.extra.get("alerts_cleared"
+                                                           if case == "low"
+                                                           else "alerts_cleared_quiet"))
+    stop(supervisor, inbox, con)
+    latest = retained()[-1]
+    assert (latest["asset"], latest["state"]) == ("a1", "cleared")
+    stored = alerts_stored(db)
+    assert [s for _a, s, _p in stored] == ["raised", "cleared"]
+    if case == "low":
+        assert stored[-1][2] == pytest.approx(0.1)
+    else:  # nothing new said: the clear carries the last probability known
+        assert latest["ts"] == clock.time() and stored[-1][2] == pytest.approx(0.9)
+
+
+def test_a_raised_alert_still_high_after_a_restart_is_not_raised_again(
+        tmp_path, broker, retained):
+    clock = ManualClock(1_700_000_000.0)
+    db = raise_and_stop(tmp_path, broker, clock)
+    cfg = config.from_dict({"mqtt": {"host": broker.host, "port": broker.port},
+                            "pipeline": {"horizon_s": 600.0}})
+    supervisor, inbox, con = alert_service(cfg, db, clock)
+    connected(supervisor)
+    client, received = subscriber(broker, "appliance/l1/+/alert")
+    wait_for("the retained alert", lambda: received)
+    for i in range(1, 100):  # a1 stays high past the quiet span; a2 shows the stage works
+        clock.advance(10.0)
+        inbox.put(prediction(clock.time(), 0.9))
+        inbox.put(prediction(clock.time(), 0.2 if i < 99 else 0.95, asset="a2"))
+    wait_for("a2's raise", lambda: any(m["asset"] == "a2" for m in received))
+    stop(supervisor, inbox, con)
+    client.loop_stop()
+    client.disconnect()
+    assert [(m["asset"], m["state"]) for m in received] == [("a1", "raised"), ("a2", "raised")]
+    assert [(a, s) for a, s, _p in alerts_stored(db)] == [("a1", "raised"), ("a2", "raised")]
+

@@ -73,7 +73,8 @@ class AlertStage(Stage):
             self._states[key] = AlarmState(cfg.alerts.clear_ratio, raised=True)
             self._raised[key] = s.alert
             self._heard[key] = -math.inf if math.isnan(s.last_reading) else s.last_reading
-        self.counters.extra["alerts_resumed"] = len(standing)
+        if standing:
+            self.counters.extra["alerts_resumed"] = len(standing)
         self._client: mqtt.Client | None = None
         self.link: ConnectionMonitor | None = None
         self._lines: set[str] = set()

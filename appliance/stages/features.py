@@ -53,7 +53,7 @@ class FeaturesStage(Stage):
         #: (line, asset) → the last tick predicted before this start (see ``Resume``).
         self._predicted: dict[tuple[str, str], float] = {}
         for counter in ("late_readings", "invalid_readings", "idle_restarts", "stuck_sensors",
-                        "warmup_ticks", "ticks_not_repeated"):
+                        "warmup_ticks"):
             self.counters.extra[counter] = 0
         if tap is not None:
             self.counters.extra["drift_rows_dropped"] = 0

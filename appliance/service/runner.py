@@ -26,9 +26,9 @@ Training, import and the dev tools are never imported here
 Stages start sinks first (record … ingest) so nothing is produced before its
 consumer runs.  A start resumes where the last run stopped: the store replays the
 stored readings the feature windows need ahead of the live ones, and the alert stage
-is handed the alerts still raised (``storage.recent``).  Shutdown (SIGTERM or SIGINT, one path) drains: ingest stops
-taking messages and passes an EndOfStream down the chain, so every stage
-flushes what it holds and the store commits everything received.
+is handed the alerts still raised (``storage.recent``).  Shutdown (SIGTERM or SIGINT,
+one path) drains: ingest stops taking messages and passes an EndOfStream down the
+chain, so every stage flushes what it holds and the store commits everything received.
 """
 
 from __future__ import annotations

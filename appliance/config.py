@@ -101,9 +101,10 @@ class PipelineConfig:
     warmup_s: float | None = field(default=None, metadata=_range(0.0))
     #: At a service start each asset's features are replayed from its stored readings
     #: of this span before its last one, so its windows are as a service that never
-    #: stopped left them.  Unset = the warm-up (every window full again); the EWMAs
-    #: (``missing``, ``dev``) converge from the span's start, to within 2^-n after n
-    #: of their half-lives.  0 = start cold (with a warm-up) as before.
+    #: stopped left them.  Unset = the warm-up and a tick (every window full again;
+    #: a shorter span is raised to that); the EWMAs (``missing``, ``dev``) converge
+    #: from the span's start, to within 2^-n after n of their half-lives.  0 = start
+    #: cold (with a warm-up).
     restore_s: float | None = field(default=None, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()

@@ -94,7 +94,10 @@ class StoreStage(Stage):
         assert con is not None
         pipeline = self.cfg.pipeline
         spec = PipelineSpec.from_config(pipeline)
-        span = spec.refilled_after_s() if pipeline.restore_s is None else pipeline.restore_s
+        if pipeline.restore_s == 0:
+            return
+        # a shorter span would leave the first ticks after the stop in a warm-up
+        span = max(pipeline.restore_s or 0.0, spec.refilled_after_s())
         started = self.clock.monotonic()
         plan = recent.replay_plan(con, span, spec.idle_gap_s)
         if plan is None:

@@ -8,6 +8,7 @@ so event times a day in the past are not refused as too old.
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from appliance.stages.store import StoreStage
 from appliance.storage import database, recent
 from appliance.timefmt import from_us, to_us
 from appliance.training import export
-from tests.support.service import subscriber
+from tests.support.service import TOPICS, publish_all, publisher, subscriber, write_config
 
 #: Short windows so a day has many ticks after the warm-up, and EWMAs short enough that
 #: ``restore_s`` spans 48 half-lives of the longer one (``missing``: a quarter of the
@@ -351,3 +352,54 @@ def test_a_raised_alert_still_high_after_a_restart_is_not_raised_again(
     assert [(m["asset"], m["state"]) for m in received] == [("a1", "raised"), ("a2", "raised")]
     assert [(a, s) for a, s, _p in alerts_stored(db)] == [("a1", "raised"), ("a2", "raised")]
 
+
+
+# -- the service as an operator runs it ----------------------------------------------
+
+
+def test_appliance_run_restarted_goes_on_predicting_without_a_warm_up(
+        tmp_path, broker, service_factory):
+    """``appliance run`` stopped after 70 minutes of readings and started again: the
+    second run replays the stored windows, predicts from its first tick on (the default
+    warm-up is 62 minutes), and predicts no tick a second time."""
+    t0 = time.time() - 90 * 60.0
+    step = 10.0  # one reading per sensor per tick
+
+    def messages(lo: float, hi: float) -> list[tuple[str, bytes]]:
+        rng = np.random.default_rng(int(lo))
+        return [(TOPICS.reading("l1", asset, sensor),
+                 json.dumps({"ts": t0 + s, "value": float(rng.normal(50, 1))}).encode())
+                for s in np.arange(lo, hi, step) for asset in ("a0", "a1")
+                for sensor in ("lube_temp", "vibration")]
+
+    config = write_config(tmp_path, broker)
+    first = messages(0.0, 70 * 60.0)
+    svc = service_factory(config).start()
+    publish_all(publisher(broker), first)
+    svc.wait_for(lambda s: s["stages"]["store"]["processed"] >= len(first), what="stored")
+    assert svc.terminate()[0] == 0
+    stopped_at = max(t for (t,) in query_db(tmp_path, "SELECT epoch(max(ts)) FROM predictions"))
+
+    second = messages(70 * 60.0, 80 * 60.0)
+    svc = service_factory(config).start()
+    publish_all(publisher(broker), second)
+    snap = svc.wait_for(lambda s: s["stages"]["store"]["processed"] >= len(second),
+                        what="stored")
+    assert snap["stages"]["store"]["replayed_readings"] >= 62 * 60 / step * 4
+    assert svc.terminate()[0] == 0
+
+    rows = query_db(tmp_path, "SELECT asset, epoch(ts) FROM predictions ORDER BY asset, ts")
+    assert len(rows) == len(set(rows)), "a tick was predicted twice"
+    for asset in ("a0", "a1"):
+        ticks = np.array([t for a, t in rows if a == asset])
+        # predicted before the stop, and after it every tick on, no warm-up in between
+        assert ticks[0] < stopped_at < ticks[-1], asset
+        assert set(np.diff(ticks)) == {10.0}, asset
+
+
+def query_db(tmp_path: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(tmp_path / "appliance.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()

@@ -40,9 +40,10 @@ def replay_plan(con: duckdb.DuckDBPyConnection, span_s: float, idle_gap_s: float
                 ) -> ReplayPlan | None:
     """The readings that rebuild each asset's windows: those within ``span_s`` before
     the asset's own last reading (so an asset silent for a while comes back with the
-    state it had, as in a service that never stopped).  An asset silent for longer
-    than ``idle_gap_s`` before the newest reading is left out: its next reading starts
-    it afresh anyway (``idle_gap_s`` 0: nobody is left out).  None: nothing to replay.
+    state it had, as in a service that never stopped).  An asset whose last reading is
+    more than ``idle_gap_s + span_s`` older than the newest one is left out: its next
+    reading starts it afresh anyway (``idle_gap_s`` 0: nobody is left out).  None:
+    nothing to replay.
     """
     (newest,) = con.execute("SELECT epoch_us(max(ts)) FROM readings_raw").fetchone()
     if newest is None or span_s <= 0:

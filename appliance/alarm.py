@@ -6,7 +6,8 @@ a probability hovering at the threshold does not flap).  A NaN probability is
 no evidence either way: it neither raises nor clears, so an alarm stands until
 a real probability says the risk has passed.
 
-``AlarmState`` is the streaming form (the alert stage keeps one per asset);
+``AlarmState`` is the streaming form (the alert stage keeps one per asset, and at a
+service start resumes the ones the ``alerts`` table shows raised);
 ``alarm_active`` the batch form (the event metrics).  They give the same
 states for the same sequence: ``tests/unit/test_alarm.py`` holds that.
 """
@@ -20,13 +21,17 @@ CLEARED = "cleared"
 
 
 class AlarmState:
-    """The hysteresis of one asset: ``update`` returns ``RAISED`` or ``CLEARED`` on a change."""
+    """The hysteresis of one asset: ``update`` returns ``RAISED`` or ``CLEARED`` on a change.
+
+    ``raised``: the state to go on from (an alarm raised before a restart stands until
+    a tick clears it, and is not raised a second time).
+    """
 
     __slots__ = ("clear_ratio", "raised")
 
-    def __init__(self, clear_ratio: float) -> None:
+    def __init__(self, clear_ratio: float, raised: bool = False) -> None:
         self.clear_ratio = clear_ratio
-        self.raised = False
+        self.raised = raised
 
     def update(self, probability: float, threshold: float) -> str | None:
         if not self.raised and probability >= threshold:
@@ -36,6 +41,14 @@ class AlarmState:
             self.raised = False
             return CLEARED
         return None
+
+    def clear(self) -> str | None:
+        """End a raised alarm without a probability (nothing backs it any more):
+        ``CLEARED`` when it was raised."""
+        if not self.raised:
+            return None
+        self.raised = False
+        return CLEARED
 
 
 def alarm_active(probability: np.ndarray, usable: np.ndarray, threshold: float,

@@ -135,6 +135,13 @@ class PipelineConfig:
     #: time the longest window takes to fill (its span and one of its grid points:
     #: 1 h 2 min at the defaults); 0 = from the first tick.
     warmup_s: float | None = field(default=None, metadata=_range(0.0))
+    #: At a service start each asset's features are replayed from its stored readings
+    #: of this span before its last one, so its windows are as a service that never
+    #: stopped left them.  Unset = the warm-up and a tick (every window full again;
+    #: a shorter span is raised to that); the EWMAs (``missing``, ``dev``) converge
+    #: from the span's start, to within 2^-n after n of their half-lives.  0 = start
+    #: cold (with a warm-up).
+    restore_s: float | None = field(default=None, metadata=_range(0.0))
     #: Rolling windows, in seconds of event time; empty means scaled to the horizon.
     windows_s: tuple[float, ...] = ()
     #: Cleaning on the grid: a Hampel filter replaces a value more than ``hampel_k``
@@ -189,6 +196,10 @@ class AlertsConfig:
     #: Clear when the probability falls below threshold × clear_ratio (hysteresis).
     clear_ratio: float = field(default=DEFAULT_CLEAR_RATIO, metadata=_range(0.0, 1.0))
     top_factors: int = field(default=3, metadata=_range(0, 50))
+    #: A raised alert with no prediction of its asset for this long (wall clock; at a
+    #: start, counted from the asset's last stored reading) is cleared: nothing backs
+    #: it any more.  Unset = the pipeline's horizon (what the alert foretold is due).
+    quiet_s: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
     #: ``appliance train`` and ``backtest`` choose the threshold with the best recall
     #: whose false alarm episodes per asset-week stay at or below this, on validation.
     max_false_per_asset_week: float = field(default=1.0, metadata=_range(0.0))

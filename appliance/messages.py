@@ -85,6 +85,16 @@ class StoredReadings:
 
 
 @dataclass(frozen=True, slots=True)
+class Resume:
+    """Store → features, once at a service start, before the stored readings it replays
+    to refill the windows (plain ``StoredReadings``, then the live ones follow): the
+    last tick predicted per (line, asset) before the stop.  Rows for those ticks and
+    earlier are not made again, so no tick is predicted twice."""
+
+    predicted_through: tuple[tuple[str, str, float], ...]  # (line, asset, tick)
+
+
+@dataclass(frozen=True, slots=True)
 class FeatureRows:
     """Features → predict: one feature row per asset for one tick."""
 

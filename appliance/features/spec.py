@@ -234,6 +234,18 @@ class PipelineSpec:
 
         return max(filled(w) for w in self.windows_s)
 
+    def refilled_after_s(self) -> float:
+        """Event-time seconds of readings before an asset's last one that rebuild every
+        window and leave the warm-up behind (a service start replays at least this
+        much): the longest of the warm-up, ``filled_after_s`` and the cleaning
+        windows, and one tick more — the replay's first cell holds only the end of
+        its readings, and the last one's is still open (its tick must not be in the
+        warm-up).  Not the EWMAs, whose memory has no end (``[pipeline] restore_s``)."""
+        cleaning = [s.clean.hampel_window_s for _n, s in self.sensors if s.clean]
+        if self.clean is not None:
+            cleaning.append(self.clean.hampel_window_s)
+        return max(self.warmup_s, self.filled_after_s(), *cleaning) + self.cadence_s
+
     @property
     def warmup_ticks(self) -> int:
         """Ticks at the start of each stretch of activity that make no rows."""

@@ -27,9 +27,11 @@ Training, import and the dev tools are never imported here
 (``tests/unit/test_layering.py`` holds that).
 
 Stages start sinks first (record … ingest) so nothing is produced before its
-consumer runs.  Shutdown (SIGTERM or SIGINT, one path) drains: ingest stops
-taking messages and passes an EndOfStream down the chain, so every stage
-flushes what it holds and the store commits everything received.
+consumer runs.  A start resumes where the last run stopped: the store replays the
+stored readings the feature windows need ahead of the live ones, and the alert stage
+is handed the alerts still raised (``storage.recent``).  Shutdown (SIGTERM or SIGINT,
+one path) drains: ingest stops taking messages and passes an EndOfStream down the
+chain, so every stage flushes what it holds and the store commits everything received.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from appliance.stages.scores import ScoresStage
 from appliance.stages.store import StoreStage
 from appliance.storage.database import OpenReport
 from appliance.storage.database import connect as open_database
+from appliance.storage.recent import standing_alerts
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +112,8 @@ def build(cfg: Config) -> Pipeline:
         "scores": ScoresStage(cfg, db),
         "maintenance": MaintenanceStage(cfg, db, cfg.resolve(cfg.storage.path)),
         "record": RecordStage(db, q["records"]),
-        "alert": AlertStage(cfg, q["predictions"], q["records"]),
+        # the champion's alerts still raised when the service stopped go on raised
+        "alert": AlertStage(cfg, q["predictions"], q["records"], standing_alerts(db)),
         "predict": PredictStage(cfg, ModelWatcher(registry, spec_hash(cfg),
                                                   cfg.model.max_challengers), model,
                                 q["features"], q["predictions"]),

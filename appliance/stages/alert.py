@@ -15,23 +15,36 @@ their own per (model, line, asset); its state changes are ``AlertEvent``s with
 ``role="challenger"`` that go to the record (so it is scored on what it would
 have raised) and never to MQTT.  The champion's state stays keyed by (line,
 asset) alone: a promotion must not raise an already-raised alert a second time.
+
+Across a restart the champion's state is not lost: the runner reads the alerts still
+standing (``storage.recent.standing_alerts``: last published state ``raised``) and the
+stage resumes them raised, so a prediction still high raises nothing again and one
+below the clearing level clears as usual.  A raised alert with no prediction of its
+asset for ``[alerts] quiet_s`` (the horizon by default; wall clock, counted at a start
+from the asset's last stored reading) is cleared: its asset went quiet and nothing
+backs it.  The clear is published (replacing the retained ``raised``) and recorded;
+it carries the last probability seen, and the time it was decided as ``ts``.
+Challengers' states start afresh (their alerts are never published).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from appliance.alarm import AlarmState
+from appliance.alarm import CLEARED, AlarmState
 from appliance.config import Config
 from appliance.messages import AlertEvent, Alerts, DriftEvents, LoopEvent, Prediction, Predictions
 from appliance.mqtt import payloads
 from appliance.mqtt.client import ConnectionMonitor, connect, make_client
 from appliance.mqtt.topics import Topics
 from appliance.stages.base import Stage
+from appliance.storage.recent import StandingAlert
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +56,25 @@ class AlertStage(Stage):
     name = "alert"
     essential = False  # the readings keep being stored without it
 
-    def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue) -> None:
+    def __init__(self, cfg: Config, inbox: queue.Queue, out: queue.Queue,
+                 standing: Sequence[StandingAlert] = ()) -> None:
         super().__init__(inbox, out)
         self.cfg = cfg
         self.topics = Topics.from_config(cfg)
         self._states: dict[tuple[str, ...], AlarmState] = {}
+        self.quiet_s = cfg.alerts.quiet_s or cfg.pipeline.horizon_s
+        #: The champion's raised alerts: the last prediction (or, resumed, the published
+        #: alert) of each, and when its asset last had one (clock time; event time of
+        #: its last stored reading when resumed, -inf when it has none).
+        self._raised: dict[tuple[str, str], AlertEvent | Prediction] = {}
+        self._heard: dict[tuple[str, str], float] = {}
+        for s in standing:
+            key = (s.alert.line, s.alert.asset)
+            self._states[key] = AlarmState(cfg.alerts.clear_ratio, raised=True)
+            self._raised[key] = s.alert
+            self._heard[key] = -math.inf if math.isnan(s.last_reading) else s.last_reading
+        if standing:
+            self.counters.extra["alerts_resumed"] = len(standing)
         self._client: mqtt.Client | None = None
         self.link: ConnectionMonitor | None = None
         self._lines: set[str] = set()
@@ -89,12 +116,34 @@ class AlertStage(Stage):
         self.counters.processed += len(item.items)
         return (item, Alerts(tuple(alerts))) if alerts else (item,)
 
+    def periodic(self) -> tuple[Alerts, ...]:
+        """Clear the raised alerts whose asset has been quiet for ``quiet_s``."""
+        now = self.clock.time()
+        quiet = [key for key, heard in self._heard.items() if now - heard > self.quiet_s]
+        alerts = []
+        for key in quiet:
+            del self._heard[key]
+            last = self._raised.pop(key)
+            self._states[key].clear()
+            self.counters.bump("alerts_cleared_quiet")
+            log.info("alert of %s/%s cleared: no prediction for %g s", *key, self.quiet_s)
+            alert = AlertEvent(last.line, last.asset, now, CLEARED, last.probability,
+                               last.threshold, self.cfg.pipeline.horizon_s, last.model)
+            self._publish(alert)
+            alerts.append(alert)
+        return (Alerts(tuple(alerts)),) if alerts else ()
+
     def _update(self, p: Prediction) -> AlertEvent | None:
         key = (p.line, p.asset) if p.role == "champion" else (p.model, p.line, p.asset)
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = AlarmState(self.cfg.alerts.clear_ratio)
         change = state.update(p.probability, p.threshold)
+        if p.role == "champion" and state.raised:
+            self._raised[(p.line, p.asset)] = p
+            self._heard[(p.line, p.asset)] = self.clock.time()
+        elif change is not None and p.role == "champion":
+            del self._raised[(p.line, p.asset)], self._heard[(p.line, p.asset)]
         if change is None:
             return None
         self.counters.bump(f"alerts_{change}" if p.role == "champion"

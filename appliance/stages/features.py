@@ -8,6 +8,13 @@ counts them (``warmup_ticks``), so a quiet predict stage after a start is
 explained.  A sensor that becomes stuck (or moves again) is logged, and the status counts
 the stuck ones: a stuck sensor is a fault of its own for the line engineer.
 
+At a service start the store sends a ``Resume`` and then replays stored readings
+through the same path; rows for ticks at or before the last one predicted for the asset
+before the stop are not made again (``ticks_not_repeated``), so the windows fill as a
+service that never stopped filled them and no tick is predicted twice.  A tick the
+replay completes after that one (readings stored but not predicted when the service
+died) is predicted now.
+
 ``tap``, when given, receives every FeatureRows too (the drift stage's inbox).  It is
 offered without waiting: when it is full the rows are dropped for it and counted
 (``drift_rows_dropped``), so watching the model never slows predicting it.
@@ -16,6 +23,7 @@ offered without waiting: when it is full the rows are dropped for it and counted
 from __future__ import annotations
 
 import logging
+import math
 import queue
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,7 +33,7 @@ import numpy as np
 from appliance.config import Config
 from appliance.features.live import AssetFeatures, FeatureBanks
 from appliance.features.spec import PipelineSpec
-from appliance.messages import EndOfStream, FeatureRows, StoredReadings
+from appliance.messages import EndOfStream, FeatureRows, Resume, StoredReadings
 from appliance.stages.base import Stage, StopSignals, put
 
 log = logging.getLogger(__name__)
@@ -42,13 +50,19 @@ class FeaturesStage(Stage):
         self.spec = PipelineSpec.from_config(cfg.pipeline)
         self.banks = FeatureBanks(self.spec)
         self._assets: dict[tuple[str, str], AssetFeatures] = {}
+        #: (line, asset) → the last tick predicted before this start (see ``Resume``).
+        self._predicted: dict[tuple[str, str], float] = {}
         for counter in ("late_readings", "invalid_readings", "idle_restarts", "stuck_sensors",
                         "warmup_ticks"):
             self.counters.extra[counter] = 0
         if tap is not None:
             self.counters.extra["drift_rows_dropped"] = 0
 
-    def handle(self, batch: StoredReadings) -> list[FeatureRows]:
+    def handle(self, batch: StoredReadings | Resume) -> list[FeatureRows]:
+        if isinstance(batch, Resume):
+            self._predicted = {(line, asset): tick
+                               for line, asset, tick in batch.predicted_through}
+            return []
         by_tick: dict[tuple[float, tuple[str, ...]], list] = defaultdict(list)
         assets = self._assets
         #: The counters of each asset this batch touches, as they were before it:
@@ -64,6 +78,9 @@ class FeaturesStage(Stage):
                 before[key] = (state.late, state.invalid, state.restarts, state.warmup,
                                state.stuck)
             for tick, names, row in state.push(k.sensor, ts, value):
+                if tick <= self._predicted.get(key, -math.inf):
+                    self.counters.bump("ticks_not_repeated")
+                    continue
                 by_tick[(tick, names)].append((key, row))
         self.counters.processed += len(batch.keys)
         self._report(before)

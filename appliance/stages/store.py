@@ -7,6 +7,15 @@ error) is rolled back and retried with back-off, holding the batch and its acks
 across restarts: nothing is acknowledged that is not stored.  Readings from a
 batch that had redelivered (DUP) messages are checked against what is stored,
 so a redelivery never becomes a second row.
+
+At a service start, before the first live batch, the store replays what the features
+need to go on as if the service had never stopped: a ``Resume`` (the last tick
+predicted per asset) and then the stored readings of ``[pipeline] restore_s`` before
+each asset's last one, as ``StoredReadings`` in event-time slices
+(``storage.recent``).  The store does it because it owns the readings and the queue:
+the replay is on that queue ahead of every live reading by construction, and the
+features stage stays a pure consumer of messages.  Live batches wait in the inbound
+queue meanwhile (and then at the broker: back-pressure, nothing is lost).
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ import duckdb
 import numpy as np
 
 from appliance.config import Config
-from appliance.messages import Committed, EndOfStream, Inbound, StoredReadings
+from appliance.features.spec import PipelineSpec
+from appliance.messages import Committed, EndOfStream, Inbound, Resume, StoredReadings
 from appliance.stages.base import Stage, StopSignals
-from appliance.storage import tables
+from appliance.storage import recent, tables
 from appliance.timefmt import to_us
 
 log = logging.getLogger(__name__)
@@ -44,12 +54,18 @@ class StoreStage(Stage):
         self._con: duckdb.DuckDBPyConnection | None = None
         self._registry: tables.SeriesRegistry | None = None
         self._pending: list[Inbound] = []  # taken from the queue, not yet committed
+        #: Once per process, not per restart of the stage: the features stage keeps its
+        #: windows across a restart of the store.
+        self._resumed = False
 
     def start(self) -> None:
         self._con = self.db.cursor()
         self._registry = tables.SeriesRegistry(self._con)
 
     def run(self, signals: StopSignals) -> None:
+        if not self._resumed:
+            self._resumed = True
+            self._resume(signals)
         # Not the base's loop: a run of queued batches is merged into one transaction.
         while not signals.abort.is_set():
             if not self._pending:
@@ -71,6 +87,39 @@ class StoreStage(Stage):
             if end is not None:
                 self.emit((end,), signals)
                 return
+
+    def _resume(self, signals: StopSignals) -> None:
+        """Replay the stored readings the feature windows need (see the module doc)."""
+        con = self._con
+        assert con is not None
+        pipeline = self.cfg.pipeline
+        spec = PipelineSpec.from_config(pipeline)
+        if pipeline.restore_s == 0:
+            return
+        # a shorter span would leave the first ticks after the stop in a warm-up
+        span = max(pipeline.restore_s or 0.0, spec.refilled_after_s())
+        started = self.clock.monotonic()
+        plan = recent.replay_plan(con, span, spec.idle_gap_s)
+        if plan is None:
+            return
+        through = recent.predicted_through(con, plan.first_us)
+        self.emit((Resume(tuple((line, asset, tick)
+                                for (line, asset), tick in sorted(through.items()))),),
+                  signals)
+        log.info("store: replaying %d stored readings of %d series (%g s before each "
+                 "asset's last reading) to refill the feature windows", plan.readings,
+                 len(plan.series), span)
+        replayed = 0
+        for part in recent.replay(con, plan):
+            if signals.abort.is_set():
+                return
+            self.emit((part,), signals)
+            replayed += len(part.keys)
+            self.progressed()
+        seconds = self.clock.monotonic() - started
+        self.counters.extra |= {"replayed_readings": replayed,
+                                "replay_ms": round(seconds * 1e3)}
+        log.info("store: replayed %d readings in %.1f s", replayed, seconds)
 
     def _drain_more(self) -> EndOfStream | None:
         while len(self._pending) < MAX_MERGE:

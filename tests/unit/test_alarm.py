@@ -43,3 +43,13 @@ def test_streaming_and_batch_forms_agree_on_seeded_sequences_with_nan(seed):
     batch = alarm_active(p, np.ones(n, bool), threshold, clear_ratio)
     assert batch.tolist() == streamed
     assert any(streamed) and not all(streamed)  # the sequences exercise both states
+
+
+def test_a_resumed_alarm_is_not_raised_again_and_clears_as_usual():
+    s = AlarmState(clear_ratio=0.8, raised=True)
+    assert s.update(0.9, 0.5) is None and s.raised
+    assert s.update(0.39, 0.5) == CLEARED
+    s = AlarmState(clear_ratio=0.8, raised=True)
+    assert s.clear() == CLEARED and not s.raised
+    assert s.clear() is None
+    assert s.update(0.9, 0.5) == RAISED

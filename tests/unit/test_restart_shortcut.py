@@ -5,8 +5,10 @@ A model trained on rows from the start of data learns that a window still fillin
 all induced minutes into each run.  Here such a model is built on purpose — a
 real gradient-boosted model exported to ONNX, whose only rule is "a window is
 not yet full" — and a healthy asset is driven through its starts: the first
-start, a restart after an idle gap, and a restart of the service (new state, the
-stored windows lost).  With the warm-up no row reaches the model before its
+start, a restart after an idle gap, and a restart of the service with nothing to
+refill its windows from (new state: ``[pipeline] restore_s = 0``, or no stored
+readings; with them the store replays the windows full, see
+``tests/integration/test_restart.py``).  With the warm-up no row reaches the model before its
 windows are full, so nothing is raised; without it the same model raises at every
 start, which is what the warm-up is for.
 """

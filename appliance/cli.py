@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -19,7 +20,11 @@ DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
 
 def _load_config(path: str | None) -> config_mod.Config:
     if path is None:
-        if Path(DEFAULT_CONFIG).exists():
+        # os.path.exists, not Path.exists: the latter raises for a person outside the
+        # service's group (/etc/appliance is 0750); load then says which file it is.
+        folder = os.path.dirname(DEFAULT_CONFIG)
+        if os.path.exists(DEFAULT_CONFIG) or (os.path.isdir(folder)
+                                              and not os.access(folder, os.X_OK)):
             path = DEFAULT_CONFIG
         else:
             return config_mod.Config()
@@ -160,7 +165,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Hive-partitioned Parquet from the running service (written into its data folder,
-    then moved here) or, when none answers, from the file opened read-only."""
+    then copied here) or, when none answers, from the file opened read-only."""
     import shutil
     import uuid
 
@@ -216,10 +221,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         for t in tables:
             if (written / f"table={t}").exists():
-                shutil.move(written / f"table={t}", to / f"table={t}")
-        shutil.rmtree(written)
+                # The service's export is the group's to read, not to remove: copied,
+                # then the service drops it; the file's own export is moved.
+                (shutil.copytree if reply is not None else shutil.move)(
+                    written / f"table={t}", to / f"table={t}")
+        if reply is None:
+            shutil.rmtree(written)
+        else:
+            control.ask(sock, {"op": "drop_export", "id": reply["id"]}, timeout_s=60.0)
     except OSError as exc:
-        print(f"appliance export: written to {written} but not moved to {to}: {exc}",
+        print(f"appliance export: written to {written} but not copied to {to}: {exc}",
               file=sys.stderr)
         return 1
     for t in tables:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -422,10 +423,12 @@ class Config:
     def socket_path(self, db: Path | None = None) -> Path:
         """The service's control socket: ``[control] socket``, else "appliance.sock" beside
         the database (``db`` when a command was given one, else ``[storage] path``)."""
-        if self.control.socket:
+        own = self.resolve(self.storage.path)
+        # A configured socket is the service's of [storage] path: a command given another
+        # database (a copy, say) must not be answered from the live one.
+        if self.control.socket and (db is None or Path(db).resolve() == own.resolve()):
             return self.resolve(self.control.socket)
-        return (Path(db) if db is not None else self.resolve(self.storage.path)).parent / \
-            "appliance.sock"
+        return (Path(db) if db is not None else own).parent / "appliance.sock"
 
     def variant(self, name: str) -> VariantConfig | None:
         """The ``[variants.<name>]`` table, or None when the file has none of that name."""
@@ -446,6 +449,9 @@ def load(path: str | Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: cannot read the config file (it is the service's group's "
+                          f"to read: run as a member of it, or with sudo)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return from_dict(raw, source=str(path))
@@ -482,7 +488,9 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 #: ``[mqtt]`` keys naming files: made absolute (relative to the config file) at load, and
-#: checked readable then, so a typo is an error at start, not a connect failing for ever.
+#: checked to exist then, so a typo is an error at start, not a connect failing for ever.
+#: Not checked readable: an operator's command (``appliance sql``, ``status``) loads the
+#: same config without the right to read the service's key or password.
 MQTT_FILE_KEYS = ("password_file", "tls_ca", "tls_cert", "tls_key")
 
 
@@ -495,8 +503,8 @@ def _with_mqtt_files(cfg: Config) -> Config:
             continue
         path = cfg.resolve(value)
         try:
-            with open(path, "rb"):
-                pass
+            if not stat.S_ISREG(path.stat().st_mode):
+                raise IsADirectoryError(21, "not a file")
         except OSError as exc:
             raise ConfigError(f"{src}: [mqtt] {key}: cannot read {path}: "
                               f"{exc.strerror or exc}") from None

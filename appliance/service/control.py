@@ -18,9 +18,12 @@ store's); another waits up to its timeout, and at least as long as the one befor
 ran (so queries asked in a loop take at most half the time), and runs at a lower
 priority (``_lower_priority``).  A query is checked and run by
 ``storage/query.py`` (the guard, the read-only transaction, the row limit, the
-interrupt); an export by ``storage/export.py`` into ``<data dir>/exports/<id>``, which
-the command then moves where it was asked (the service may not write there).
-``stop`` interrupts what runs and waits for it before the connection is closed.
+interrupt); an export by ``storage/export.py`` into ``<data dir>/exports/<id>``
+(readable by the group, writable by the service alone), which the command copies
+where it was asked (the service may not write there) and then asks the service to
+drop (``{"op": "drop_export", "id": …}``; what a command left behind is dropped at
+the next start).  ``stop`` interrupts what runs for at most ``STOP_WAIT_S`` and does
+not wait for a client that does not read: SIGTERM to exit stays under 5 s.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import socketserver
 import stat
@@ -47,8 +51,10 @@ log = logging.getLogger(__name__)
 #: A request is one line of at most this many bytes.
 MAX_REQUEST = 1 << 20
 EXPORTS = "exports"
-#: How long ``stop`` interrupts a running request before it joins the threads.
-STOP_WAIT_S = 2.0
+#: How long ``stop`` interrupts a running request before it closes the socket.
+STOP_WAIT_S = 1.0
+#: A client must send its request, and take its answer, within this long.
+CLIENT_IO_S = 10.0
 
 
 class ControlServer:
@@ -77,7 +83,11 @@ class ControlServer:
         server = socketserver.ThreadingUnixStreamServer(
             str(self.path.with_name(f".{self.path.name}.{os.getpid()}")), handler,
             bind_and_activate=False)
-        server.daemon_threads = False  # stop waits for every request's thread
+        # stop does not join request threads: one blocked on a silent client would
+        # hold the service past systemd's stop timeout (CLIENT_IO_S bounds them).
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._drop_exports()
         tmp = Path(server.server_address)
         tmp.unlink(missing_ok=True)
         server.server_bind()
@@ -103,7 +113,7 @@ class ControlServer:
                 for cursor in self._running:
                     cursor.interrupt()
             time.sleep(0.02)
-        self._server.server_close()  # joins the request threads
+        self._server.server_close()
         self._server = None
         try:
             if stat.S_ISSOCK(os.stat(self.path).st_mode):
@@ -116,6 +126,8 @@ class ControlServer:
         op = request.get("op")
         if op == "ping":
             return {"ok": True, "database": str(self.data_dir)}
+        if op == "drop_export":
+            return self._drop_export(str(request.get("id", "")))
         if op not in ("sql", "export", "history"):
             return {"ok": False, "error": f"unknown request {op!r}"}
         timeout_s = min(float(request.get("timeout_s") or self.timeout_s), self.timeout_s)
@@ -134,11 +146,14 @@ class ControlServer:
                 with self._guard:
                     self._running.discard(cursor)
                 cursor.close()
-                # The next request waits as long as this one ran: queries asked in a
-                # loop take at most half the time (bench sql, a query looping: ingest
+                # The next request waits as long as this query ran: queries asked in
+                # a loop take at most half the time (bench sql, a query looping: ingest
                 # at 0.42-0.51x of idle without this and the lower priority, 0.80-1.35x
-                # with them, on a shared 2-core machine).
-                self._free_at = 2 * time.monotonic() - started
+                # with them, on a shared 2-core machine).  Not after an export, which
+                # is asked once and may take minutes.
+                if op == "sql":
+                    self._free_at = time.monotonic() + min(time.monotonic() - started,
+                                                           self.timeout_s)
         finally:
             self._one_at_a_time.release()
 
@@ -150,7 +165,7 @@ class ControlServer:
         while not self._one_at_a_time.acquire(timeout=0.1):
             if self._stopping.is_set() or time.monotonic() >= deadline:
                 return False
-        if self._stopping.wait(max(0.0, self._free_at - time.monotonic())):
+        if self._stopping.wait(max(0.0, min(self._free_at, deadline) - time.monotonic())):
             self._one_at_a_time.release()
             return False
         return True
@@ -172,7 +187,7 @@ class ControlServer:
                                        else float(request["until"]),
                                        list(request.get("tables") or export.TABLES))
             _share(directory)
-            return {"ok": True, "directory": str(directory), **done}
+            return {"ok": True, "directory": str(directory), "id": directory.name, **done}
         except query.Refused as exc:
             return {"ok": False, "refused": True, "error": str(exc)}
         except duckdb.InterruptException:
@@ -184,10 +199,30 @@ class ControlServer:
             return {"ok": False, "error": str(exc).strip().splitlines()[0][:500]}
 
 
+    def _drop_export(self, name: str) -> dict[str, Any]:
+        target = self.data_dir / EXPORTS / name
+        if not name.isalnum() or not target.is_dir():
+            return {"ok": False, "error": f"no export {name!r}"}
+        shutil.rmtree(target)
+        return {"ok": True}
+
+    def _drop_exports(self) -> None:
+        """Exports a command never took (it failed, or was killed) from an earlier run."""
+        for left in (self.data_dir / EXPORTS).glob("*"):
+            log.info("control: dropping the export %s no command took", left)
+            shutil.rmtree(left, ignore_errors=True)
+
+
 def _handler(server: ControlServer) -> type[socketserver.StreamRequestHandler]:
     class Handler(socketserver.StreamRequestHandler):
+        timeout = CLIENT_IO_S  # the socket's: a silent or stuck client is dropped
+
         def handle(self) -> None:
-            line = self.rfile.readline(MAX_REQUEST + 1)
+            try:
+                line = self.rfile.readline(MAX_REQUEST + 1)
+            except OSError:
+                log.info("control: a client sent no request within %g s", CLIENT_IO_S)
+                return
             try:
                 if len(line) > MAX_REQUEST:
                     raise ValueError(f"a request is one line of at most {MAX_REQUEST} bytes")
@@ -220,13 +255,14 @@ def _lower_priority() -> None:
 
 
 def _share(directory: Path) -> None:
-    """Give an export to the service's group (0770 folders, 0660 files): the command
-    that moves it out runs as a person of that group."""
+    """Let the service's group read an export (0750 folders, 0640 files): the command
+    that copies it out runs as a person of that group.  Never writable by the group: a
+    member could otherwise swap a folder for a symlink under this walk."""
+    os.chmod(directory.parent, 0o750)
     for root, _dirs, files in os.walk(directory):
-        os.chmod(root, 0o770)
+        os.chmod(root, 0o750)
         for name in files:
-            os.chmod(os.path.join(root, name), 0o660)
-    os.chmod(directory.parent, 0o770)
+            os.chmod(os.path.join(root, name), 0o640)
 
 
 def _answers(path: Path) -> bool:

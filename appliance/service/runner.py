@@ -165,8 +165,9 @@ class Service:
         if p.open_report.damaged_wal:
             log.error("STARTED WITH A DAMAGED DATABASE LOG, set aside at %s",
                       p.open_report.damaged_wal)
-        p.supervisor.start()
+        # the socket first: if it cannot be had, nothing has started that must be stopped
         self.control.start()
+        p.supervisor.start()
         self.publisher = StatusPublisher(self.cfg, p.status)
         notify("READY=1")
         log.info("appliance %s running; database %s", __version__,

@@ -20,10 +20,11 @@ Across a restart the champion's state is not lost: the runner reads the alerts s
 standing (``storage.recent.standing_alerts``: last published state ``raised``) and the
 stage resumes them raised, so a prediction still high raises nothing again and one
 below the clearing level clears as usual.  A raised alert with no prediction of its
-asset for ``[alerts] quiet_s`` (the horizon by default; wall clock, counted at a start
-from the asset's last stored reading) is cleared: its asset went quiet and nothing
-backs it.  The clear is published (replacing the retained ``raised``) and recorded;
-it carries the last probability seen, and the time it was decided as ``ts``.
+asset for ``[alerts] quiet_s`` (the horizon by default; wall clock, counted from the
+start when resumed, so the backlog the broker kept comes first) is cleared: its asset
+went quiet and nothing backs it.  The clear is published (replacing the retained
+``raised``) and recorded; it carries the last probability seen, and the time it was
+decided as ``ts``.
 Challengers' states start afresh (their alerts are never published).
 """
 
@@ -72,7 +73,10 @@ class AlertStage(Stage):
             key = (s.alert.line, s.alert.asset)
             self._states[key] = AlarmState(cfg.alerts.clear_ratio, raised=True)
             self._raised[key] = s.alert
-            self._heard[key] = -math.inf if math.isnan(s.last_reading) else s.last_reading
+            # Counted from the start at the earliest: what the broker kept for us while
+            # we were down comes first, and must not find its alert cleared before it.
+            self._heard[key] = self.clock.time() if math.isnan(s.last_reading) \
+                else max(s.last_reading, self.clock.time())
         if standing:
             self.counters.extra["alerts_resumed"] = len(standing)
         self._client: mqtt.Client | None = None

@@ -153,6 +153,7 @@ class MaintenanceStage(Stage):
                 self._failing = f"{type(exc).__name__}: {exc}"[:300]
                 backlog = False
             self._next_pass = self.clock.monotonic() + (0.0 if backlog else PASS_S)
+            self.counters.processed += 1  # passes made (rows deleted: their own counters)
 
     # -- one pass ----------------------------------------------------------------------
 
@@ -309,7 +310,6 @@ class MaintenanceStage(Stage):
             raise
         if n:
             self.counters.bump(counter, n)
-            self.counters.processed += n
         return n
 
     def _report_floor(self, disk: DiskUse) -> None:

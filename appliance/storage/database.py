@@ -54,9 +54,12 @@ def connect(path: str | Path, memory_limit: str = "128MB") -> tuple[duckdb.DuckD
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     report = OpenReport()
-    config = {"memory_limit": memory_limit, "threads": "2"}
+    # No extension is installed or loaded behind our back: a query on the control
+    # socket naming an https:// or s3:// path would otherwise fetch httpfs.
+    config = {"memory_limit": memory_limit, "threads": "2",
+              "autoinstall_known_extensions": False, "autoload_known_extensions": False}
     try:
-        con = duckdb.connect(str(path), config=config)
+        con = _connect_waiting(path, config)
     except duckdb.Error as exc:
         wal = path.with_name(path.name + ".wal")
         if not wal.exists() or "WAL" not in str(exc):
@@ -69,6 +72,29 @@ def connect(path: str | Path, memory_limit: str = "128MB") -> tuple[duckdb.DuckD
         con = duckdb.connect(str(path), config=config)
     report.migrated_to = migrate(con, path, report)
     return con, report
+
+
+#: How long the service waits for a command that holds the file read-only (an
+#: ``appliance sql`` or ``export`` run while it was stopped) before it gives up.
+LOCK_WAIT_S = 120.0
+
+
+def _connect_waiting(path: Path, config: dict[str, object]) -> duckdb.DuckDBPyConnection:
+    """Open for writing; while another process holds the file's lock, wait (a command
+    run while the service was down ends soon) rather than fail and be restarted."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    said = False
+    while True:
+        try:
+            return duckdb.connect(str(path), config=config)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+            if not said:
+                log.warning("database %s is held by another process (%s); waiting up to "
+                            "%g s for it", path, str(exc).splitlines()[0], LOCK_WAIT_S)
+                said = True
+            time.sleep(1.0)
 
 
 def migrate(con: duckdb.DuckDBPyConnection, path: Path, report: OpenReport) -> int:

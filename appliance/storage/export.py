@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,13 +41,14 @@ def write_export(con: duckdb.DuckDBPyConnection, directory: Path, since: float,
     if unknown:
         raise ValueError(f"no table {', '.join(unknown)} to export (tables: "
                          f"{', '.join(TABLES)})")
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     where = f"ts >= make_timestamp({to_us(since)})"
     if until is not None:
         where += f" AND ts < make_timestamp({to_us(until)})"
     started = time.perf_counter()
     rows: dict[str, int] = {}
-    con.execute("BEGIN TRANSACTION")
+    con.execute("BEGIN TRANSACTION READ ONLY")
     try:
         for table in tables:
             target = directory / f"table={table}"
@@ -68,8 +70,14 @@ def write_export(con: duckdb.DuckDBPyConnection, directory: Path, since: float,
                             f"TIMESTAMP '{day.isoformat()}' AND ts < TIMESTAMP "
                             f"'{day.isoformat()}' + INTERVAL 1 DAY) TO "
                             f"'{folder / 'data_0.parquet'}' (FORMAT parquet)")
+    except BaseException:
+        # A half-written export is no export (an interrupt, a full disk): nothing is
+        # left behind to be taken for one.
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     finally:
-        con.execute("COMMIT")
+        con.execute("ROLLBACK")
     return {"tables": rows, "seconds": round(time.perf_counter() - started, 3),
             "bytes": sum(f.stat().st_size for f in directory.rglob("*.parquet"))}
 

@@ -29,9 +29,11 @@ import base64
 import csv
 import datetime as dt
 import decimal
+import glob
 import io
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -63,6 +65,8 @@ _FILE_FUNCTIONS = frozenset({
     "sniff_csv", "read_json", "read_json_auto", "read_json_objects",
     "read_ndjson", "read_ndjson_auto", "read_ndjson_objects", "read_text", "read_blob",
     "glob"})
+#: A table name that reads as a file or a URL (DuckDB's replacement scans).
+_PATH_LIKE = re.compile(r"[/.:~\\]")
 #: Scalar functions that reach outside the database.
 _REFUSED_SCALARS = frozenset({"getenv"})
 
@@ -118,7 +122,9 @@ def check(con: duckdb.DuckDBPyConnection, text: str, data_dir: Path) -> str:
             _check_table_function(node["function"], data_dir)
         elif kind_ == "BASE_TABLE":
             name = node.get("table_name", "")
-            if name.lower() not in names | ctes:
+            # A CTE's name is not checked for its scope: one that looks like a path could
+            # shadow nothing in its own scope and read the file in another.
+            if name.lower() not in names | ctes or _PATH_LIKE.search(name):
                 raise Refused(f"no table or view named {name!r} (reading files by name is "
                               f"refused; the tables: SHOW TABLES)")
         elif node.get("class") == "FUNCTION" and node.get("function_name") in _REFUSED_SCALARS:
@@ -140,11 +146,24 @@ def _check_table_function(fn: dict[str, Any], data_dir: Path) -> None:
         raise Refused(f"{name}() needs a constant path")
     root = os.path.realpath(data_dir)
     for path in paths:
-        # A glob reads what matches below its fixed part; '..' could climb out of it.
-        fixed = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
-        real = os.path.realpath(os.path.join(root, fixed))
-        if ".." in Path(path).parts or not (real == root or real.startswith(root + os.sep)):
+        # Only plain absolute paths: DuckDB reads URLs (file://, https://, s3://: the
+        # latter would also install an extension), expands '~' and resolves a relative
+        # path against the process's directory, none of which the check below sees.
+        if not os.path.isabs(path) or "://" in path:
+            raise Refused(f"{name}('{path}'): give an absolute path inside the data "
+                          f"directory {data_dir}")
+        if ".." in Path(path).parts:
             raise Refused(f"{name}('{path}') reads outside the data directory {data_dir}")
+        # A glob reads what it matches: every match, symlinks resolved, must be inside.
+        fixed = path.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]
+        for target in (fixed, *glob.glob(path, recursive=True)):
+            if not _inside(os.path.realpath(target), root):
+                raise Refused(f"{name}('{path}') reads outside the data directory "
+                              f"{data_dir}")
+
+
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root + os.sep)
 
 
 def _constant_strings(expr: dict[str, Any], name: str) -> list[str]:

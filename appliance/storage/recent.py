@@ -119,14 +119,18 @@ class StandingAlert:
 def standing_alerts(con: duckdb.DuckDBPyConnection) -> list[StandingAlert]:
     """Every asset whose last published alert is ``raised``, as it was published."""
     rows = con.execute(
-        "WITH last AS (SELECT line, asset, arg_max(state, ts) AS state, "
-        "  epoch_us(max(ts)) AS t, arg_max(probability, ts) AS p, "
-        "  arg_max(threshold, ts) AS thr, arg_max(horizon_s, ts) AS h, "
-        "  arg_max(model, ts) AS model, arg_max(top_factors, ts) AS factors "
+        # the last alert as stored (rowid: alerts are only ever appended), not by ts:
+        # a quiet clear is stamped with the wall clock, a raise with its event time
+        "WITH last AS (SELECT line, asset, arg_max(state, rowid) AS state, "
+        "  epoch_us(arg_max(ts, rowid)) AS t, arg_max(probability, rowid) AS p, "
+        "  arg_max(threshold, rowid) AS thr, arg_max(horizon_s, rowid) AS h, "
+        "  arg_max(model, rowid) AS model, arg_max(top_factors, rowid) AS factors "
         "  FROM alerts WHERE role = 'champion' GROUP BY line, asset) "
         "SELECT l.line, l.asset, l.t, l.p, l.thr, l.h, l.model, l.factors, "
+        # bounded below by the alert: an unbounded max(ts) reads every reading
         "  (SELECT epoch_us(max(r.ts)) FROM readings_raw r JOIN series s "
-        "   ON s.id = r.series_id WHERE s.line = l.line AND s.asset = l.asset) "
+        "   ON s.id = r.series_id WHERE s.line = l.line AND s.asset = l.asset "
+        "   AND r.ts >= make_timestamp(l.t)) "
         "FROM last l WHERE l.state = 'raised' ORDER BY l.line, l.asset").fetchall()
     out = []
     for line, asset, t, p, thr, h, model, factors, last in rows:

@@ -49,6 +49,7 @@ def _target(name: str) -> str:
         "store": "commit",    # the commit (a non-DuckDB error), the batch held meanwhile
         "scores": "check",    # its poll for new faults (and the rescore they call for)
         "retrain": "check",   # its look at the triggers and reviews
+        "maintenance": "tick",  # its look at what is due: a checkpoint, a retention pass
     }.get(name, "handle")     # a transform stage's work on one item
 
 

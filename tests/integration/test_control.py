@@ -45,6 +45,7 @@ def running(tmp_path_factory):
         stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         stale.bind(str(cfg.socket_path()))  # what a killed service leaves behind
         stale.close()
+        (cfg.socket_path().parent / "out").symlink_to("/etc")  # see REFUSED "symlink_out"
         service = runner.Service(cfg)
         service.start()
         _wait_subscribed(service)

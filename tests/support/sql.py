@@ -43,6 +43,15 @@ REFUSED = [
     ("in_subquery", "SELECT count(*) FROM readings WHERE value IN "
                     "(SELECT length(content) FROM read_text('/etc/passwd'))",
      "outside the data directory"),
+    ("file_url", "SELECT * FROM read_text('file:///etc/passwd')", "give an absolute path"),
+    ("https_url", "SELECT * FROM read_text('https://example.com/x.csv')",
+     "give an absolute path"),
+    ("home", "SELECT * FROM read_text('~/.duckdb')", "give an absolute path"),
+    ("relative", "SELECT * FROM read_csv('other.csv')", "give an absolute path"),
+    ("symlink_out", "SELECT * FROM read_text('{data}/out/host*')",
+     "outside the data directory"),
+    ("cte_named_as_file", 'SELECT * FROM (WITH "/etc/passwd" AS (SELECT 1) SELECT 1), '
+                          '"/etc/passwd"', "no table or view named '/etc/passwd'"),
     ("file_by_name", "SELECT * FROM '/etc/passwd'", "no table or view named '/etc/passwd'"),
     ("summarize_file", "SUMMARIZE '/etc/passwd'", "no table or view named '/etc/passwd'"),
     ("join_file", "SELECT * FROM faults, '/etc/hostname'", "no table or view named"),

@@ -27,6 +27,7 @@ def db(tmp_path: Path) -> Path:
     a prediction."""
     path = tmp_path / "data" / "appliance.duckdb"
     con, _ = database.connect(path)
+    (path.parent / "out").symlink_to("/etc")  # see REFUSED "symlink_out"
     con.execute("INSERT INTO series VALUES (1, 'l1', 'a1', 'temp'), (2, 'l1', 'a1', 'vib'), "
                 "(3, 'l1', 'a2', 'temp'), (4, 'l2', 'a3', 'temp')")
     steps = int(3 * DAY / 600)

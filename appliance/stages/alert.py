@@ -69,14 +69,13 @@ class AlertStage(Stage):
         #: its last stored reading when resumed, -inf when it has none).
         self._raised: dict[tuple[str, str], AlertEvent | Prediction] = {}
         self._heard: dict[tuple[str, str], float] = {}
+        self._resumed_heard: dict[tuple[str, str], float] = {}  # taken at the first start
         for s in standing:
             key = (s.alert.line, s.alert.asset)
             self._states[key] = AlarmState(cfg.alerts.clear_ratio, raised=True)
             self._raised[key] = s.alert
-            # Counted from the start at the earliest: what the broker kept for us while
-            # we were down comes first, and must not find its alert cleared before it.
-            self._heard[key] = self.clock.time() if math.isnan(s.last_reading) \
-                else max(s.last_reading, self.clock.time())
+            self._resumed_heard[key] = -math.inf if math.isnan(s.last_reading) \
+                else s.last_reading
         if standing:
             self.counters.extra["alerts_resumed"] = len(standing)
         self._client: mqtt.Client | None = None
@@ -85,6 +84,13 @@ class AlertStage(Stage):
         self._loop_event: LoopEvent | None = None
 
     def start(self) -> None:
+        # A resumed alert's quiet time counts from the start at the earliest: what the
+        # broker kept for us while we were down comes first, and must not find its
+        # alert cleared before it.
+        now = self.clock.time()
+        for key, heard in self._resumed_heard.items():
+            self._heard[key] = max(heard, now)
+        self._resumed_heard.clear()
         client, props = make_client(self.cfg.mqtt, "alert")
         client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
         # its own connection: a broker may refuse the alert client alone (ACL, client id)

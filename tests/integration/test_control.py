@@ -142,7 +142,7 @@ def test_export_from_the_running_service(running, tmp_path):
     want = _ask(cfg, "SELECT asset, sensor, count(*), sum(value), min(ts), max(ts) "
                      "FROM readings GROUP BY ALL ORDER BY ALL")["rows"]
     assert [[a, s, n, v, lo.isoformat(), hi.isoformat()] for a, s, n, v, lo, hi in got] == want
-    # moved out of the service's folder: nothing left behind there
+    # copied out of the service's folder, then dropped there: nothing left behind
     assert not list((cfg.socket_path().parent / control.EXPORTS).iterdir())
 
 
@@ -210,7 +210,14 @@ def test_stop_interrupts_a_running_query_and_waiting_ones(tmp_path, broker):
     for t in askers:
         t.start()
     wait_until(lambda: service.control._running, 30, "a query running")
-    assert service.stop()
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # connects, never asks
+    silent.connect(str(cfg.socket_path()))
+    stopped: list[bool] = []
+    stopper = threading.Thread(target=lambda: stopped.append(service.stop()))
+    stopper.start()
+    stopper.join(60)  # a handler waiting on the silent client once held the stop forever
+    silent.close()
+    assert stopped == [True], "the stop waited for a client that never asked"
     for t in askers:
         t.join(30)
     # each query would run for hours: every asker answered means none was left running

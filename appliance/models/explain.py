@@ -33,9 +33,11 @@ EXPLAIN_BLOCK = 32
 #: How a statistic is named in a reason's text ("" for the plain value).
 STAT_WORDS: dict[str, str] = {
     "last": "", "mean": "", "median": "median ", "min": "min ", "max": "max ",
-    "std": "std ", "slope": "slope per s ", "change": "change ",
+    "std": "std ", "slope": "slope per h ", "change": "change ",
     "dev": "deviation from its baseline ", "missing": "missing share ", "stuck": "stuck ",
 }
+#: A slope is stored per second; a person reads a trend per hour.
+STAT_SCALE: dict[str, float] = {"slope": 3600.0}
 
 _WINDOWED = re.compile(r"(?P<stat>[a-z]+)_(?P<window>[0-9.e+]+)s")
 
@@ -83,18 +85,24 @@ def number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def value_range(lo: float, hi: float) -> str:
+    """``2.1–4``; ``-0.3 to 0.2`` (a dash after a minus sign reads as a second minus)."""
+    return f"{number(lo)}{'–' if lo >= 0 else ' to '}{number(hi)}"
+
+
 def reason_text(parts: FeatureParts, direction: str, value: float,
                 normal: tuple[float, float]) -> str:
     """``vibration up: 7.9 over the last 10 min, normal 2.1–4.0``."""
     if math.isnan(value):
         return f"{parts.sensor}: no {STAT_WORDS.get(parts.stat, '')}value (missing)"
     when = "now" if parts.window_s is None else f"over the last {duration(parts.window_s)}"
-    text = (f"{parts.sensor} {direction}: {STAT_WORDS.get(parts.stat, '')}{number(value)} "
-            f"{when}")
+    scale = STAT_SCALE.get(parts.stat, 1.0)
+    text = (f"{parts.sensor} {direction}: {STAT_WORDS.get(parts.stat, '')}"
+            f"{number(value * scale)} {when}")
     lo, hi = normal
     if math.isfinite(lo) and math.isfinite(hi):
         where = "" if value > hi or value < lo else "within "
-        text += f", {where}normal {number(lo)}–{number(hi)}"
+        text += f", {where}normal {value_range(lo * scale, hi * scale)}"
     return text
 
 

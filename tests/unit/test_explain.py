@@ -15,7 +15,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from appliance.messages import AlertEvent, Reason
 from appliance.models.contract import load_model
-from appliance.models.explain import Explainer, FeatureParts, duration, feature_parts
+from appliance.models.explain import (
+    Explainer,
+    FeatureParts,
+    duration,
+    feature_parts,
+    reason_text,
+)
 from appliance.mqtt.payloads import alert_document
 from appliance.training import export
 
@@ -160,3 +166,14 @@ def test_the_alert_payload_carries_the_reasons_beside_the_factors():
                                "normal": [2.1, None], "window_s": 600.0,
                                "feature": "vibration__mean_600s", "contribution": 0.312346,
                                "text": "vibration up: …"}]
+
+
+def test_a_slope_reads_per_hour_and_a_range_below_zero_says_to():
+    parts = feature_parts("vibration__slope_3600s")
+    # 0.00121 per s is 4.356 per h; the range -9.08e-05..1.9e-4 per s is -0.327..0.684 per h
+    assert reason_text(parts, "up", 0.00121, (-9.08e-05, 1.9e-4)) == \
+        "vibration up: slope per h 4.36 over the last 1 h, normal -0.327 to 0.684"
+    assert reason_text(feature_parts("lube_temp__last"), "down", 40.0, (45.0, 55.0)) == \
+        "lube_temp down: 40 now, normal 45–55"
+    assert reason_text(parts, "missing", math.nan, (0.0, 1.0)) == \
+        "vibration: no slope per h value (missing)"

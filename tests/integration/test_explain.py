@@ -11,6 +11,7 @@ prediction from the file, and from the running service while it holds the file.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from appliance.models.registry import Registry
 from appliance.storage import database, history, tables
 from appliance.timefmt import rfc3339
 from tests.support.retrain import run_cli
+from tests.support.service import write_config
 
 pytestmark = pytest.mark.slow  # a history imported and trained
 
@@ -162,3 +164,25 @@ def test_explain_reads_the_stored_prediction_from_the_file(line, explained_tick)
     code, text = run_cli(["explain", "nobody", "--config", str(line["config"])])
     assert code == 1 and "no prediction of asset 'nobody'" in text
 
+
+
+@pytest.mark.broker
+def test_explain_asks_the_running_service_that_holds_the_file(line, explained_tick, broker,
+                                                               service_factory, tmp_path):
+    asset, tick, p = explained_tick
+    shutil.copy(line["root"] / "appliance.duckdb", tmp_path / "appliance.duckdb")
+    cfg_path = write_config(tmp_path, broker, f'[model]\ndir = "{line["root"] / "models"}"\n'
+                            "[pipeline]\ncadence_s = 60\nhampel_window_s = 600\n"
+                            "[retrain]\nenabled = false\n")
+    svc = service_factory(cfg_path).start()
+    try:
+        # the service holds the file: only its socket can answer
+        with pytest.raises(database.DatabaseBusy):
+            database.open_offline(tmp_path / "appliance.duckdb", read_only=True)
+        # --at: the service predicts the ticks after the stored ones when it starts
+        code, text = run_cli(["explain", asset, "--at", rfc3339(tick),
+                              "--config", str(cfg_path)])
+    finally:
+        svc.terminate()
+    assert code == 0, text
+    _check_printed(text, line, asset, tick, p)

@@ -130,9 +130,10 @@ class Explainer:
         self._q95 = _stat(ref, model.feature_names, "q95")
         self._parts = tuple(feature_parts(n) for n in model.feature_names)
         sensors = sorted({p.sensor for p in self._parts})
-        self._sensors = tuple(sensors)
-        # feature → its sensor's index, so per-sensor sums are one bincount per row
-        self._group = np.array([sensors.index(p.sensor) for p in self._parts], dtype=np.intp)
+        group = np.array([sensors.index(p.sensor) for p in self._parts], dtype=np.intp)
+        # (features, sensors) one-hot: the per-sensor sums of all rows are one product
+        self._onehot = (group[:, None] == np.arange(len(sensors))).astype(np.float64)
+        self._members = tuple(np.flatnonzero(group == s) for s in range(len(sensors)))
 
     def explain(self, X: np.ndarray, proba: np.ndarray) -> list[Explanation]:
         """The factors and reasons of each row of ``X`` (model input order) given its
@@ -140,8 +141,9 @@ class Explainer:
         if self.top == 0:
             return [UNEXPLAINED] * len(X)
         contribution = self.contributions(X, proba)
-        return [Explanation(self._factors(X[i], contribution[i]),
-                            self.reasons(X[i], contribution[i])) for i in range(len(X))]
+        reasons = self.reasons(X, contribution)
+        return [Explanation(self._factors(X[i], contribution[i]), reasons[i])
+                for i in range(len(X))]
 
     def contributions(self, X: np.ndarray, proba: np.ndarray) -> np.ndarray:
         """(rows, features): the drop in probability when each feature is set to its
@@ -164,19 +166,24 @@ class Explainer:
         return tuple(Factor(names[j], float(row[j]), float(contribution[j]))
                      for j in np.argsort(-contribution)[:self.top])
 
-    def reasons(self, row: np.ndarray, contribution: np.ndarray) -> tuple[Reason, ...]:
-        """The ``top`` sensors that pushed the probability up (summed contribution > 0),
-        largest first, each told by its most telling feature."""
+    def reasons(self, X: np.ndarray, contribution: np.ndarray) -> list[tuple[Reason, ...]]:
+        """Per row, the ``top`` sensors that pushed the probability up (summed
+        contribution > 0), largest first, each told by its most telling feature."""
         c = np.nan_to_num(contribution, nan=0.0)
-        sums = np.bincount(self._group, weights=c, minlength=len(self._sensors))
+        sums = c @ self._onehot
+        # a stable sort over the negated sums: equal sums keep the sensors' name order
+        ranked = np.argsort(-sums, axis=1, kind="stable")[:, :self.top]
         out = []
-        for s in np.argsort(-sums, kind="stable")[:self.top]:
-            if not sums[s] > 0:
-                break  # the rest lowered the probability: not a reason for an alert
-            members = np.flatnonzero(self._group == s)
-            j = int(members[np.argmax(c[members])])
-            out.append(self._reason(j, float(row[j]), float(sums[s])))
-        return tuple(out)
+        for i in range(len(X)):
+            row = []
+            for s in ranked[i].tolist():
+                if not sums[i, s] > 0:
+                    break  # the rest lowered the probability: not a reason for an alert
+                members = self._members[s]
+                j = int(members[np.argmax(c[i, members])])
+                row.append(self._reason(j, float(X[i, j]), float(sums[i, s])))
+            out.append(tuple(row))
+        return out
 
     def _reason(self, j: int, value: float, contribution: float) -> Reason:
         parts = self._parts[j]

@@ -100,8 +100,8 @@ def explain(cfg: Config, ask: Ask, asset: str, at: float | None, db: Path) -> St
     proba = model.predict_proba(X)
     # asked for explicitly: explained even where the service explains nothing (top 0)
     explainer = Explainer(model, cfg.alerts.top_factors or 3)
-    contribution = explainer.contributions(X, proba)[0]
-    reasons = explainer.reasons(X[0], contribution)
+    contribution = explainer.contributions(X, proba)
+    (reasons,) = explainer.reasons(X, contribution)
     behind = []
     for r in reasons:
         if r.sensor not in series:

@@ -418,6 +418,38 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """A stored prediction recomputed and explained, with the readings behind it; read
+    like ``appliance sql``: from the running service's socket, else the file."""
+    from appliance.models import why
+    from appliance.service import control
+    from appliance.storage import query as sql
+    from appliance.timefmt import parse_time
+
+    cfg = _load_config(args.config)
+    db = _db_path(cfg, args.db)
+    sock = cfg.socket_path(Path(args.db) if args.db else None)
+    limit, timeout_s = cfg.control.max_rows, cfg.control.timeout_s
+
+    def ask(text: str) -> list[list[Any]]:
+        reply = control.ask(sock, {"op": "sql", "query": text, "limit": limit,
+                                   "timeout_s": timeout_s}, timeout_s + 30.0)
+        if reply is None:
+            return sql.main(db, text, limit, timeout_s).rows
+        if not reply["ok"]:
+            raise why.ExplainError(f"the service on {sock} answered: {reply['error']}")
+        return reply["rows"]
+
+    try:
+        at = None if args.at is None else parse_time(args.at)
+        story = why.explain(cfg, ask, args.asset, at, db)
+    except (ValueError, OSError, sql.duckdb.Error) as exc:
+        print(f"appliance explain: {exc}", file=sys.stderr)
+        return 1
+    print(why.text(story))
+    return 0
+
+
 def _db_path(cfg: config_mod.Config, db: str | None) -> Path:
     return Path(db) if db else cfg.resolve(cfg.storage.path)
 
@@ -698,6 +730,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "[control] timeout_s, 30)")
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("explain", help="why an asset's prediction was high: each sensor that "
+                       "pushed it up, against its normal range, with its recent readings")
+    p.add_argument("asset")
+    p.add_argument("--at", metavar="TS", help="the prediction at or before this time "
+                   "(RFC 3339 or Unix seconds; default: the latest)")
+    p.add_argument("--config")
+    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("export", help="tables as hive-partitioned Parquet "
                        "(DIR/table=readings/date=…/…parquet), from the running service or "

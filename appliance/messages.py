@@ -113,6 +113,27 @@ class Factor:
 
 
 @dataclass(frozen=True, slots=True)
+class Reason:
+    """One sensor's part in a prediction, for the people who get the alert.
+
+    ``contribution`` is the sum of the sensor's features' contributions; ``feature``
+    is its most telling one (the largest contribution), whose ``value`` is set
+    against ``normal`` (its 5 %–95 % quantiles in the model's training data) and
+    whose ``direction`` ("up", "down") says which side of the training median it
+    lies on.  ``window_s`` is the feature's window (None: the current value).
+    """
+
+    sensor: str
+    direction: str
+    value: float
+    normal: tuple[float, float]
+    window_s: float | None
+    feature: str
+    contribution: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Prediction:
     line: str
     asset: str
@@ -123,6 +144,7 @@ class Prediction:
     top_factors: tuple[Factor, ...] = ()
     #: "champion" (its alerts are published) or "challenger" (scored, never published).
     role: str = "champion"
+    reasons: tuple[Reason, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +166,7 @@ class AlertEvent:
     model: str
     top_factors: tuple[Factor, ...] = ()
     role: str = "champion"
+    reasons: tuple[Reason, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 SENSORS: tuple[str, ...] = ("lube_temp", "vibration", "motor_current", "oil_pressure",
                             "ambient_temp")
 _LUBE, _VIB, _CUR, _OIL, _AMB = range(len(SENSORS))
+#: The sensors a degrading asset moves (``SimParams.precursors``).
+PRECURSOR_SENSORS: tuple[str, ...] = SENSORS[:_AMB]
 
 #: Reading resolution of each sensor (values are rounded to it).
 RESOLUTION: dict[str, float] = {
@@ -133,6 +135,14 @@ class SimParams:
     first_fault_h: tuple[float, float] = (2.0, 3.0)
     #: Sensor recalibrations (drift), none by default.
     recalibrations: tuple[Recalibration, ...] = ()
+    #: The sensors that show the precursors (ambient_temp never does).  One alone makes
+    #: a line whose degrading sensor is known: what an explanation must name.
+    precursors: tuple[str, ...] = PRECURSOR_SENSORS
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.precursors if s not in PRECURSOR_SENSORS]
+        if unknown:
+            raise ValueError(f"precursors {unknown} are not among {PRECURSOR_SENSORS}")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -333,9 +343,12 @@ class LineSimulator:
 
         sev = np.clip((self._wear - self._prec_start) / self._prec_frac, 0.0, 1.0)
         sev *= self._severity * running
+        # the precursor of each sensor, 0 for one that does not show them
+        sev_lube, sev_vib, sev_cur, sev_oil = (sev if s in p.precursors else 0.0 * sev
+                                               for s in PRECURSOR_SENSORS)
         load = self._load
         lube_target = ambient + np.where(
-            running, 30.0 + 8.0 * load + self._off_lube + 12.0 * sev**1.5, 5.0)
+            running, 30.0 + 8.0 * load + self._off_lube + 12.0 * sev_lube**1.5, 5.0)
         if self._lube is None:
             self._lube = lube_target
         else:
@@ -344,12 +357,13 @@ class LineSimulator:
         noise = self._b_noise[j]
         values = np.empty((self.n_assets, len(SENSORS)))
         values[:, _LUBE] = self._lube + noise[:, _LUBE]
-        vib = np.where(running, (2.2 + 1.2 * load + self._off_vib) * (1.0 + 1.2 * sev * sev),
+        vib = np.where(running, (2.2 + 1.2 * load + self._off_vib) * (1.0 + 1.2 * sev_vib**2),
                        0.05)
         values[:, _VIB] = vib * np.exp(noise[:, _VIB])  # multiplicative noise, stays > 0
-        values[:, _CUR] = np.abs(np.where(running, 25.0 + 20.0 * load + self._off_cur + 5.0 * sev,
+        values[:, _CUR] = np.abs(np.where(running,
+                                          25.0 + 20.0 * load + self._off_cur + 5.0 * sev_cur,
                                           0.2) + noise[:, _CUR])
-        values[:, _OIL] = np.where(running, 4.2 - 0.3 * load + self._off_oil - 0.9 * sev**1.5,
+        values[:, _OIL] = np.where(running, 4.2 - 0.3 * load + self._off_oil - 0.9 * sev_oil**1.5,
                                    0.3) + noise[:, _OIL]
         values[:, _AMB] = ambient + noise[:, _AMB]
         values += self._b_spike[j]

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from appliance.config import LimitsConfig
-from appliance.messages import AlertEvent, DriftEvent, FaultEvent, LoopEvent
+from appliance.messages import AlertEvent, DriftEvent, FaultEvent, LoopEvent, Reason
 from appliance.mqtt.topics import FAULT_SENSOR, Routed, is_name
 from appliance.timefmt import parse_rfc3339
 
@@ -148,7 +148,21 @@ def alert_document(alert: AlertEvent) -> dict[str, Any]:
         "model": alert.model,
         "top_factors": [{"feature": f.feature, "value": f.value,
                          "contribution": round(f.contribution, 6)} for f in alert.top_factors],
+        "reasons": [reason_document(r) for r in alert.reasons],
     }
+
+
+def reason_document(reason: Reason) -> dict[str, Any]:
+    """One sensor's reason as published: numbers to 4 significant digits (a reading's
+    precision, not the float32's noise), NaN as null (JSON has no NaN)."""
+    return {"sensor": reason.sensor, "direction": reason.direction,
+            "value": _sig(reason.value), "normal": [_sig(v) for v in reason.normal],
+            "window_s": reason.window_s, "feature": reason.feature,
+            "contribution": round(reason.contribution, 6), "text": reason.text}
+
+
+def _sig(value: float) -> float | None:
+    return float(f"{value:.4g}") if math.isfinite(value) else None
 
 
 def alert_payload(alert: AlertEvent) -> bytes:

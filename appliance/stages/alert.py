@@ -159,7 +159,8 @@ class AlertStage(Stage):
         self.counters.bump(f"alerts_{change}" if p.role == "champion"
                            else f"challenger_alerts_{change}")
         return AlertEvent(p.line, p.asset, p.ts, change, p.probability, p.threshold,
-                          self.cfg.pipeline.horizon_s, p.model, p.top_factors, p.role)
+                          self.cfg.pipeline.horizon_s, p.model, p.top_factors, p.role,
+                          p.reasons)
 
     def _publish(self, alert: AlertEvent) -> None:
         client = self._client

@@ -8,7 +8,8 @@ the next tick; what the watcher saw (activations, candidates, refusals) goes
 on to the record stage as ``ModelEvent``s.
 
 Each prediction that could matter for an alert (probability at or above the
-clearing level) is explained by occlusion (``models.explain``).
+clearing level) is explained by occlusion (``models.explain``): its top features
+and, per sensor, the reasons a line engineer reads.
 
 Challengers (``appliance models shadow``; the watcher keeps them loaded) predict
 on the very same ``FeatureRows`` after the champion, each through its own column
@@ -33,7 +34,7 @@ import numpy as np
 from appliance.config import Config
 from appliance.messages import FeatureRows, ModelEvent, Prediction, Predictions
 from appliance.models.contract import LoadedModel
-from appliance.models.explain import Explainer
+from appliance.models.explain import UNEXPLAINED, Explainer
 from appliance.models.watcher import ModelWatcher
 from appliance.stages.base import Stage
 
@@ -112,12 +113,12 @@ class PredictStage(Stage):
         proba = model.predict_proba(X)
         threshold = self.threshold
         explain = np.flatnonzero(proba >= threshold * self.cfg.alerts.clear_ratio)
-        factors = explainer.factors(X[explain], proba[explain]) if len(explain) else []
-        by_row = dict(zip(explain.tolist(), factors, strict=True))
+        explained = explainer.explain(X[explain], proba[explain]) if len(explain) else []
+        by_row = dict(zip(explain.tolist(), explained, strict=True))
         self.counters.processed += len(rows.assets)
         return Predictions(tuple(
             Prediction(rows.line[i], asset, rows.tick, float(proba[i]), threshold, model.name,
-                       by_row.get(i, ()))
+                       (e := by_row.get(i, UNEXPLAINED)).factors, reasons=e.reasons)
             for i, asset in enumerate(rows.assets)))
 
     def predict_challengers(self, rows: FeatureRows) -> Predictions:

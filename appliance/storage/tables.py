@@ -145,9 +145,10 @@ def insert_alerts(con: duckdb.DuckDBPyConnection, alerts: list[AlertEvent]) -> N
         return
     docs = [alert_document(a) for a in alerts]
     con.executemany(
-        "INSERT INTO alerts VALUES (make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO alerts VALUES (make_timestamp(?), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(to_us(d["ts"]), d["line"], d["asset"], d["state"], d["probability"], d["threshold"],
-          d["horizon_s"], d["model"], json.dumps(d["top_factors"]), a.role)
+          d["horizon_s"], d["model"], json.dumps(d["top_factors"]), a.role,
+          json.dumps(d["reasons"]))
          for a, d in zip(alerts, docs, strict=True)])
 
 

@@ -119,7 +119,7 @@ def test_sigterm_under_load_stops_within_5s_and_keeps_everything_acknowledged(
 
 @pytest.mark.slow
 def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, service_factory):
-    from appliance.devtools.simulator import LineSimulator
+    from appliance.devtools.simulator import SENSORS, LineSimulator
 
     svc = service_factory(write_config(tmp_path, broker)).start()
     sub, received = subscriber(broker, TOPICS.alert("+", "+"))
@@ -142,8 +142,18 @@ def test_degrading_asset_raises_an_alert_received_over_mqtt(tmp_path, broker, se
                       "top_factors"}
     assert a["probability"] >= a["threshold"] and a["horizon_s"] == 3600
     assert a["top_factors"] and {"feature", "value", "contribution"} <= set(a["top_factors"][0])
+    # the reasons: one per sensor, the sensor's most telling feature among its own
+    sensors = [r["sensor"] for r in a["reasons"]]
+    assert sensors and len(sensors) == len(set(sensors)) and set(sensors) <= set(SENSORS)
+    assert all(r["feature"].startswith(f"{r['sensor']}__") and r["contribution"] > 0
+               and r["text"].startswith(f"{r['sensor']} {r['direction']}: ")
+               for r in a["reasons"])
     stored = query(tmp_path, "SELECT count(*) FROM alerts WHERE state = 'raised'")[0][0]
     assert stored >= 1
+    # stored as published
+    (kept,) = query(tmp_path, f"SELECT reasons FROM alerts WHERE state = 'raised' AND "
+                              f"asset = '{a['asset']}' ORDER BY ts LIMIT 1")[0]
+    assert json.loads(kept) == a["reasons"]
     p = np.array(query(tmp_path, "SELECT probability FROM predictions"))
     assert len(p) > 0 and np.all((p >= 0) & (p <= 1))
 

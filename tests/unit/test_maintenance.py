@@ -106,7 +106,7 @@ def test_predictions_are_thinned_except_near_alerts_faults_and_high_probabilitie
     _readings(db, np.array([end]))
     con = db.cursor()
     con.execute("INSERT INTO alerts VALUES (to_timestamp(?), 'l1', 'a', 'raised', 0.6, 0.5, "
-                "3600, 'm1', '[]', 'champion')", [alert_at])
+                "3600, 'm1', '[]', 'champion', '[]')", [alert_at])
     con.execute("INSERT INTO faults VALUES (to_timestamp(?), 'l1', 'b', 'start', 'X', 'mqtt')",
                 [fault_at])
     before = {r[0]: r[1] for r in db.execute(

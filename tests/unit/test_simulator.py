@@ -155,6 +155,26 @@ def test_precursors_precede_faults(history):
     assert np.median(oil_near) - np.median(oil_far) < -0.3
 
 
+def test_precursors_show_only_on_the_sensors_named():
+    # Same seed, same random draws: a sensor without precursors reads exactly as on a
+    # line with none at all; vibration alone differs, and only before faults.
+    kw = {"days": 1.0, "assets": 3, "hz": 1 / 60, "seed": 4}
+    only_vib = simulate_history(**kw, params=SimParams(precursors=("vibration",)))
+    none = simulate_history(**kw, params=SimParams(precursors=()))
+    every = simulate_history(**kw)
+    j = {s: i for i, s in enumerate(SENSORS)}
+    for sensor in ("lube_temp", "motor_current", "oil_pressure", "ambient_temp"):
+        np.testing.assert_array_equal(only_vib.values[..., j[sensor]],
+                                      none.values[..., j[sensor]], err_msg=sensor)
+    vib = j["vibration"]
+    np.testing.assert_array_equal(only_vib.values[..., vib], every.values[..., vib])
+    assert not np.array_equal(only_vib.values[..., vib], none.values[..., vib])
+    assert not np.array_equal(only_vib.values[..., j["lube_temp"]],
+                              every.values[..., j["lube_temp"]])
+    with pytest.raises(ValueError, match="ambient_temp"):
+        SimParams(precursors=("ambient_temp",))
+
+
 def test_hidden_wear_rises_to_one_then_resets():
     sim = LineSimulator(3, 0.05, seed=4, start_ts=0.0)
     wear_at_start, reset_after_end = {}, {}

@@ -428,7 +428,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             db, args.file, args.faults, asset=args.asset, line=args.line,
             max_future_s=cfg.limits.max_future_s, progress=Progress(enabled=not args.quiet),
             max_problems=args.show_bad, renames=parse_renames(args.rename),
-            ignore=args.ignore)
+            ignore=args.ignore, pipeline=cfg.pipeline)
     except DatabaseBusy as exc:
         print(f"appliance import: {exc}", file=sys.stderr)
         return 1

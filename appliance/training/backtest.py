@@ -67,7 +67,7 @@ from appliance.training.dataset import Dataset, build_dataset
 from appliance.training.families import TrainParams
 from appliance.training.fit import fit, write
 from appliance.training.static_threshold import fit_static
-from appliance.training.verdict import judge, rank, typical_intervals, window_notes
+from appliance.training.verdict import judge, rank, typical_intervals, warn_unfit, window_notes
 
 #: The built-in variants: (description, overrides of the configured pipeline).
 BUILTIN: dict[str, tuple[str, VariantConfig]] = {
@@ -463,6 +463,7 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
     variants = resolve_variants(cfg, names)
     history = load_history(db=db, readings=readings, faults=faults, asset=asset, line=line,
                            progress=progress, renames=renames, ignore=ignore)
+    warn_unfit(PipelineSpec.from_config(cfg.pipeline), history.histories, "backtest")
     t_train, t_test = window_of(cfg, history, train_until, test_until)
     result = run(history, variants, t_train, t_test,
                  budget=cfg.alerts.max_false_per_asset_week,

@@ -21,6 +21,7 @@ the model; the note names the value to set in the configuration instead.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -30,6 +31,8 @@ from appliance.console import short_list
 from appliance.features.spec import PipelineSpec
 from appliance.scoring.metrics import EventMetrics
 from appliance.storage.history import AssetHistory
+
+log = logging.getLogger(__name__)
 
 #: An output that moves less than this is constant (float32 ONNX output: ~1e-7 noise).
 CONSTANT_SPREAD = 1e-6
@@ -180,3 +183,57 @@ def _points(held: int, spacing: float, spec: PipelineSpec, sensors: Sequence[str
         return (f"{held} {'point' if held == 1 else 'points'} of the {spacing:g} s grid "
                 f"(cadence_s) for {whose}")
     return f"{held} {'reading' if held == 1 else 'readings'} of {whose} (one every {spacing:g} s)"
+
+
+def pipeline_advice(spec: PipelineSpec, intervals: Mapping[str, float]) -> list[str]:
+    """What of ``[pipeline]`` does not fit the data's typical intervals between readings
+    (``intervals``, seconds per sensor), each with the key and the value that would:
+    a grid much finer than the fastest sensor (each reading becomes many grid points
+    that repeat it: the features then see copies, and the data set grows by that
+    factor), a carry-forward limit shorter than two readings apart (a sensor is
+    missing between its readings), and ``window_notes``.  ``appliance import`` says
+    it after a file, ``train`` and ``backtest`` before they run."""
+    if not intervals:
+        return []
+    notes = []
+    fastest = min(intervals, key=lambda s: intervals[s])
+    every = intervals[fastest]
+    if spec.cadence_s < every / 2:
+        notes.append(f"cadence_s = {spec.cadence_s:g} puts {every / spec.cadence_s:.0f} grid "
+                     f"points on each reading of the fastest sensor ({fastest}, one every "
+                     f"{every:g} s): set cadence_s = {_round_s(every)}")
+    short: dict[float, list[str]] = {}
+    for sensor, interval in intervals.items():
+        s = spec.sensor(sensor)
+        if max(s.max_gap_s, s.max_gap_intervals * interval) < 2 * interval:
+            short.setdefault(s.max_gap_s, []).append(sensor)
+    for gap, sensors in short.items():
+        slowest = max(intervals[s] for s in sensors)
+        notes.append(f"max_gap_s = {gap:g} is shorter than two readings of "
+                     f"{short_list(sensors)} (one every {slowest:g} s), so they are missing "
+                     f"between readings: set max_gap_s = {_round_s(3 * slowest)}")
+    return notes + window_notes(spec, intervals)
+
+
+def warn_unfit(spec: PipelineSpec, histories: Sequence[AssetHistory], command: str
+               ) -> list[str]:
+    """Log ``pipeline_advice`` on ``histories`` as warnings (``train`` and ``backtest``,
+    before they run: a log line shows under ``--quiet`` too); the advice."""
+    advice = pipeline_advice(spec, typical_intervals(histories))
+    for a in advice:
+        log.warning("%s: [pipeline] does not fit the data: %s", command, a)
+    return advice
+
+
+def intervals_text(intervals: Mapping[str, float]) -> str:
+    """'300 s: a, b; 1 s: c' — sensors grouped by typical interval, most sensors first."""
+    groups: dict[str, list[str]] = {}
+    for sensor, interval in intervals.items():
+        groups.setdefault(_round_s(interval), []).append(sensor)
+    return "; ".join(f"{every} s: {short_list(sensors)}" for every, sensors in
+                     sorted(groups.items(), key=lambda g: (-len(g[1]), float(g[0]))))
+
+
+def _round_s(seconds: float) -> str:
+    """Seconds as a config value: whole seconds from 10 s up, else 3 significant digits."""
+    return f"{round(seconds):d}" if seconds >= 10 else f"{seconds:.3g}"

@@ -498,3 +498,43 @@ def test_names_follow_the_mqtt_topic_rule():
                              [name, NAME_PATTERN]).fetchone()[0]
         assert in_sql == topics.is_name(name), name
     assert RESERVED_SENSOR == topics.FAULT_SENSOR
+
+
+def _five_minute_file(tmp_path: Path) -> Path:
+    """Two sensors of one asset, one reading each every 5 minutes for a day."""
+    rows = [f"{T0 + k * 300.0},a1,{s},{k % 7}" for k in range(288) for s in ("temp", "vib")]
+    return write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + "\n".join(rows) + "\n")
+
+
+def test_import_reports_the_typical_interval_and_the_pipeline_keys_that_would_fit(
+        tmp_path, capsys):
+    f = _five_minute_file(tmp_path)
+    assert cli.main(["import", str(f), "--db", str(tmp_path / "d.duckdb"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "typical interval between readings: 300 s: temp, vib" in out
+    # the default 10 s grid would make 30 points of each reading
+    assert ("[pipeline] does not fit the data: cadence_s = 10 puts 30 grid points on each "
+            "reading of the fastest sensor (temp, one every 300 s): set cadence_s = 300") in out
+    assert "set hampel_window_s >= 900" in out
+    # with those values set, nothing is said
+    cfg = write(tmp_path / "a.toml", "[pipeline]\ncadence_s = 300\nhampel_window_s = 900\n"
+                                     "windows_s = [900, 3600]\n")
+    assert cli.main(["import", str(f), "--db", str(tmp_path / "e.duckdb"), "--config",
+                     str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "typical interval between readings: 300 s" in out
+    assert "does not fit" not in out
+
+
+def test_train_and_backtest_warn_before_they_run_when_the_pipeline_does_not_fit(
+        tmp_path, capsys, caplog):
+    db = tmp_path / "d.duckdb"
+    assert cli.main(["import", str(_five_minute_file(tmp_path)), "--db", str(db),
+                     "--quiet"]) == 0
+    # one day without faults cannot make a model: the warning comes before that refusal
+    assert cli.main(["train", "--db", str(db), "--quiet"]) == 1
+    assert cli.main(["backtest", "--db", str(db), "--quiet"]) == 1
+    for command in ("train", "backtest"):
+        assert (f"{command}: [pipeline] does not fit the data: cadence_s = 10 puts 30 grid "
+                f"points") in caplog.text
+        assert "set cadence_s = 300" in caplog.text

@@ -577,7 +577,7 @@ def _run_backtest(args: argparse.Namespace, cfg: config_mod.Config, out: Path | 
             train_until=args.train_until, test_until=args.test_until, out_dir=out,
             db=None if args.readings else _db_path(cfg, args.db),
             readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
-            renames=parse_renames(args.rename), ignore=args.ignore,
+            renames=parse_renames(args.rename), ignore=args.ignore, since=args.since,
             progress=Progress(enabled=not args.quiet), seed=args.seed,
             on_variant=write_so_far if out is not None else None, **extra)
     except DatabaseBusy as exc:
@@ -764,6 +764,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-until", metavar="TS",
                    help="end of the training window (RFC 3339 or Unix seconds; default: "
                    "where three quarters of the data lie before it)")
+    p.add_argument("--since", metavar="TS", help="leave out the history before this time "
+                   "(e.g. an old import far from the live data)")
     p.add_argument("--test-until", metavar="TS", help="end of the test window (default: "
                    "the end of the history)")
     p.add_argument("--out", metavar="DIR", help="write report.md, plots and per variant "

@@ -438,6 +438,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
     for report in reports:
         print(report.summary())
     print(f"database: {db}")
+    fitting = {k: v for r in reports for k, v in r.fitting.items()}
+    if fitting:
+        if not _fit_pipeline(args, fitting):
+            return 2
+    elif args.fit_pipeline:
+        print("[pipeline] fits the data: nothing to write")
     # Done with problems (1): something of the files was not stored and nobody asked
     # for that, or nothing at all could be stored.
     losses = [loss for r in reports for loss in r.losses(args.allow_skipped)]
@@ -447,6 +453,28 @@ def _cmd_import(args: argparse.Namespace) -> int:
               file=sys.stderr)
     return 1 if losses or any(r.stored == 0 and r.rows and r.bad_rows == r.rows
                               for r in reports) else 0
+
+
+def _fit_pipeline(args: argparse.Namespace, fitting: dict[str, Any]) -> bool:
+    """``import --fit-pipeline``: write the values that fit the data into the config
+    file (and check it still loads); without the option, say that it would."""
+    from appliance.importer.command import toml_value, write_pipeline_keys
+
+    keys = ", ".join(f"{k} = {toml_value(v)}" for k, v in fitting.items())
+    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    if not args.fit_pipeline:
+        print(f"to fit the data: [pipeline] {keys} (--fit-pipeline writes them into "
+              f"{path or 'the --config file'})")
+        return True
+    if path is None:
+        print("appliance import: --fit-pipeline writes into the config file: name it with "
+              "--config FILE", file=sys.stderr)
+        return False
+    write_pipeline_keys(path, fitting)
+    config_mod.load(path)  # a ConfigError names the key, as for any config
+    print(f"wrote into {path}: [pipeline] {keys} (a model trained before this, and a "
+          f"running service, use the old values: train again and restart)")
+    return True
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -739,6 +767,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-skipped", action="store_true",
                    help="exit 0 even when bad or repeated rows were skipped (still counted)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--fit-pipeline", action="store_true",
+                   help="write the [pipeline] values that fit the data's interval between "
+                        "readings (cadence_s, hampel_window_s, max_gap_s, windows_s) into "
+                        "the config file")
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("train", help="train candidate models from the stored history")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from appliance.importer.report import ImportRefused, ImportReport
 from appliance.importer.staging import DEFAULT_LINE, file_columns
 from appliance.storage.database import open_memory, open_offline
 from appliance.storage.history import StoredHistory, load_histories
-from appliance.training.verdict import pipeline_advice
+from appliance.training.verdict import fitting_values, pipeline_advice
 
 
 def load_files(readings: str | Path, faults: str | Path | None = None, *,
@@ -55,6 +56,7 @@ def import_into(db_path: str | Path, readings: str | Path | None = None,
             if r.form != "faults" and r.sensors:
                 r.intervals = stored_intervals(con, r.assets, r.sensors)
                 r.advice = pipeline_advice(spec, r.intervals)
+                r.fitting = fitting_values(spec, r.intervals)
         con.execute("CHECKPOINT")
         return reports
     finally:
@@ -102,3 +104,33 @@ def _import(con: duckdb.DuckDBPyConnection, readings: str | Path | None,
     if unused:
         reports[-1].notes.append(f"--rename {', '.join(unused)}: no such name in the files")
     return reports
+
+
+def write_pipeline_keys(path: str | Path,
+                        values: Mapping[str, float | tuple[float, ...]]) -> None:
+    """Set ``values`` in the ``[pipeline]`` table of the TOML file ``path``
+    (``import --fit-pipeline``), by text, so the file's other lines and comments stay
+    as they are: a key's line in the table is replaced, a key not there is added under
+    the table's header, and a file without the table gets one at its end."""
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    set_by = "  # appliance import --fit-pipeline"
+    new = {k: f"{k} = {toml_value(v)}{set_by}" for k, v in values.items()}
+    header = next((i for i, ln in enumerate(lines)
+                   if re.fullmatch(r"\s*\[pipeline\]\s*(#.*)?", ln)), None)
+    if header is None:
+        lines += ["", "[pipeline]", *new.values()]
+    else:
+        end = next((i for i in range(header + 1, len(lines))
+                    if re.match(r"\s*\[", lines[i])), len(lines))
+        for i in range(header + 1, end):
+            key = re.match(r"\s*([A-Za-z0-9_]+)\s*=", lines[i])
+            if key and key.group(1) in new:
+                lines[i] = new.pop(key.group(1))
+        lines[header + 1:header + 1] = new.values()
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def toml_value(value: float | tuple[float, ...]) -> str:
+    return (f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, tuple)
+            else f"{value:g}")

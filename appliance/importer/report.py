@@ -70,6 +70,7 @@ class ImportReport:
     new_series: int = 0
     intervals: dict[str, float] = field(default_factory=dict)  # sensor -> typical seconds
     advice: list[str] = field(default_factory=list)  # [pipeline] keys that do not fit them
+    fitting: dict[str, float | tuple[float, ...]] = field(default_factory=dict)  # would fit
     t_from: float = math.nan
     t_to: float = math.nan
     seconds: float = 0.0

@@ -538,3 +538,23 @@ def test_train_and_backtest_warn_before_they_run_when_the_pipeline_does_not_fit(
         assert (f"{command}: [pipeline] does not fit the data: cadence_s = 10 puts 30 grid "
                 f"points") in caplog.text
         assert "set cadence_s = 300" in caplog.text
+
+
+def test_fit_pipeline_sets_keys_in_the_pipeline_table_and_keeps_the_rest(tmp_path):
+    import tomllib
+
+    from appliance.importer.command import write_pipeline_keys
+
+    cfg = write(tmp_path / "a.toml", '[storage]\npath = "x.duckdb"  # kept\n[pipeline]\n'
+                                     'cadence_s = 10\nclean = true\n[alerts]\n'
+                                     'cadence_s_note = 1\n')
+    write_pipeline_keys(cfg, {"cadence_s": 300.0, "hampel_window_s": 900.0,
+                              "windows_s": (900.0, 3600.0)})
+    doc = tomllib.loads(cfg.read_text())
+    assert doc["pipeline"] == {"cadence_s": 300, "hampel_window_s": 900,
+                               "windows_s": [900, 3600], "clean": True}
+    assert doc["alerts"] == {"cadence_s_note": 1}  # another table's line is not touched
+    assert 'path = "x.duckdb"  # kept' in cfg.read_text()
+    bare = write(tmp_path / "b.toml", "[storage]\npath = 'x.duckdb'\n")
+    write_pipeline_keys(bare, {"cadence_s": 60.0})
+    assert tomllib.loads(bare.read_text())["pipeline"] == {"cadence_s": 60}

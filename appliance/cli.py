@@ -477,6 +477,33 @@ def _fit_pipeline(args: argparse.Namespace, fitting: dict[str, Any]) -> bool:
     return True
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from appliance.console import Progress
+    from appliance.importer.names import parse_renames
+    from appliance.importer.replay import replay
+    from appliance.importer.report import ImportRefused
+    from appliance.timefmt import rfc3339
+
+    cfg = _load_config(args.config)
+    try:
+        done = replay(args.file, cfg, speedup=args.speedup, shift_to_now=args.shift_to_now,
+                      asset=args.asset, line=args.line, renames=parse_renames(args.rename),
+                      ignore=args.ignore, progress=Progress(enabled=not args.quiet))
+    except ImportRefused as exc:
+        print(f"appliance replay: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, ValueError) as exc:
+        print(f"appliance replay: {exc}", file=sys.stderr)
+        return 1
+    print(done.report.summary())
+    shifted = f", event times shifted by {done.shift_s:+.0f} s" if done.shift_s else ""
+    print(f"replayed {done.published} readings ({rfc3339(done.first_ts)} to "
+          f"{rfc3339(done.last_ts)}{shifted}) to {cfg.mqtt.host}:{cfg.mqtt.port}, each "
+          f"acknowledged by the broker; replaying the file again stores them again (the "
+          f"service deduplicates MQTT redeliveries, not readings)")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from appliance.console import Progress
     from appliance.storage.database import DatabaseBusy
@@ -772,6 +799,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "readings (cadence_s, hampel_window_s, max_gap_s, windows_s) into "
                         "the config file")
     p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("replay", help="publish a recorded readings file over MQTT into a "
+                       "running service, event times kept")
+    p.add_argument("file", help="readings, CSV or Parquet, in a form appliance import reads")
+    p.add_argument("--config", help=f"config file of the service (broker, topics, limits; "
+                   f"default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--speedup", type=float, metavar="X", help="X event seconds per wall "
+                   "second (default: as fast as the broker acknowledges)")
+    p.add_argument("--shift-to-now", action="store_true",
+                   help="move every event time by one offset so the last reading lands at "
+                        "the replay's end (else a file outside [limits] max_future_s / "
+                        "max_past_s of now is refused)")
+    p.add_argument("--asset", help="the asset of a file without an asset column")
+    p.add_argument("--line", default="line1", help="the line of a file without a line "
+                   "column")
+    _add_name_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("train", help="train candidate models from the stored history")
     p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")

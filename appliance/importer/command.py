@@ -28,7 +28,7 @@ def load_files(readings: str | Path, faults: str | Path | None = None, *,
     """History straight from files, through an in-memory database (same checks as import)."""
     con = open_memory()
     try:
-        reports = _import(con, readings, faults, renames, ignore, asset=asset, line=line,
+        reports = import_files(con, readings, faults, renames, ignore, asset=asset, line=line,
                           progress=progress, max_future_s=math.inf)
         return load_histories(con, progress), reports
     finally:
@@ -48,7 +48,7 @@ def import_into(db_path: str | Path, readings: str | Path | None = None,
     and what of ``pipeline`` (default: the default ``[pipeline]``) does not fit them."""
     con = open_offline(db_path)
     try:
-        reports = _import(con, readings, faults, renames, ignore, asset=asset, line=line,
+        reports = import_files(con, readings, faults, renames, ignore, asset=asset, line=line,
                           max_future_s=max_future_s, progress=progress,
                           max_problems=max_problems)
         spec = PipelineSpec.from_config(pipeline or PipelineConfig())
@@ -79,7 +79,7 @@ def stored_intervals(con: duckdb.DuckDBPyConnection, assets: Sequence[str],
     return {sensor: float(m) for sensor, m in rows}
 
 
-def _import(con: duckdb.DuckDBPyConnection, readings: str | Path | None,
+def import_files(con: duckdb.DuckDBPyConnection, readings: str | Path | None,
             faults: str | Path | None, renames: Mapping[str, str] | None,
             ignore: Collection[str], *, line: str, asset: str | None,
             **kwargs: Any) -> list[ImportReport]:

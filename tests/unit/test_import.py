@@ -558,3 +558,30 @@ def test_fit_pipeline_sets_keys_in_the_pipeline_table_and_keeps_the_rest(tmp_pat
     bare = write(tmp_path / "b.toml", "[storage]\npath = 'x.duckdb'\n")
     write_pipeline_keys(bare, {"cadence_s": 60.0})
     assert tomllib.loads(bare.read_text())["pipeline"] == {"cadence_s": 60}
+
+
+def test_replay_refuses_a_file_the_service_would_set_aside_and_shift_to_now_fits_it(
+        tmp_path, capsys):
+    import time as time_mod
+
+    from appliance.config import Config
+    from appliance.importer.replay import check_limits, schedule
+
+    ahead = time_mod.time() + 3600.0  # an hour ahead of the clock: over max_future_s
+    f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + "".join(
+        f"{ahead + 10.0 * k},a1,temp,{k}\n" for k in range(30)))
+    cfg = write(tmp_path / "a.toml", '[mqtt]\nhost = "127.0.0.1"\nport = 9\n')
+    # refused before connecting (the port has no broker), naming the key
+    assert cli.main(["replay", str(f), "--config", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "30 of 30 readings would be set aside by the service" in err
+    assert "over [limits] max_future_s = 300 s; --shift-to-now" in err
+    ts = ahead + 10.0 * np.arange(30)
+    for speedup in (None, 1.0, 60.0):
+        due, shift = schedule(ts, time_mod.time(), speedup, shift_to_now=True)
+        check_limits(ts + shift, due, Config())  # fits: nothing raised
+        assert ts[-1] + shift == pytest.approx(due[-1])  # the last lands at the end
+        assert np.all(ts + shift <= due + 1e-6)  # none ahead of its publication
+    with pytest.raises(ImportRefused, match=r"\[limits\] max_past_s = "):
+        old = T0 - 20 * 365 * 86400.0 + 10.0 * np.arange(3)  # 20 years ago
+        check_limits(old, schedule(old, time_mod.time(), None, False)[0], Config())

@@ -132,5 +132,6 @@ def write_pipeline_keys(path: str | Path,
 
 
 def toml_value(value: float | tuple[float, ...]) -> str:
+    """A ``fitting_values`` value as TOML: ``300`` or ``[900, 3600]``."""
     return (f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, tuple)
             else f"{value:g}")

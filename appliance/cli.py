@@ -471,7 +471,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             db, args.file, args.faults, asset=args.asset, line=args.line,
             max_future_s=cfg.limits.max_future_s, progress=Progress(enabled=not args.quiet),
             max_problems=args.show_bad, renames=parse_renames(args.rename),
-            ignore=args.ignore)
+            ignore=args.ignore, pipeline=cfg.pipeline)
     except DatabaseBusy as exc:
         print(f"appliance import: {exc}", file=sys.stderr)
         return 1
@@ -481,6 +481,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
     for report in reports:
         print(report.summary())
     print(f"database: {db}")
+    fitting = {k: v for r in reports for k, v in r.fitting.items()}
+    if fitting:
+        if not _fit_pipeline(args, fitting):
+            return 2
+    elif args.fit_pipeline:
+        print("[pipeline] fits the data: nothing to write")
     # Done with problems (1): something of the files was not stored and nobody asked
     # for that, or nothing at all could be stored.
     losses = [loss for r in reports for loss in r.losses(args.allow_skipped)]
@@ -490,6 +496,55 @@ def _cmd_import(args: argparse.Namespace) -> int:
               file=sys.stderr)
     return 1 if losses or any(r.stored == 0 and r.rows and r.bad_rows == r.rows
                               for r in reports) else 0
+
+
+def _fit_pipeline(args: argparse.Namespace, fitting: dict[str, Any]) -> bool:
+    """``import --fit-pipeline``: write the values that fit the data into the config
+    file (and check it still loads); without the option, say that it would."""
+    from appliance.importer.command import toml_value, write_pipeline_keys
+
+    keys = ", ".join(f"{k} = {toml_value(v)}" for k, v in fitting.items())
+    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    if not args.fit_pipeline:
+        print(f"to fit the data: [pipeline] {keys} (--fit-pipeline writes them into "
+              f"{path or 'the --config file'})")
+        return True
+    if path is None:
+        print("appliance import: --fit-pipeline writes into the config file: name it with "
+              "--config FILE", file=sys.stderr)
+        return False
+    write_pipeline_keys(path, fitting)
+    config_mod.load(path)  # a ConfigError names the key, as for any config
+    print(f"wrote into {path}: [pipeline] {keys} (a model trained before this, and a "
+          f"running service, use the old values: train again and restart)")
+    return True
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from appliance.console import Progress
+    from appliance.importer.names import parse_renames
+    from appliance.importer.replay import replay
+    from appliance.importer.report import ImportRefused
+    from appliance.timefmt import rfc3339
+
+    cfg = _load_config(args.config)
+    try:
+        done = replay(args.file, cfg, speedup=args.speedup, shift_to_now=args.shift_to_now,
+                      asset=args.asset, line=args.line, renames=parse_renames(args.rename),
+                      ignore=args.ignore, progress=Progress(enabled=not args.quiet))
+    except ImportRefused as exc:
+        print(f"appliance replay: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, ValueError) as exc:
+        print(f"appliance replay: {exc}", file=sys.stderr)
+        return 1
+    print(done.report.summary())
+    shifted = f", event times shifted by {done.shift_s:+.0f} s" if done.shift_s else ""
+    print(f"replayed {done.published} readings ({rfc3339(done.first_ts)} to "
+          f"{rfc3339(done.last_ts)}{shifted}) to {cfg.mqtt.host}:{cfg.mqtt.port}, each "
+          f"acknowledged by the broker; replaying the file again stores them again (the "
+          f"service deduplicates MQTT redeliveries, not readings)")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -620,7 +675,7 @@ def _run_backtest(args: argparse.Namespace, cfg: config_mod.Config, out: Path | 
             train_until=args.train_until, test_until=args.test_until, out_dir=out,
             db=None if args.readings else _db_path(cfg, args.db),
             readings=args.readings, faults=args.faults, asset=args.asset, line=args.line,
-            renames=parse_renames(args.rename), ignore=args.ignore,
+            renames=parse_renames(args.rename), ignore=args.ignore, since=args.since,
             progress=Progress(enabled=not args.quiet), seed=args.seed,
             on_variant=write_so_far if out is not None else None, **extra)
     except DatabaseBusy as exc:
@@ -791,7 +846,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-skipped", action="store_true",
                    help="exit 0 even when bad or repeated rows were skipped (still counted)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--fit-pipeline", action="store_true",
+                   help="write the [pipeline] values that fit the data's interval between "
+                        "readings (cadence_s, hampel_window_s, max_gap_s, windows_s) into "
+                        "the config file")
     p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("replay", help="publish a recorded readings file over MQTT into a "
+                       "running service, event times kept")
+    p.add_argument("file", help="readings, CSV or Parquet, in a form appliance import reads")
+    p.add_argument("--config", help=f"config file of the service (broker, topics, limits; "
+                   f"default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--speedup", type=float, metavar="X", help="X event seconds per wall "
+                   "second (default: as fast as the broker acknowledges)")
+    p.add_argument("--shift-to-now", action="store_true",
+                   help="move every event time by one offset so the last reading lands at "
+                        "the replay's end (else a file outside [limits] max_future_s / "
+                        "max_past_s of now is refused)")
+    p.add_argument("--asset", help="the asset of a file without an asset column")
+    p.add_argument("--line", default="line1", help="the line of a file without a line "
+                   "column")
+    _add_name_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("train", help="train candidate models from the stored history")
     p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
@@ -816,6 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-until", metavar="TS",
                    help="end of the training window (RFC 3339 or Unix seconds; default: "
                    "where three quarters of the data lie before it)")
+    p.add_argument("--since", metavar="TS", help="leave out the history before this time "
+                   "(e.g. an old import far from the live data)")
     p.add_argument("--test-until", metavar="TS", help="end of the test window (default: "
                    "the end of the history)")
     p.add_argument("--out", metavar="DIR", help="write report.md, plots and per variant "

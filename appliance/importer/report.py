@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from appliance.console import short_list
 from appliance.timefmt import rfc3339
+from appliance.training.verdict import intervals_text
 
 
 class ImportRefused(ValueError):
@@ -67,6 +68,9 @@ class ImportReport:
     assets: list[str] = field(default_factory=list)
     sensors: list[str] = field(default_factory=list)
     new_series: int = 0
+    intervals: dict[str, float] = field(default_factory=dict)  # sensor -> typical seconds
+    advice: list[str] = field(default_factory=list)  # [pipeline] keys that do not fit them
+    fitting: dict[str, float | tuple[float, ...]] = field(default_factory=dict)  # would fit
     t_from: float = math.nan
     t_to: float = math.nan
     seconds: float = 0.0
@@ -119,6 +123,10 @@ class ImportReport:
             lines.append(f"  skipped {self.already_stored} {what} already stored")
         if self.empty_values:
             lines.append(f"  {self.empty_values} empty cells (no reading)")
+        if self.intervals:
+            lines.append(f"  typical interval between readings: "
+                         f"{intervals_text(self.intervals)}")
+        lines += [f"  [pipeline] does not fit the data: {a}" for a in self.advice]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -110,6 +110,14 @@ def number(raw: object, what: str) -> float:
     return value
 
 
+class OutOfWindow(BadPayload):
+    """An event time outside ``[limits]``: ``which`` is "future" or "past"."""
+
+    def __init__(self, message: str, which: str) -> None:
+        super().__init__(message)
+        self.which = which
+
+
 def timestamp(doc: dict, received_at: float, limits: LimitsConfig) -> float:
     """The event time of a payload: unix seconds or RFC 3339; arrival time if absent."""
     raw = doc.get("ts")
@@ -124,9 +132,11 @@ def timestamp(doc: dict, received_at: float, limits: LimitsConfig) -> float:
         ts = number(raw, "ts")
     if ts > received_at + limits.max_future_s:
         hint = " (milliseconds? ts must be in seconds)" if ts > 1e11 else ""
-        raise BadPayload(f"ts {ts:.3f} is {ts - received_at:.0f} s in the future{hint}")
+        raise OutOfWindow(f"ts {ts:.3f} is {ts - received_at:.0f} s in the future{hint}",
+                          "future")
     if ts < received_at - limits.max_past_s:
-        raise BadPayload(f"ts {ts:.3f} is older than max_past_s ({limits.max_past_s:.0f} s)")
+        raise OutOfWindow(f"ts {ts:.3f} is older than max_past_s ({limits.max_past_s:.0f} s)",
+                          "past")
     return ts
 
 

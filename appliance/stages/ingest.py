@@ -12,6 +12,7 @@ nothing (or another message) on the new one.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -28,6 +29,11 @@ from appliance.mqtt.topics import Route, Routed, Topics, UnroutableTopic
 from appliance.stages.base import POLL_S, Stage, StopSignals, put
 
 log = logging.getLogger(__name__)
+
+#: Messages set aside for their event time (``[limits] max_future_s`` / ``max_past_s``)
+#: are logged at most this often, with their count: one line per message would flood
+#: the log when a whole publisher's clock is off.
+SET_ASIDE_LOG_S = 60.0
 
 
 class _OpenBatch:
@@ -78,6 +84,9 @@ class IngestStage(Stage):
         self._keys: dict[tuple[str, str, str], SeriesKey] = {}
         self._client: mqtt.Client | None = None
         self._abort = threading.Event()
+        #: messages set aside for their time since the last log line, by "future"/"past"
+        self._set_aside = {"future": 0, "past": 0}
+        self._set_aside_logged = -math.inf  # monotonic time of that line
 
     # -- paho callbacks (network thread): never raise ---------------------------------
     def _on_up(self, client: mqtt.Client, flags: object) -> None:
@@ -143,6 +152,8 @@ class IngestStage(Stage):
             else:
                 self._parse_batch(batch, routed, msg, doc, now)
         except (UnroutableTopic, payloads.BadPayload) as exc:
+            if isinstance(exc, payloads.OutOfWindow):
+                self._note_set_aside(exc.which)
             self._dead(batch, now, raw_topic, msg.payload, str(exc))
         except Exception as exc:
             # A bug of ours, not bad input: the message's id is already queued for the
@@ -151,6 +162,25 @@ class IngestStage(Stage):
             self.counters.errors += 1
             self._dead(batch, now, raw_topic, msg.payload,
                        f"internal error: {type(exc).__name__}: {exc}"[:500])
+
+    def _note_set_aside(self, which: str) -> None:
+        """Count a message set aside for its time; log the counts (first one at once,
+        then at most every ``SET_ASIDE_LOG_S``) naming the limit that set them aside."""
+        self._set_aside[which] += 1
+        mono = self.clock.monotonic()
+        if mono - self._set_aside_logged < SET_ASIDE_LOG_S:
+            return
+        limits = self.cfg.limits
+        parts = [f"{n} with an event time {what}" for n, what in (
+            (self._set_aside["future"], f"more than [limits] max_future_s = "
+                                        f"{limits.max_future_s:g} s ahead of this clock"),
+            (self._set_aside["past"], f"older than [limits] max_past_s = "
+                                      f"{limits.max_past_s:g} s")) if n]
+        log.warning("ingest: set aside as dead letters (not stored as readings): %s; a "
+                    "publisher's clock off, or a replay faster than real time, does this",
+                    "; ".join(parts))
+        self._set_aside = {"future": 0, "past": 0}
+        self._set_aside_logged = mono
 
     def _route(self, raw_topic: bytes) -> tuple[Routed, SeriesKey | None]:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import numpy as np
@@ -40,6 +40,35 @@ class StoredHistory:
     def fault_starts(self) -> dict[str, np.ndarray]:
         return {h.asset: np.sort(np.asarray(h.fault_starts, dtype=np.float64))
                 for h in self.histories}
+
+    def since(self, t: float) -> StoredHistory:
+        """The readings and faults from event time ``t`` on (``backtest --since``: an
+        import years older than the live data left out); ValueError if none are."""
+        kept = []
+        for h in self.histories:
+            series = {s: (ts[ts >= t], v[ts >= t]) for s, (ts, v) in h.series.items()
+                      if len(ts) and ts[-1] >= t}
+            if series:
+                starts = np.asarray(h.fault_starts, dtype=np.float64)
+                keep = starts >= t
+                kept.append(AssetHistory(h.asset, series, starts[keep],
+                                         np.asarray(h.fault_ends, dtype=np.float64)[keep]))
+        if not kept:
+            raise ValueError(f"no readings from {t} (--since) on")
+        series = [ts for h in kept for ts, _ in h.series.values()]
+        return replace(self, histories=tuple(kept), t_start=min(float(ts[0]) for ts in series),
+                       t_end=max(float(ts[-1]) for ts in series),
+                       readings=sum(len(ts) for ts in series),
+                       faults=sum(len(h.fault_starts) for h in kept))
+
+    def longest_gap(self) -> tuple[float, float]:
+        """(from, to) of the longest time without a reading of any asset."""
+        ts = np.unique(np.concatenate([ts for h in self.histories
+                                       for ts, _ in h.series.values()]))
+        if len(ts) < 2:
+            return self.t_start, self.t_start
+        i = int(np.argmax(np.diff(ts)))
+        return float(ts[i]), float(ts[i + 1])
 
     def data_quantile(self, q: float, cadence_s: float) -> float:
         """The time before which a fraction ``q`` of the data lies, counted in cells

@@ -35,9 +35,11 @@ import hashlib
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +69,7 @@ from appliance.training.dataset import Dataset, build_dataset
 from appliance.training.families import TrainParams
 from appliance.training.fit import fit, write
 from appliance.training.static_threshold import fit_static
-from appliance.training.verdict import judge, rank, typical_intervals, window_notes
+from appliance.training.verdict import judge, rank, typical_intervals, warn_unfit, window_notes
 
 #: The built-in variants: (description, overrides of the configured pipeline).
 BUILTIN: dict[str, tuple[str, VariantConfig]] = {
@@ -453,22 +455,77 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
          db: Path | None = None, readings: str | None = None, faults: str | None = None,
          asset: str | None = None, line: str = "line1", progress: Say | None = None,
          seed: int = 0, renames: Mapping[str, str] | None = None,
-         ignore: Collection[str] = (),
+         ignore: Collection[str] = (), since: str | None = None,
          on_variant: Callable[[BacktestResult], None] | None = None) -> BacktestResult:
-    """``appliance backtest``: history from the database (read-only) or from files;
-    ``on_variant`` as in ``run``."""
+    """``appliance backtest``: history from the database (read-only) or from files,
+    from ``since`` on if given; ``on_variant`` as in ``run``.  A ValueError of the run
+    says which window it used and how it was chosen (``window_text``)."""
     say = progress or (lambda _m: None)
     if not names:
         raise ValueError("no variants named")
     variants = resolve_variants(cfg, names)
-    history = load_history(db=db, readings=readings, faults=faults, asset=asset, line=line,
-                           progress=progress, renames=renames, ignore=ignore)
-    t_train, t_test = window_of(cfg, history, train_until, test_until)
-    result = run(history, variants, t_train, t_test,
-                 budget=cfg.alerts.max_false_per_asset_week,
-                 clear_ratio=cfg.alerts.clear_ratio, training=cfg.training, out_dir=out_dir,
-                 progress=say, seed=seed, on_variant=on_variant)
-    return result
+    history, t_train, t_test = history_and_window(
+        cfg, since, train_until, test_until, db=db, readings=readings, faults=faults,
+        asset=asset, line=line, progress=progress, renames=renames, ignore=ignore)
+    with window_explained(history, t_train, t_test, since, train_until, test_until):
+        return run(history, variants, t_train, t_test,
+                   budget=cfg.alerts.max_false_per_asset_week,
+                   clear_ratio=cfg.alerts.clear_ratio, training=cfg.training,
+                   out_dir=out_dir, progress=say, seed=seed, on_variant=on_variant)
+
+
+def history_and_window(cfg: Config, since: str | None, train_until: str | None,
+                       test_until: str | None, **load: Any
+                       ) -> tuple[StoredHistory, float, float | None]:
+    """The history (``load_history(**load)``, from ``since`` on), warned about where
+    ``[pipeline]`` does not fit it, and its train and test ends (``window_of``)."""
+    history = load_history(**load)
+    if since is not None:
+        history = history.since(parse_time(since))
+    warn_unfit(PipelineSpec.from_config(cfg.pipeline), history.histories, "backtest")
+    return history, *window_of(cfg, history, train_until, test_until)
+
+
+@contextmanager
+def window_explained(history: StoredHistory, t_train: float, t_test: float | None,
+                     since: str | None, train_until: str | None, test_until: str | None
+                     ) -> Iterator[None]:
+    """A ValueError inside (history too short, no faults, ...) says which window the
+    backtest used and how, and the long gap in the data if there is one."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"{exc}\n" + window_text(history, t_train, t_test, since,
+                                                  train_until, test_until)) from exc
+
+
+#: A time without readings longer than this share of the history's span (and a day) is
+#: named with the options that leave it out: a window across it mostly holds nothing.
+LONG_GAP_SHARE = 0.2
+
+
+def window_text(history: StoredHistory, t_train: float, t_test: float | None,
+                since: str | None, train_until: str | None, test_until: str | None) -> str:
+    """Which window a backtest used and how each end was chosen, and the history's longest
+    gap when it is long (with the options that leave it out)."""
+    end = history.t_end if t_test is None else min(t_test, history.t_end)
+    span = history.t_end - history.t_start
+    chosen = "--train-until" if train_until else "where three quarters of the data lie before it"
+    lines = [
+        f"the window: the history from {rfc3339(history.t_start)} to "
+        f"{rfc3339(history.t_end)} ({span / 86400:.1f} days, "
+        f"{'from --since' if since else 'all of it'}); trained up to {rfc3339(t_train)} "
+        f"({chosen}), tested from there to {rfc3339(end)} "
+        f"({'--test-until' if test_until else 'the end of the history'})"]
+    gap_from, gap_to = history.longest_gap()
+    gap = gap_to - gap_from
+    if gap > max(86400.0, LONG_GAP_SHARE * span):
+        lines.append(
+            f"the data has a gap from {rfc3339(gap_from)} to {rfc3339(gap_to)} "
+            f"({gap / 86400:.0f} days, {gap / span:.0%} of the span): backtest one side of "
+            f"it, e.g. --since {rfc3339(gap_to)} (the data after it) or --test-until "
+            f"{rfc3339(gap_from)} (the data before it)")
+    return "\n".join(lines)
 
 
 def load_history(*, db: Path | None = None, readings: str | None = None,

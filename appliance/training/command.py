@@ -35,7 +35,7 @@ from appliance.storage.snapshot import open_snapshot
 from appliance.timefmt import rfc3339
 from appliance.training.families import TrainParams
 from appliance.training.fit import TrainResult, train_families, write
-from appliance.training.verdict import rank
+from appliance.training.verdict import rank, warn_unfit
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +168,7 @@ def _train(cfg: Config, con: Any, models_dir: Path, source: str, families: Seque
         release_buffers(con)  # the readings are in numpy now; the fit needs the memory
         for note in history.notes:
             say(f"note: {note}")
+        warn_unfit(spec, history.histories, "train")
         say(f"window {rfc3339(history.t_start)} to {rfc3339(history.t_end)}, pipeline "
             f"spec {spec.hash}")
         results = train_families(spec, history.histories, history.t_start, history.t_end,

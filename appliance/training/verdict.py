@@ -21,6 +21,7 @@ the model; the note names the value to set in the configuration instead.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -30,6 +31,8 @@ from appliance.console import short_list
 from appliance.features.spec import PipelineSpec
 from appliance.scoring.metrics import EventMetrics
 from appliance.storage.history import AssetHistory
+
+log = logging.getLogger(__name__)
 
 #: An output that moves less than this is constant (float32 ONNX output: ~1e-7 noise).
 CONSTANT_SPREAD = 1e-6
@@ -180,3 +183,87 @@ def _points(held: int, spacing: float, spec: PipelineSpec, sensors: Sequence[str
         return (f"{held} {'point' if held == 1 else 'points'} of the {spacing:g} s grid "
                 f"(cadence_s) for {whose}")
     return f"{held} {'reading' if held == 1 else 'readings'} of {whose} (one every {spacing:g} s)"
+
+
+def fitting_values(spec: PipelineSpec, intervals: Mapping[str, float]
+                   ) -> dict[str, float | tuple[float, ...]]:
+    """The ``[pipeline]`` keys whose values do not fit the data's typical intervals
+    between readings (``intervals``, seconds per sensor), each with a value that would
+    (``pipeline_advice`` says why; ``import --fit-pipeline`` writes them): ``cadence_s``
+    the fastest sensor's interval when the grid is more than twice finer; ``max_gap_s``
+    three intervals of the slowest sensor whose carry-forward limit is shorter than
+    two; ``hampel_window_s`` the filter's minimum count of readings of the slowest
+    sensor it does not fit; ``windows_s`` the rolling windows, each at least
+    ``MIN_WINDOW_POINTS`` readings of the slowest sensor.  Empty: everything fits."""
+    out: dict[str, float | tuple[float, ...]] = {}
+    if not intervals:
+        return out
+    every = min(intervals.values())
+    cadence = spec.cadence_s
+    if cadence < every / 2:
+        cadence = out["cadence_s"] = _round_s(every)
+    gaps = [iv for sensor, iv in intervals.items()
+            if max(spec.sensor(sensor).max_gap_s, spec.sensor(sensor).max_gap_intervals * iv)
+            < 2 * iv]
+    if gaps:
+        out["max_gap_s"] = _round_s(3 * max(gaps))
+    need = MIN_WINDOW_POINTS * max(cadence, *intervals.values())
+    if any(_held(w, need / MIN_WINDOW_POINTS) < MIN_WINDOW_POINTS for w in spec.windows_s):
+        out["windows_s"] = tuple(sorted({max(w, _round_s(need)) for w in spec.windows_s}))
+    hampel = []
+    for sensor, iv in intervals.items():
+        clean = spec.sensor(sensor).clean
+        # as window_notes: one new reading per max(cadence, interval) on the grid
+        if clean is not None and _held(clean.hampel_window_s, max(spec.cadence_s, iv)) \
+                < clean.hampel_min_count:
+            hampel.append(clean.hampel_min_count * max(cadence, iv))
+    if hampel:
+        out["hampel_window_s"] = _round_s(max(hampel))
+    return out
+
+
+def pipeline_advice(spec: PipelineSpec, intervals: Mapping[str, float]) -> list[str]:
+    """What of ``[pipeline]`` does not fit the data's typical intervals between readings
+    (``intervals``, seconds per sensor), each with the key and the value that would
+    (``fitting_values``): a grid much finer than the fastest sensor (each reading
+    becomes many grid points that repeat it: the features then see copies, and the data
+    set grows by that factor), a carry-forward limit shorter than two readings apart (a
+    sensor is missing between its readings), and ``window_notes``.  ``appliance
+    import`` says it after a file, ``train`` and ``backtest`` before they run."""
+    fit = fitting_values(spec, intervals)
+    notes = []
+    if "cadence_s" in fit:
+        fastest = min(intervals, key=lambda s: intervals[s])
+        every = intervals[fastest]
+        notes.append(f"cadence_s = {spec.cadence_s:g} puts {every / spec.cadence_s:.0f} grid "
+                     f"points on each reading of the fastest sensor ({fastest}, one every "
+                     f"{every:g} s): set cadence_s = {fit['cadence_s']:g}")
+    if "max_gap_s" in fit:
+        notes.append(f"max_gap_s = {spec.max_gap_s:g} (or max_gap_intervals) is shorter "
+                     f"than two readings of some sensors, so they are missing between "
+                     f"readings: set max_gap_s = {fit['max_gap_s']:g}")
+    return notes + window_notes(spec, intervals)
+
+
+def warn_unfit(spec: PipelineSpec, histories: Sequence[AssetHistory], command: str
+               ) -> list[str]:
+    """Log ``pipeline_advice`` on ``histories`` as warnings (``train`` and ``backtest``,
+    before they run: a log line shows under ``--quiet`` too); the advice."""
+    advice = pipeline_advice(spec, typical_intervals(histories))
+    for a in advice:
+        log.warning("%s: [pipeline] does not fit the data: %s", command, a)
+    return advice
+
+
+def intervals_text(intervals: Mapping[str, float]) -> str:
+    """'300 s: a, b; 1 s: c' — sensors grouped by typical interval, most sensors first."""
+    groups: dict[str, list[str]] = {}
+    for sensor, interval in intervals.items():
+        groups.setdefault(_round_s(interval), []).append(sensor)
+    return "; ".join(f"{every:g} s: {short_list(sensors)}" for every, sensors in
+                     sorted(groups.items(), key=lambda g: (-len(g[1]), g[0])))
+
+
+def _round_s(seconds: float) -> float:
+    """Seconds as a config value: whole seconds from 10 s up, else 3 significant digits."""
+    return float(round(seconds)) if seconds >= 10 else float(f"{seconds:.3g}")

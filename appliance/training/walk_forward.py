@@ -693,6 +693,7 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
          asset: str | None = None, line: str = "line1", progress: Say | None = None,
          seed: int = 0, renames: Mapping[str, str] | None = None,
          ignore: Collection[str] = (), step_s: float | None = None,
+         since: str | None = None,
          on_variant: Callable[[WalkForwardResult], None] | None = None
          ) -> WalkForwardResult:
     """``appliance backtest --walk-forward``: as ``backtest.main``, then the walks."""
@@ -700,9 +701,9 @@ def main(cfg: Config, names: Sequence[str], *, train_until: str | None = None,
         raise ValueError("no variants named")
     variants = backtest.resolve_variants(cfg, names)
     walk_step(cfg, step_s)  # a bad --step fails before the work
-    history = backtest.load_history(db=db, readings=readings, faults=faults, asset=asset,
-                                    line=line, progress=progress, renames=renames,
-                                    ignore=ignore)
-    t_train, t_test = backtest.window_of(cfg, history, train_until, test_until)
-    return run(cfg, history, variants, t_train, t_test, out_dir=out_dir, step_s=step_s,
-               progress=progress, seed=seed, on_variant=on_variant)
+    history, t_train, t_test = backtest.history_and_window(
+        cfg, since, train_until, test_until, db=db, readings=readings, faults=faults,
+        asset=asset, line=line, progress=progress, renames=renames, ignore=ignore)
+    with backtest.window_explained(history, t_train, t_test, since, train_until, test_until):
+        return run(cfg, history, variants, t_train, t_test, out_dir=out_dir, step_s=step_s,
+                   progress=progress, seed=seed, on_variant=on_variant)

@@ -261,3 +261,32 @@ def test_a_backtest_that_stops_part_way_leaves_the_variants_it_finished(tmp_path
     # every 600 s tick after day 6 up to the last reading, 600 s before day 8, per asset
     assert n == 3 * (2 * 144 - 1)
     assert not (out / "full" / "predictions.parquet").exists()
+
+
+def test_a_failed_backtest_says_which_window_it_used_and_the_gap_to_leave_out(
+        tmp_path, capsys):
+    from appliance.cli import main
+
+    # a day of 2013 readings and a day of 2025 readings, nothing between, no faults
+    day = np.arange(0.0, 86400.0, 600.0)
+    rows = [f"{t0 + t},a1,temp,{k % 5}" for t0 in (1356998400.0, 1735689600.0)
+            for k, t in enumerate(day)]
+    readings = tmp_path / "r.csv"
+    readings.write_text("ts,asset,sensor,value\n" + "\n".join(rows) + "\n")
+    db = tmp_path / "d.duckdb"
+    assert main(["import", str(readings), "--db", str(db), "--quiet"]) == 0
+    assert main(["backtest", "--db", str(db), "--quiet", "--variants", "full"]) == 1
+    err = capsys.readouterr().err
+    assert ("the window: the history from 2013-01-01T00:00:00Z to 2025-01-01T23:50:00Z "
+            "(4384.0 days, all of it); trained up to ") in err
+    assert "(where three quarters of the data lie before it)" in err
+    assert ("the data has a gap from 2013-01-01T23:50:00Z to 2025-01-01T00:00:00Z (4382 "
+            "days, 100% of the span): backtest one side of it, e.g. --since "
+            "2025-01-01T00:00:00Z") in err
+    # --since leaves 2013 out: the window says so, and there is no gap left to name
+    assert main(["backtest", "--db", str(db), "--quiet", "--variants", "full", "--since",
+                 "2025-01-01T00:00:00Z"]) == 1
+    err = capsys.readouterr().err
+    assert "the history from 2025-01-01T00:00:00Z to 2025-01-01T23:50:00Z (1.0 days, " \
+           "from --since)" in err
+    assert "gap" not in err

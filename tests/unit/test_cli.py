@@ -237,3 +237,17 @@ def test_train_recommends_no_model_when_none_is_usable(tmp_path, capsys):
     for _name, run in _runs(db):
         assert run["usable"] is False and run["metrics"]["usable"] is False
         assert run["problems"][0].startswith("the validation window held no faults")
+
+
+def test_train_recommends_no_model_when_none_catches_a_validation_fault(tmp_path, capsys):
+    # The sensor that announces faults stops doing so after five of the eight days: the
+    # validation window (the last quarter) has faults and nothing that foretells them.
+    code, out, _cfg, db = _train(tmp_path, capsys, quiet_after=5 * 86400.0)
+    assert code == 0, out
+    for family in ("gbt", "logistic"):
+        assert f"{family}: not usable: caught 0 of " in out
+    assert "activate it with" not in out and "models promote" not in out
+    assert "no model is recommended: none is usable" in out
+    for _name, run in _runs(db):
+        assert run["usable"] is False
+        assert any(p.startswith("caught 0 of ") for p in run["problems"])

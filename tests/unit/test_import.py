@@ -498,3 +498,90 @@ def test_names_follow_the_mqtt_topic_rule():
                              [name, NAME_PATTERN]).fetchone()[0]
         assert in_sql == topics.is_name(name), name
     assert RESERVED_SENSOR == topics.FAULT_SENSOR
+
+
+def _five_minute_file(tmp_path: Path) -> Path:
+    """Two sensors of one asset, one reading each every 5 minutes for a day."""
+    rows = [f"{T0 + k * 300.0},a1,{s},{k % 7}" for k in range(288) for s in ("temp", "vib")]
+    return write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + "\n".join(rows) + "\n")
+
+
+def test_import_reports_the_typical_interval_and_the_pipeline_keys_that_would_fit(
+        tmp_path, capsys):
+    f = _five_minute_file(tmp_path)
+    assert cli.main(["import", str(f), "--db", str(tmp_path / "d.duckdb"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "typical interval between readings: 300 s: temp, vib" in out
+    # the default 10 s grid would make 30 points of each reading
+    assert ("[pipeline] does not fit the data: cadence_s = 10 puts 30 grid points on each "
+            "reading of the fastest sensor (temp, one every 300 s): set cadence_s = 300") in out
+    assert "set hampel_window_s >= 900" in out
+    # with those values set, nothing is said
+    cfg = write(tmp_path / "a.toml", "[pipeline]\ncadence_s = 300\nhampel_window_s = 900\n"
+                                     "windows_s = [900, 3600]\n")
+    assert cli.main(["import", str(f), "--db", str(tmp_path / "e.duckdb"), "--config",
+                     str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "typical interval between readings: 300 s" in out
+    assert "does not fit" not in out
+
+
+def test_train_and_backtest_warn_before_they_run_when_the_pipeline_does_not_fit(
+        tmp_path, capsys, caplog):
+    db = tmp_path / "d.duckdb"
+    assert cli.main(["import", str(_five_minute_file(tmp_path)), "--db", str(db),
+                     "--quiet"]) == 0
+    # one day without faults cannot make a model: the warning comes before that refusal
+    assert cli.main(["train", "--db", str(db), "--quiet"]) == 1
+    assert cli.main(["backtest", "--db", str(db), "--quiet"]) == 1
+    for command in ("train", "backtest"):
+        assert (f"{command}: [pipeline] does not fit the data: cadence_s = 10 puts 30 grid "
+                f"points") in caplog.text
+        assert "set cadence_s = 300" in caplog.text
+
+
+def test_fit_pipeline_sets_keys_in_the_pipeline_table_and_keeps_the_rest(tmp_path):
+    import tomllib
+
+    from appliance.importer.command import write_pipeline_keys
+
+    cfg = write(tmp_path / "a.toml", '[storage]\npath = "x.duckdb"  # kept\n[pipeline]\n'
+                                     'cadence_s = 10\nclean = true\n[alerts]\n'
+                                     'cadence_s_note = 1\n')
+    write_pipeline_keys(cfg, {"cadence_s": 300.0, "hampel_window_s": 900.0,
+                              "windows_s": (900.0, 3600.0)})
+    doc = tomllib.loads(cfg.read_text())
+    assert doc["pipeline"] == {"cadence_s": 300, "hampel_window_s": 900,
+                               "windows_s": [900, 3600], "clean": True}
+    assert doc["alerts"] == {"cadence_s_note": 1}  # another table's line is not touched
+    assert 'path = "x.duckdb"  # kept' in cfg.read_text()
+    bare = write(tmp_path / "b.toml", "[storage]\npath = 'x.duckdb'\n")
+    write_pipeline_keys(bare, {"cadence_s": 60.0})
+    assert tomllib.loads(bare.read_text())["pipeline"] == {"cadence_s": 60}
+
+
+def test_replay_refuses_a_file_the_service_would_set_aside_and_shift_to_now_fits_it(
+        tmp_path, capsys):
+    import time as time_mod
+
+    from appliance.config import Config
+    from appliance.importer.replay import check_limits, schedule
+
+    ahead = time_mod.time() + 3600.0  # an hour ahead of the clock: over max_future_s
+    f = write(tmp_path / "r.csv", "ts,asset,sensor,value\n" + "".join(
+        f"{ahead + 10.0 * k},a1,temp,{k}\n" for k in range(30)))
+    cfg = write(tmp_path / "a.toml", '[mqtt]\nhost = "127.0.0.1"\nport = 9\n')
+    # refused before connecting (the port has no broker), naming the key
+    assert cli.main(["replay", str(f), "--config", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "30 of 30 readings would be set aside by the service" in err
+    assert "over [limits] max_future_s = 300 s; --shift-to-now" in err
+    ts = ahead + 10.0 * np.arange(30)
+    for speedup in (None, 1.0, 60.0):
+        due, shift = schedule(ts, time_mod.time(), speedup, shift_to_now=True)
+        check_limits(ts + shift, due, Config())  # fits: nothing raised
+        assert ts[-1] + shift == pytest.approx(due[-1])  # the last lands at the end
+        assert np.all(ts + shift <= due + 1e-6)  # none ahead of its publication
+    with pytest.raises(ImportRefused, match=r"\[limits\] max_past_s = "):
+        old = T0 - 20 * 365 * 86400.0 + 10.0 * np.arange(3)  # 20 years ago
+        check_limits(old, schedule(old, time_mod.time(), None, False)[0], Config())

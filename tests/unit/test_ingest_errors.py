@@ -42,3 +42,34 @@ def test_a_message_whose_parsing_raised_is_a_dead_letter_and_the_rest_are_readin
     assert [d.payload for d in batch.dead_letters] == [b"boom"]
     assert batch.mids == (1, 2, 3)              # every message is acked once stored
     assert ingest.counters.processed == 3 and ingest.counters.errors == 1
+
+
+def test_messages_set_aside_for_their_time_are_logged_with_a_count_at_most_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from appliance.clock import ManualClock
+
+    cfg = Config()
+    ingest = IngestStage(cfg, queue.Queue(), queue.Queue())
+    clock = ingest.clock = ManualClock()
+    topic = Topics.from_config(cfg).reading("l1", "a1", "temp").encode()
+
+    def send(ts: float) -> None:
+        msg = mqtt.MQTTMessage(mid=1, topic=topic)
+        msg.payload, msg.qos = f'{{"ts": {ts}, "value": 1.0}}'.encode(), 1
+        ingest._on_message(None, None, msg)
+
+    future = clock.time() + cfg.limits.max_future_s + 60.0
+    send(future)
+    lines = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(lines) == 1 and ("1 with an event time more than [limits] max_future_s = "
+                                "300 s ahead of this clock") in lines[0]
+    for _ in range(5):  # within the minute: counted, not logged
+        send(future)
+    send(clock.time() - cfg.limits.max_past_s - 60.0)
+    assert sum("set aside" in r.getMessage() for r in caplog.records) == 1
+    clock.advance(61.0)
+    send(clock.time() + cfg.limits.max_future_s + 60.0)
+    last = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()][-1]
+    assert "6 with an event time more than [limits] max_future_s" in last
+    assert "1 with an event time older than [limits] max_past_s" in last
+    assert ingest.counters.extra["dead_letters"] == 8

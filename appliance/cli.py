@@ -100,8 +100,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     age = time.time() - snap["ts"]
-    print(json.dumps(snap, indent=2) if args.json else status.text(snap, age))
-    return 0 if snap["state"] == "running" and age < 60 else 1
+    interval_s = cfg.status.interval_s
+    if args.json:
+        print(json.dumps({**snap, "state": status.reporting_state(snap, age, interval_s)},
+                         indent=2))
+    else:
+        print(status.text(snap, age, interval_s))
+    return 0 if status.reporting_state(snap, age, interval_s) == "running" else 1
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:

@@ -237,3 +237,32 @@ def test_train_recommends_no_model_when_none_is_usable(tmp_path, capsys):
     for _name, run in _runs(db):
         assert run["usable"] is False and run["metrics"]["usable"] is False
         assert run["problems"][0].startswith("the validation window held no faults")
+
+
+def _status_file(tmp_path: Path, age_s: float, state: str = "running") -> Path:
+    """A config whose database has a status file written ``age_s`` seconds ago."""
+    import json
+    import time
+
+    db = tmp_path / "a.duckdb"
+    cfg = write(tmp_path, f'[storage]\npath = "{db}"\n[status]\ninterval_s = 5\n')
+    snap = {"state": state, "ts": time.time() - age_s, "version": __version__,
+            "model": "m", "mqtt_connected": True, "problems": [], "notes": [],
+            "queues": {}, "stages": {}}
+    (tmp_path / "a.duckdb.status.json").write_text(json.dumps(snap))
+    return cfg
+
+
+def test_status_of_a_dead_service_says_not_reporting(tmp_path, capsys):
+    # 68 s old with a 5 s interval: the service stopped writing it long ago
+    assert main(["status", "--config", str(_status_file(tmp_path, 68.0))]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("state not reporting (as of 68 s ago)"), out
+    assert "running" not in out.splitlines()[0]
+    assert main(["status", "--json", "--config", str(_status_file(tmp_path, 68.0))]) == 1
+    assert '"state": "not reporting"' in capsys.readouterr().out
+
+
+def test_status_of_a_live_service_says_running(tmp_path, capsys):
+    assert main(["status", "--config", str(_status_file(tmp_path, 1.0))]) == 0
+    assert capsys.readouterr().out.startswith("state running (as of 1 s ago)")

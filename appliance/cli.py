@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from appliance import __version__
+from appliance import __version__, logsetup
 from appliance import config as config_mod
 
 DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
+#: Exit codes as a shell reports a command ended by SIGINT or SIGPIPE (128 + signal).
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 def _load_config(path: str | None) -> config_mod.Config:
@@ -814,10 +818,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except config_mod.ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is how a person stops a command (simulate, a long import): not a crash
+        # (the service handles SIGINT itself and stops cleanly)
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (``appliance status | head``): nothing is left to say, and
+        # the interpreter's last flush of stdout must not fail again on the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -213,3 +213,22 @@ def test_champion_alerts_are_logged_one_line_each(caplog):
     assert "probability 0.900 against threshold 0.500 (model champ)" in lines[0]
     assert "top reason: vibration__mean_600s = 2.5 (contribution +0.8)" in lines[0]
     assert lines[1].startswith("alert cleared: l1/a1") and "probability 0.100" in lines[1]
+
+
+def test_a_champion_that_fails_to_predict_is_refused_and_the_previous_serves(tmp_path,
+                                                                              caplog):
+    stage, (first, second), _ = _stage(tmp_path)  # first serves
+    stage.use(Broken(second))  # type: ignore[arg-type]  # its session fails at predict
+    stage.periodic()
+    with caplog.at_level("ERROR"):
+        out = list(stage.handle(_rows(5, first)))
+    assert out == [] and stage.model is first  # the model served before it
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].exc_info is None
+    assert f"model {second.name} refused, it failed to predict: [ONNXRuntimeError]" in \
+        refusals[0].getMessage()
+    events = stage.periodic()
+    assert [(e.name, e.status) for e in events if e.status == "refused"] == \
+        [(second.name, "refused")]
+    assert [p.model for p in next(iter(stage.handle(_rows(5, first)))).items] == \
+        [first.name] * 5

@@ -268,10 +268,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
                     m = e.model
                     print(f"{mark} {e.name:32} {m.family:14} threshold {m.threshold:.3f}  "
                           f"trained {m.trained_from[:10]}..{m.trained_to[:10]}")
+            print(f"serving: {_serving(cfg, registry)}")
             return 0
         if args.action == "show":
             model = load_model(registry.path_of(args.name), spec_hash)
             print(json.dumps({"name": model.name, "path": str(model.path),
+                              "serving_now": _serving(cfg, registry),
                               "sha256": model.sha256, "family": model.family,
                               "spec_hash": model.spec_hash, "horizon_s": model.horizon_s,
                               "threshold": model.threshold, "features": model.feature_names,
@@ -302,7 +304,29 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 0
     except ModelError as exc:
         print(f"refused: {exc}", file=sys.stderr)
+        if args.action == "rollback":
+            print(f"serving: {_serving(cfg, registry)}", file=sys.stderr)
         return 1
+
+
+def _serving(cfg: config_mod.Config, registry: Any) -> str:
+    """Which model a service with this config would serve now, and why: the registry's
+    active model, or the fallback (``[model] path`` or the packaged starter) when none is
+    active or the active one is refused."""
+    from appliance.models.contract import ModelError
+    from appliance.models.watcher import serving_model
+
+    try:
+        serving = serving_model(cfg, registry)
+    except ModelError as exc:
+        return f"none: {exc}"
+    fallback = f"[model] path {cfg.model.path}" if cfg.model.path else \
+        "the starter model shipped in the package"
+    if serving.refused_active:
+        return f"{serving.model.name}, the fallback ({fallback}): the {serving.refused_active}"
+    if registry.active_name():  # read without error: serving_model just did
+        return f"{serving.model.name}, the registry's active model"
+    return f"{serving.model.name}, the fallback ({fallback}): no model is active in the registry"
 
 
 def _models_scores(cfg: config_mod.Config, args: argparse.Namespace) -> int:

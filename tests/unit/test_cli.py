@@ -266,3 +266,30 @@ def test_status_of_a_dead_service_says_not_reporting(tmp_path, capsys):
 def test_status_of_a_live_service_says_running(tmp_path, capsys):
     assert main(["status", "--config", str(_status_file(tmp_path, 1.0))]) == 0
     assert capsys.readouterr().out.startswith("state running (as of 1 s ago)")
+
+
+def test_models_commands_say_which_model_serves_and_why(tmp_path, capsys):
+    import json
+
+    from appliance.models.registry import Registry
+
+    cfg = write(tmp_path, f'[model]\ndir = "{tmp_path / "models"}"\n')
+    assert main(["models", "list", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "serving: starter-" in out and "no model is active in the registry" in out
+    assert main(["models", "add", str(STARTER_MODEL), "--config", str(cfg)]) == 0
+    name = capsys.readouterr().out.split()[1].rstrip(";")
+    assert main(["models", "promote", name, "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["models", "show", name, "--config", str(cfg)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["serving_now"] == f"{name}, the registry's active model"
+    # the active model's file no longer fits (another [pipeline]): the fallback serves
+    _retrained_for("0" * 16, tmp_path / "models" / f"{name}.onnx")
+    assert main(["models", "list", "--config", str(cfg)]) == 0
+    serving = capsys.readouterr().out.splitlines()[-1]
+    assert serving.startswith("serving: starter-") and "the fallback (the starter model" in \
+        serving and f"active model refused: {tmp_path / 'models' / name}.onnx" in serving
+    assert main(["models", "rollback", "--config", str(cfg)]) == 1  # nothing earlier
+    assert "serving: starter-" in capsys.readouterr().err
+    assert Registry(tmp_path / "models").active_name() == name

@@ -19,6 +19,9 @@ DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
 #: Exit codes as a shell reports a command ended by SIGINT or SIGPIPE (128 + signal).
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+#: ``simulate --to-files`` asks for ``--yes`` before writing a readings file larger than
+#: this (the default rate fills half a gigabyte a day of 10 assets).
+TO_FILES_CONFIRM_MB = 100.0
 
 
 def _load_config(path: str | None) -> config_mod.Config:
@@ -75,6 +78,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from appliance.devtools import simulator
 
     if args.to_files:
+        size_mb = simulator.estimate_readings_bytes(args.days, args.assets, args.hz) / 1e6
+        if size_mb > TO_FILES_CONFIRM_MB and not args.yes:
+            print(f"appliance simulate: {args.to_files}/readings.csv would be about "
+                  f"{size_mb:,.0f} MB ({args.days:g} days of {args.assets} assets at "
+                  f"{args.hz:g} Hz); lower --days, --assets or --hz, or write it anyway with "
+                  f"--yes", file=sys.stderr)
+            return 1
+        print(f"writing about {size_mb:,.0f} MB to {args.to_files}/readings.csv ...",
+              file=sys.stderr)
         simulator.to_files(args.to_files, days=args.days, assets=args.assets, hz=args.hz,
                            seed=args.seed)
         print(f"wrote {args.to_files}/readings.csv and faults.csv")
@@ -699,6 +711,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="stop after N wall seconds")
     p.add_argument("--to-files", metavar="DIR", help="write readings.csv and faults.csv")
     p.add_argument("--days", type=float, default=1.0, help="history length for --to-files")
+    p.add_argument("--yes", action="store_true",
+                   help=f"with --to-files: write a readings file larger than "
+                   f"{TO_FILES_CONFIRM_MB:g} MB (refused without it; the size is estimated "
+                   f"first)")
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("status", help="stage health, queue depths, rates, last error")

@@ -490,8 +490,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
         print(f"appliance import: not everything was stored: {'; '.join(losses)} (--ignore "
               f"COL leaves a column out on purpose, --allow-skipped accepts skipped rows)",
               file=sys.stderr)
-    return 1 if losses or any(r.stored == 0 and r.rows and r.bad_rows == r.rows
-                              for r in reports) else 0
+    # a readings file of which nothing was stored is a failure whatever the reason
+    # (--allow-skipped accepts skipped rows, not an import that stored none)
+    nothing = [why for r in reports if (why := r.nothing_stored())]
+    for why in nothing:
+        print(f"appliance import: {why}", file=sys.stderr)
+    return 1 if losses or nothing else 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

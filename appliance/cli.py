@@ -680,56 +680,109 @@ def _add_name_options(p: argparse.ArgumentParser) -> None:
                    help="leave the column COL out on purpose (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+An edge appliance for predictive maintenance: it reads sensor readings from MQTT,
+stores them in DuckDB, computes features, predicts each asset's probability of a
+fault within the horizon with an ONNX model, and publishes alerts on MQTT.
 
-    p = sub.add_parser("run", help="run the service")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
+Start here:
+  appliance demo                      a private broker, a simulated line and the
+                                      service, with a live view
+  appliance run --config FILE         the service (systemd runs this)
+  appliance status                    is it running, and how is each stage doing
+  appliance import FILE --faults F    bring your own history and fault log
+  appliance train                     train candidate models on the stored history
+  appliance models promote NAME       serve a model (a running service switches in seconds)
+  appliance sql "SELECT ..."          query the database, also while it runs
+
+Each command has its own --help."""
+
+#: The --config option's help, the same on every command that reads the config.
+CONFIG_HELP = f"the config file (default {DEFAULT_CONFIG} if it exists, else the built-in " \
+              f"defaults)"
+DB_HELP = "the database file (default: [storage] path of the config)"
+
+
+def _command(sub: Any, name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+    """A sub-command: ``summary`` in the command list, with ``details`` in its --help."""
+    return sub.add_parser(name, help=summary, description=f"{summary}. {details}".strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at debug level (the default is info)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "run", "run the service",
+                 "MQTT in, DuckDB, features, the model, MQTT alerts, until SIGTERM or "
+                 "Ctrl-C (then it drains: every reading received is stored).")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--check-config", action="store_true",
-                   help="validate the config and its model, then exit")
+                   help="check the config and load the model that would serve, then exit "
+                   "(0: fine; 2: what is wrong) without starting anything")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="broker + simulator + service with a live view")
-    p.add_argument("--data-dir", default="data", help="where the DuckDB file goes")
-    p.add_argument("--assets", type=int, default=8)
-    p.add_argument("--speedup", type=float, default=60.0)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    p = _command(sub, "demo", "a private broker, a simulated line and the service, with a "
+                 "live view", "Each run starts afresh in its --data-dir; Ctrl-C stops it.")
+    p.add_argument("--data-dir", default="data",
+                   help="the demo's own folder for its database and models, emptied at each "
+                   "start (default data)")
+    p.add_argument("--assets", type=int, default=8, help="simulated assets (default 8)")
+    p.add_argument("--speedup", type=float, default=60.0,
+                   help="event time runs this many times faster than the clock (default 60)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="the simulation's random seed: the same seed, the same line")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: at Ctrl-C)")
     p.add_argument("--drift-at", type=float, default=None, metavar="MIN",
                    help="recalibrate every asset's lube_temp sensor (+10 °C) MIN minutes of "
                    "event time in: the drift stage reports it, the models keep predicting")
-    p.add_argument("--host", help="use this broker instead of a private one")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--host", help="use this broker instead of starting a private one")
+    p.add_argument("--port", type=int, default=1883, help="with --host: its port (1883)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("simulate", help="publish a simulated line, or write history files")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--assets", type=int, default=10)
-    p.add_argument("--hz", type=float, default=1.0)
-    p.add_argument("--speedup", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--duration", type=float, default=None, help="stop after N wall seconds")
-    p.add_argument("--to-files", metavar="DIR", help="write readings.csv and faults.csv")
-    p.add_argument("--days", type=float, default=1.0, help="history length for --to-files")
+    p = _command(sub, "simulate", "publish a simulated line over MQTT, or write its history "
+                 "as files", "Assets with five sensors each that degrade towards faults; "
+                 "Ctrl-C stops publishing.")
+    p.add_argument("--host", default="127.0.0.1", help="the broker (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="the broker's port (default 1883)")
+    p.add_argument("--assets", type=int, default=10, help="simulated assets (default 10)")
+    p.add_argument("--hz", type=float, default=1.0,
+                   help="readings per second per sensor, in event time (default 1)")
+    p.add_argument("--speedup", type=float, default=1.0,
+                   help="event time runs this many times faster than the clock (default 1); "
+                   "a service takes readings at most [limits] max_future_s ahead of its clock")
+    p.add_argument("--seed", type=int, default=1,
+                   help="the simulation's random seed: the same seed, the same line")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds of the clock (default: at Ctrl-C)")
+    p.add_argument("--to-files", metavar="DIR",
+                   help="write DIR/readings.csv and DIR/faults.csv (for appliance import) "
+                   "instead of publishing; the size is said first")
+    p.add_argument("--days", type=float, default=1.0,
+                   help="with --to-files: days of history (default 1)")
     p.add_argument("--yes", action="store_true",
                    help=f"with --to-files: write a readings file larger than "
                    f"{TO_FILES_CONFIRM_MB:g} MB (refused without it; the size is estimated "
                    f"first)")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("status", help="stage health, queue depths, rates, last error")
-    p.add_argument("--config")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "status", "is the service running: stage health, queue depths, rates, "
+                 "last errors", "Read from the status file the service writes beside its "
+                 "database; exits 0 only when it is running and reporting, 1 when degraded, "
+                 "stopped or not reporting.")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--json", action="store_true", help="the whole status as JSON")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("sql", help="read-only SQL on the database (asks the running service "
-                       "on its socket; without one, opens the file read-only)")
-    p.add_argument("--config")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p = _command(sub, "sql", "read-only SQL on the database, also while the service runs",
+                 "The running service answers on its control socket; without one the file "
+                 "is opened read-only. Only one SELECT is allowed.")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
                    help="table (default), csv, json (one object a line), parquet (needs --out)")
     p.add_argument("--out", metavar="FILE", help="write the result here instead of stdout")
@@ -741,48 +794,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
 
-    p = sub.add_parser("export", help="tables as hive-partitioned Parquet "
-                       "(DIR/table=readings/date=…/…parquet), from the running service or "
-                       "the file")
+    p = _command(sub, "export", "tables as hive-partitioned Parquet files",
+                 "DIR/table=readings/date=.../...parquet, from the running service or "
+                 "the file.")
     p.add_argument("--since", required=True, metavar="TS",
                    help="first time exported (RFC 3339 or Unix seconds)")
     p.add_argument("--until", metavar="TS", help="exported up to, not including, this time")
     p.add_argument("--to", required=True, metavar="DIR", help="the export's folder")
     p.add_argument("--tables", default="readings,faults,predictions,alerts",
                    help="comma-separated (default readings,faults,predictions,alerts)")
-    p.add_argument("--config")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback, "
-                       "shadow, unshadow; scores: each model's live event scores; history: "
-                       "the retraining loop's steps")
+    p = _command(sub, "models", "the model registry: which model serves, and changing it",
+                 "list: the models and which one serves now, and why; show NAME: one "
+                 "model's metadata; add FILE: check a model file and copy it in; promote "
+                 "NAME: serve it (the running service switches within [model] poll_s); "
+                 "rollback: serve the previous one again; shadow/unshadow NAME: predict "
+                 "beside the served model without publishing; scores: each model's live "
+                 "event scores; history: the retraining loop's steps.")
     p.add_argument("action", choices=["list", "show", "add", "promote", "rollback", "shadow",
-                                      "unshadow", "scores", "history"])
+                                      "unshadow", "scores", "history"],
+                   help="what to do (see above)")
     p.add_argument("name", nargs="?",
                    help="model name (show, promote, shadow, unshadow) or file (add)")
     p.add_argument("--json", action="store_true", help="scores, history: as JSON")
-    p.add_argument("--config")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--db", help="the registry is \"models\" beside this database file, "
                    "as for `appliance train --db` (unless [model] dir is set)")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("retrain", help="ask the running service to train a candidate now "
-                       "(validated, shadowed and promoted as the loop does)")
-    p.add_argument("--config")
+    p = _command(sub, "retrain", "ask the running service to train a candidate now",
+                 "It is validated, shadowed and promoted as the retraining loop does.")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--db", help="the registry is \"models\" beside this database file")
     p.add_argument("--reason", default="appliance retrain", help="recorded with the trigger")
     p.add_argument("--wait", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the service to answer (default 30)")
     p.set_defaults(func=_cmd_retrain)
 
-    p = sub.add_parser("import", help="import readings (CSV or Parquet) and a fault log")
+    p = _command(sub, "import", "store a history of readings (CSV or Parquet) and a fault "
+                 "log in the database", "Bad rows are reported with their line numbers; "
+                 "exits 1 when something was not stored, 2 when a file is refused whole. "
+                 "Stop the service first: it holds the database.")
     p.add_argument("file", nargs="?", help="readings: long form (ts, asset, sensor, value, "
                    "optional line) or wide form (a time column, one column per sensor)")
     p.add_argument("--faults", metavar="FAULTS.csv",
                    help="fault log: asset, ts_start, ts_end, code (optional line)")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--asset", help="the asset of a file without an asset column")
     p.add_argument("--line", default="line1", help="the line of a file without a line "
                    "column (default line1)")
@@ -794,9 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("train", help="train candidate models from the stored history")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p = _command(sub, "train", "train candidate models on the stored history",
+                 "Each family's model is validated, added to the registry and not "
+                 "promoted: appliance models promote NAME serves it. While the service runs "
+                 "it trains on a snapshot the service gives.")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--family", choices=[*config_mod.FAMILIES, "both"], default="both",
                    help="model family (default both)")
     p.add_argument("--out-dir", help="also keep the ONNX files and a JSON summary here")
@@ -806,11 +870,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "are still those of --db / the config")
     p.add_argument("--faults", metavar="GLOB", help="with --readings: the fault events' Parquet "
                    "files (columns ts, line, asset, state, code, source)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the fit's random seed: the same seed and data, the same model")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("backtest", help="compare pipeline variants on stored history")
+    p = _command(sub, "backtest", "compare pipeline variants on the stored history",
+                 "Train on the start of the history, test on the rest, and report each "
+                 "variant's faults caught, false alarms and lead time.")
     p.add_argument("--variants", default="full,no_filter,static_threshold",
                    help="comma-separated variant names (default full,no_filter,"
                    "static_threshold; more as [variants.NAME] in the config)")
@@ -821,8 +888,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the end of the history)")
     p.add_argument("--out", metavar="DIR", help="write report.md, plots and per variant "
                    "DIR/<variant>/predictions.parquet here")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--readings", metavar="FILE", help="history from this readings file "
                    "instead of the database")
     p.add_argument("--faults", metavar="FILE", help="the fault log that goes with --readings")
@@ -839,13 +906,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, metavar="SECONDS",
                    help="with --walk-forward: how often the loop looks, in event time "
                    "(default [retrain] check_every_s; at least one cadence)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the fits' random seed: the same seed and data, the same report")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_backtest)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth"])
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "bench", "measure this machine: the numbers in the README's "
+                 "benchmarks", "kernels: the feature kernels; ingest: readings through a "
+                 "private broker into DuckDB; memory: the service's memory per asset; "
+                 "drift: the drift stage; sql: queries beside the store; growth: the "
+                 "database's size over time.")
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth"],
+                   help="which benchmark (see above)")
+    p.add_argument("--json", action="store_true", help="the results as JSON")
     p.add_argument("--messages", type=int, default=200_000,
                    help="ingest, sql: messages to send")
     p.add_argument("--rows", type=int, default=10_000_000,

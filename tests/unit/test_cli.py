@@ -293,3 +293,19 @@ def test_models_commands_say_which_model_serves_and_why(tmp_path, capsys):
     assert main(["models", "rollback", "--config", str(cfg)]) == 1  # nothing earlier
     assert "serving: starter-" in capsys.readouterr().err
     assert Registry(tmp_path / "models").active_name() == name
+
+
+def test_every_command_and_option_has_a_help_text():
+    import argparse
+
+    from appliance.cli import build_parser
+
+    parser = build_parser()
+    assert "`" not in parser.description and "appliance demo" in parser.description
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {c.dest: c.help for c in subs._choices_actions}
+    for name, sub in subs.choices.items():
+        assert listed.get(name), f"{name}: no summary in the command list"
+        assert sub.description, f"{name}: no description in its --help"
+        bare = [a.dest for a in sub._actions if not a.help]
+        assert not bare, f"appliance {name}: options without help: {bare}"

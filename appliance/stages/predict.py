@@ -129,7 +129,8 @@ class PredictStage(Stage):
         self.counters.bump("models_refused")
         self.watcher.record(model.name, model.path, model.sha256, model.spec_hash, "refused",
                             f"failed to predict: {reason}")
-        previous, self._previous = self._previous, None
+        # forget the refused model before going back, so it never becomes the previous
+        previous, self._previous, self.model = self._previous, None, None
         if previous is not None:
             log.error("model %s refused, it failed to predict: %s; serving %s again",
                       model.name, reason, previous.name)
@@ -137,7 +138,7 @@ class PredictStage(Stage):
             return
         log.error("model %s refused, it failed to predict: %s; serving NO model until one "
                   "is promoted", model.name, reason)
-        self.model, self._explainer, self._columns = None, None, {}
+        self._explainer, self._columns = None, {}
         self._refused = f"model {model.name} refused (failed to predict: {reason})"
 
     def predict(self, rows: FeatureRows) -> Predictions:

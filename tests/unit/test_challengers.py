@@ -232,3 +232,16 @@ def test_a_champion_that_fails_to_predict_is_refused_and_the_previous_serves(tmp
         [(second.name, "refused")]
     assert [p.model for p in next(iter(stage.handle(_rows(5, first)))).items] == \
         [first.name] * 5
+
+
+def test_when_the_previous_model_fails_too_none_serves_and_the_status_says_why(tmp_path):
+    stage, (first, second), _ = _stage(tmp_path)
+    stage.use(Broken(first))  # type: ignore[arg-type]
+    stage.use(Broken(second))  # type: ignore[arg-type]
+    assert list(stage.handle(_rows(5, first))) == []  # second refused: first again
+    assert stage.model is not None and stage.model.name == first.name
+    assert list(stage.handle(_rows(5, first))) == []  # first refused too: none, no ping-pong
+    assert stage.model is None
+    note = stage.status()["note"]
+    assert note.startswith(f"no model: model {first.name} refused (failed to predict:"), note
+    assert stage.counters.extra["rows_without_model"] == 10

@@ -113,10 +113,12 @@ class PredictStage(Stage):
             entry["challengers"] = {name: {"ms_per_tick": round(self._challenger_ms.get(name, 0),
                                                                   3)}
                                     for name in self.watcher.challengers}
-        if self.model is None:
-            entry["note"] = (f"no model: {self._refused}; storing readings only, nothing is "
-                             f"predicted until a model is promoted" if self._refused else
-                             "no model: storing readings only ([model] required = false); "
+        if self.model is None and self._refused:
+            # a model failed where one served: the service is degraded until one is promoted
+            entry["problem"] = (f"no model: {self._refused}; storing readings only, nothing "
+                                f"is predicted until a model is promoted")
+        elif self.model is None:
+            entry["note"] = ("no model: storing readings only ([model] required = false); "
                              "nothing is predicted until a model is promoted")
         return entry
 

@@ -242,6 +242,6 @@ def test_when_the_previous_model_fails_too_none_serves_and_the_status_says_why(t
     assert stage.model is not None and stage.model.name == first.name
     assert list(stage.handle(_rows(5, first))) == []  # first refused too: none, no ping-pong
     assert stage.model is None
-    note = stage.status()["note"]
-    assert note.startswith(f"no model: model {first.name} refused (failed to predict:"), note
+    problem = stage.status()["problem"]  # the status reads degraded
+    assert problem.startswith(f"no model: model {first.name} refused (failed to predict:")
     assert stage.counters.extra["rows_without_model"] == 10

@@ -83,8 +83,8 @@ def status_file(cfg: Config) -> Path:
 def offline_document(reason: str) -> dict:
     """The status of a service that is not running: ``{"state": "offline", "reason",
     "version", "ts"}``, JSON like every other status so a reader parses one format.  As
-    the MQTT last will its ``ts`` is when the connection was made (the broker publishes
-    the will unchanged when that connection is lost)."""
+    the MQTT last will its ``ts`` is when the service started (the broker publishes
+    the will as it was set, when the connection is lost)."""
     return {"state": "offline", "reason": reason, "version": __version__, "ts": time.time()}
 
 
@@ -106,7 +106,7 @@ class StatusPublisher:
         self.read = read
         self.topic = Topics.from_config(cfg).status
         will = offline_document("connection lost: the service died or was cut off (the "
-                                "broker's last will; ts is when it connected)")
+                                "broker's last will; ts is when the service started)")
         self.client, props = make_client(cfg.mqtt, "status",
                                          will=(self.topic, json.dumps(will).encode()))
         ConnectionMonitor(cfg.mqtt, "status", WallClock()).attach(self.client)

@@ -45,7 +45,7 @@ def demo_config(host: str, port: int, data_dir: Path) -> Config:
 MARKER = ".appliance-demo"
 #: What a demo leaves in its folder (the database and what sits beside it, the models the
 #: retraining loop trained): a folder holding only these is a demo's, marked or not.
-DEMO_STATE = ("appliance.duckdb*", "appliance.sock", "models", MARKER)
+DEMO_STATE = ("appliance.duckdb*", "appliance.sock", ".appliance.sock.*", "models", MARKER)
 
 
 def fresh_data_dir(data_dir: Path) -> str:

@@ -22,6 +22,9 @@ DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
 #: Exit codes as a shell reports a command ended by SIGINT or SIGPIPE (128 + signal).
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
+#: ``appliance status`` of a service that is stopped or not reporting (LSB's "program is
+#: not running"), apart from 1, a running service that is degraded.
+EXIT_NOT_RUNNING = 3
 #: ``simulate --to-files`` asks for ``--yes`` before writing a readings file larger than
 #: this (the defaults, a day of 10 assets at 1 Hz, make about 250 MB).
 TO_FILES_CONFIRM_MB = 100.0
@@ -125,7 +128,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
                          indent=2))
     else:
         print(status.text(snap, age, interval_s))
-    return 0 if status.reporting_state(snap, age, interval_s) == "running" else 1
+    state = status.reporting_state(snap, age, interval_s)
+    return 0 if state == "running" else 1 if state == "degraded" else EXIT_NOT_RUNNING
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
@@ -775,8 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "status", "is the service running: stage health, queue depths, rates, "
                  "last errors", "Read from the status file the service writes beside its "
-                 "database; exits 0 only when it is running and reporting, 1 when degraded, "
-                 "stopped or not reporting.")
+                 "database; exits 0 when it is running and reporting, 1 when degraded, 3 "
+                 "when stopped or not reporting.")
     p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="the whole status as JSON")
     p.set_defaults(func=_cmd_status)

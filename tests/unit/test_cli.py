@@ -255,17 +255,20 @@ def _status_file(tmp_path: Path, age_s: float, state: str = "running") -> Path:
 
 def test_status_of_a_dead_service_says_not_reporting(tmp_path, capsys):
     # 68 s old with a 5 s interval: the service stopped writing it long ago
-    assert main(["status", "--config", str(_status_file(tmp_path, 68.0))]) == 1
+    assert main(["status", "--config", str(_status_file(tmp_path, 68.0))]) == 3
     out = capsys.readouterr().out
     assert out.startswith("state not reporting (as of 68 s ago)"), out
     assert "running" not in out.splitlines()[0]
-    assert main(["status", "--json", "--config", str(_status_file(tmp_path, 68.0))]) == 1
+    assert main(["status", "--json", "--config", str(_status_file(tmp_path, 68.0))]) == 3
     assert '"state": "not reporting"' in capsys.readouterr().out
 
 
 def test_status_of_a_live_service_says_running(tmp_path, capsys):
     assert main(["status", "--config", str(_status_file(tmp_path, 1.0))]) == 0
     assert capsys.readouterr().out.startswith("state running (as of 1 s ago)")
+    # stopped cleanly: offline however old, not running
+    assert main(["status", "--config", str(_status_file(tmp_path, 68.0, "offline"))]) == 3
+    assert capsys.readouterr().out.startswith("state offline (as of 68 s ago)")
 
 
 def test_models_commands_say_which_model_serves_and_why(tmp_path, capsys):

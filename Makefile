@@ -12,12 +12,17 @@ STAMP := $(VENV)/.installed
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "appliance needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
+	@echo "== creating $(VENV) (the first build takes about 3-4 minutes; later runs start at once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# pip runs --quiet: say what each long step is doing, so a silent minute is not a hang
 $(STAMP): $(BIN)/python setup.py pyproject.toml $(wildcard kernels/*.pyx)
+	@echo "== installing the build tools (Cython, numpy, setuptools)"
 	$(BIN)/pip install --quiet "Cython>=3.0,<4" "numpy>=2.0" "setuptools>=68"
+	@echo "== installing appliance and its dependencies (DuckDB, onnxruntime, scikit-learn, ...) and compiling the Cython kernels: the longest step, 2-3 minutes"
 	$(BIN)/pip install --quiet --no-build-isolation -e ".[train,dev]"
+	@echo "== built: $(VENV)/bin/appliance"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +37,7 @@ mosquitto:
 	  fi; }
 
 demo: install mosquitto
+	@echo "== starting the demo: a private mosquitto, the simulated line and the service (Ctrl-C stops it)"
 	$(BIN)/appliance demo
 
 test: install mosquitto

@@ -10,12 +10,24 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from appliance import __version__
+from appliance import __version__, logsetup
 from appliance import config as config_mod
 
+if TYPE_CHECKING:  # the commands import what they use when they run
+    from appliance.models.registry import Registry
+
 DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
+#: Exit codes as a shell reports a command ended by SIGINT or SIGPIPE (128 + signal).
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+#: ``appliance status`` of a service that is stopped or not reporting (LSB's "program is
+#: not running"), apart from 1, a running service that is degraded.
+EXIT_NOT_RUNNING = 3
+#: ``simulate --to-files`` asks for ``--yes`` before writing a readings file larger than
+#: this (the defaults, a day of 10 assets at 1 Hz, make about 250 MB).
+TO_FILES_CONFIRM_MB = 100.0
 
 
 def _load_config(path: str | None) -> config_mod.Config:
@@ -76,6 +88,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from appliance.devtools import simulator
 
     if args.to_files:
+        size_mb = simulator.estimate_readings_bytes(args.days, args.assets, args.hz) / 1e6
+        if size_mb > TO_FILES_CONFIRM_MB and not args.yes:
+            print(f"appliance simulate: {args.to_files}/readings.csv would be about "
+                  f"{size_mb:,.0f} MB ({args.days:g} days of {args.assets} assets at "
+                  f"{args.hz:g} Hz); lower --days, --assets or --hz, or write it anyway with "
+                  f"--yes", file=sys.stderr)
+            return 1
+        print(f"writing about {size_mb:,.0f} MB to {args.to_files}/readings.csv ...",
+              file=sys.stderr)
         simulator.to_files(args.to_files, days=args.days, assets=args.assets, hz=args.hz,
                            seed=args.seed)
         print(f"wrote {args.to_files}/readings.csv and faults.csv")
@@ -105,8 +126,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     age = time.time() - snap["ts"]
-    print(json.dumps(snap, indent=2) if args.json else status.text(snap, age))
-    return 0 if snap["state"] == "running" and age < 60 else 1
+    interval_s = cfg.status.interval_s
+    if args.json:
+        print(json.dumps({**snap, "state": status.reporting_state(snap, age, interval_s)},
+                         indent=2))
+    else:
+        print(status.text(snap, age, interval_s))
+    state = status.reporting_state(snap, age, interval_s)
+    return 0 if state == "running" else 1 if state == "degraded" else EXIT_NOT_RUNNING
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:
@@ -270,10 +297,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
                     m = e.model
                     print(f"{mark} {e.name:32} {m.family:14} threshold {m.threshold:.3f}  "
                           f"trained {m.trained_from[:10]}..{m.trained_to[:10]}")
+            print(f"serving: {_serving(cfg, registry)}")
             return 0
         if args.action == "show":
             model = load_model(registry.path_of(args.name), spec_hash)
             print(json.dumps({"name": model.name, "path": str(model.path),
+                              "serving_now": _serving(cfg, registry),
                               "sha256": model.sha256, "family": model.family,
                               "spec_hash": model.spec_hash, "horizon_s": model.horizon_s,
                               "threshold": model.threshold, "features": model.feature_names,
@@ -304,7 +333,29 @@ def _cmd_models(args: argparse.Namespace) -> int:
         return 0
     except ModelError as exc:
         print(f"refused: {exc}", file=sys.stderr)
+        if args.action == "rollback":
+            print(f"serving: {_serving(cfg, registry)}", file=sys.stderr)
         return 1
+
+
+def _serving(cfg: config_mod.Config, registry: Registry) -> str:
+    """Which model a service with this config would serve now, and why: the registry's
+    active model, or the fallback (``[model] path`` or the packaged starter) when none is
+    active or the active one is refused."""
+    from appliance.models.contract import ModelError
+    from appliance.models.watcher import serving_model
+
+    try:
+        serving = serving_model(cfg, registry)
+    except ModelError as exc:
+        return f"none: {exc}"
+    fallback = f"[model] path {cfg.model.path}" if cfg.model.path else \
+        "the starter model shipped in the package"
+    if serving.refused_active:
+        return f"{serving.model.name}, the fallback ({fallback}): the {serving.refused_active}"
+    if registry.active_name():  # read without error: serving_model just did
+        return f"{serving.model.name}, the registry's active model"
+    return f"{serving.model.name}, the fallback ({fallback}): no model is active in the registry"
 
 
 def _models_scores(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -494,8 +545,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
         print(f"appliance import: not everything was stored: {'; '.join(losses)} (--ignore "
               f"COL leaves a column out on purpose, --allow-skipped accepts skipped rows)",
               file=sys.stderr)
-    return 1 if losses or any(r.stored == 0 and r.rows and r.bad_rows == r.rows
-                              for r in reports) else 0
+    # a readings file of which nothing was stored is a failure whatever the reason
+    # (--allow-skipped accepts skipped rows, not an import that stored none)
+    nothing = [why for r in reports if (why := r.nothing_stored())]
+    for why in nothing:
+        print(f"appliance import: {why}", file=sys.stderr)
+    return 1 if losses or nothing else 0
 
 
 def _fit_pipeline(args: argparse.Namespace, fitting: dict[str, Any]) -> bool:
@@ -729,52 +784,109 @@ def _add_name_options(p: argparse.ArgumentParser) -> None:
                    help="leave the column COL out on purpose (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = """\
+An edge appliance for predictive maintenance: it reads sensor readings from MQTT,
+stores them in DuckDB, computes features, predicts each asset's probability of a
+fault within the horizon with an ONNX model, and publishes alerts on MQTT.
 
-    p = sub.add_parser("run", help="run the service")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
+Start here:
+  appliance demo                      a private broker, a simulated line and the
+                                      service, with a live view
+  appliance run --config FILE         the service (systemd runs this)
+  appliance status                    is it running, and how is each stage doing
+  appliance import FILE --faults F    bring your own history and fault log
+  appliance train                     train candidate models on the stored history
+  appliance models promote NAME       serve a model (a running service switches in seconds)
+  appliance sql "SELECT ..."          query the database, also while it runs
+
+Each command has its own --help."""
+
+#: The --config option's help, the same on every command that reads the config.
+CONFIG_HELP = f"the config file (default {DEFAULT_CONFIG} if it exists, else the built-in " \
+              f"defaults)"
+DB_HELP = "the database file (default: [storage] path of the config)"
+
+
+def _command(sub: Any, name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+    """A sub-command: ``summary`` in the command list, with ``details`` in its --help."""
+    return sub.add_parser(name, help=summary, description=f"{summary}. {details}".strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at debug level (the default is info)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "run", "run the service",
+                 "MQTT in, DuckDB, features, the model, MQTT alerts, until SIGTERM or "
+                 "Ctrl-C (then it drains: every reading received is stored).")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--check-config", action="store_true",
-                   help="validate the config and its model, then exit")
+                   help="check the config and load the model that would serve, then exit "
+                   "(0: fine; 2: what is wrong) without starting anything")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="broker + simulator + service with a live view")
-    p.add_argument("--data-dir", default="data", help="where the DuckDB file goes")
-    p.add_argument("--assets", type=int, default=8)
-    p.add_argument("--speedup", type=float, default=60.0)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    p = _command(sub, "demo", "a private broker, a simulated line and the service, with a "
+                 "live view", "Each run starts afresh in its --data-dir; Ctrl-C stops it.")
+    p.add_argument("--data-dir", default="data",
+                   help="the demo's own folder for its database and models, emptied at each "
+                   "start (default data)")
+    p.add_argument("--assets", type=int, default=8, help="simulated assets (default 8)")
+    p.add_argument("--speedup", type=float, default=60.0,
+                   help="event time runs this many times faster than the clock (default 60)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="the simulation's random seed: the same seed, the same line")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: at Ctrl-C)")
     p.add_argument("--drift-at", type=float, default=None, metavar="MIN",
                    help="recalibrate every asset's lube_temp sensor (+10 °C) MIN minutes of "
                    "event time in: the drift stage reports it, the models keep predicting")
-    p.add_argument("--host", help="use this broker instead of a private one")
-    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--host", help="use this broker instead of starting a private one")
+    p.add_argument("--port", type=int, default=1883, help="with --host: its port (1883)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("simulate", help="publish a simulated line, or write history files")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--assets", type=int, default=10)
-    p.add_argument("--hz", type=float, default=1.0)
-    p.add_argument("--speedup", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--duration", type=float, default=None, help="stop after N wall seconds")
-    p.add_argument("--to-files", metavar="DIR", help="write readings.csv and faults.csv")
-    p.add_argument("--days", type=float, default=1.0, help="history length for --to-files")
+    p = _command(sub, "simulate", "publish a simulated line over MQTT, or write its history "
+                 "as files", "Assets with five sensors each that degrade towards faults; "
+                 "Ctrl-C stops publishing.")
+    p.add_argument("--host", default="127.0.0.1", help="the broker (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="the broker's port (default 1883)")
+    p.add_argument("--assets", type=int, default=10, help="simulated assets (default 10)")
+    p.add_argument("--hz", type=float, default=1.0,
+                   help="readings per second per sensor, in event time (default 1)")
+    p.add_argument("--speedup", type=float, default=1.0,
+                   help="event time runs this many times faster than the clock (default 1); "
+                   "a service takes readings at most [limits] max_future_s ahead of its clock")
+    p.add_argument("--seed", type=int, default=1,
+                   help="the simulation's random seed: the same seed, the same line")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds of the clock (default: at Ctrl-C)")
+    p.add_argument("--to-files", metavar="DIR",
+                   help="write DIR/readings.csv and DIR/faults.csv (for appliance import) "
+                   "instead of publishing; the size is said first")
+    p.add_argument("--days", type=float, default=1.0,
+                   help="with --to-files: days of history (default 1)")
+    p.add_argument("--yes", action="store_true",
+                   help=f"with --to-files: write a readings file larger than "
+                   f"{TO_FILES_CONFIRM_MB:g} MB (refused without it; the size is estimated "
+                   f"first)")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("status", help="stage health, queue depths, rates, last error")
-    p.add_argument("--config")
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "status", "is the service running: stage health, queue depths, rates, "
+                 "last errors", "Read from the status file the service writes beside its "
+                 "database; exits 0 when it is running and reporting, 1 when degraded, 3 "
+                 "when stopped or not reporting.")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--json", action="store_true", help="the whole status as JSON")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("sql", help="read-only SQL on the database (asks the running service "
-                       "on its socket; without one, opens the file read-only)")
-    p.add_argument("--config")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p = _command(sub, "sql", "read-only SQL on the database, also while the service runs",
+                 "The running service answers on its control socket; without one the file "
+                 "is opened read-only. Only one SELECT is allowed.")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
                    help="table (default), csv, json (one object a line), parquet (needs --out)")
     p.add_argument("--out", metavar="FILE", help="write the result here instead of stdout")
@@ -786,57 +898,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="one SQL query, e.g. \"SELECT count(*) FROM readings\"")
     p.set_defaults(func=_cmd_sql)
 
-    p = sub.add_parser("explain", help="why an asset's prediction was high: each sensor that "
-                       "pushed it up, against its normal range, with its recent readings")
-    p.add_argument("asset")
+    p = _command(sub, "explain", "why an asset's prediction was high",
+                 "Each sensor that pushed it up, which way it moved, its value against its "
+                 "normal range over the feature's window, with the readings behind it.")
+    p.add_argument("asset", help="the asset, as in its topic (plant/<line>/<asset>/...)")
     p.add_argument("--at", metavar="TS", help="the prediction at or before this time "
                    "(RFC 3339 or Unix seconds; default: the latest)")
-    p.add_argument("--config")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("export", help="tables as hive-partitioned Parquet "
-                       "(DIR/table=readings/date=…/…parquet), from the running service or "
-                       "the file")
+    p = _command(sub, "export", "tables as hive-partitioned Parquet files",
+                 "DIR/table=readings/date=.../...parquet, from the running service or "
+                 "the file.")
     p.add_argument("--since", required=True, metavar="TS",
                    help="first time exported (RFC 3339 or Unix seconds)")
     p.add_argument("--until", metavar="TS", help="exported up to, not including, this time")
     p.add_argument("--to", required=True, metavar="DIR", help="the export's folder")
     p.add_argument("--tables", default="readings,faults,predictions,alerts",
                    help="comma-separated (default readings,faults,predictions,alerts)")
-    p.add_argument("--config")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("models", help="the model registry: list, show, add, promote, rollback, "
-                       "shadow, unshadow; scores: each model's live event scores; history: "
-                       "the retraining loop's steps")
+    p = _command(sub, "models", "the model registry: which model serves, and changing it",
+                 "list: the models and which one serves now, and why; show NAME: one "
+                 "model's metadata; add FILE: check a model file and copy it in; promote "
+                 "NAME: serve it (the running service switches within [model] poll_s); "
+                 "rollback: serve the previous one again; shadow/unshadow NAME: predict "
+                 "beside the served model without publishing; scores: each model's live "
+                 "event scores; history: the retraining loop's steps.")
     p.add_argument("action", choices=["list", "show", "add", "promote", "rollback", "shadow",
-                                      "unshadow", "scores", "history"])
+                                      "unshadow", "scores", "history"],
+                   help="what to do (see above)")
     p.add_argument("name", nargs="?",
                    help="model name (show, promote, shadow, unshadow) or file (add)")
     p.add_argument("--json", action="store_true", help="scores, history: as JSON")
-    p.add_argument("--config")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--db", help="the registry is \"models\" beside this database file, "
                    "as for `appliance train --db` (unless [model] dir is set)")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("retrain", help="ask the running service to train a candidate now "
-                       "(validated, shadowed and promoted as the loop does)")
-    p.add_argument("--config")
+    p = _command(sub, "retrain", "ask the running service to train a candidate now",
+                 "It is validated, shadowed and promoted as the retraining loop does.")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--db", help="the registry is \"models\" beside this database file")
     p.add_argument("--reason", default="appliance retrain", help="recorded with the trigger")
     p.add_argument("--wait", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the service to answer (default 30)")
     p.set_defaults(func=_cmd_retrain)
 
-    p = sub.add_parser("import", help="import readings (CSV or Parquet) and a fault log")
+    p = _command(sub, "import", "store a history of readings (CSV or Parquet) and a fault "
+                 "log in the database", "Bad rows are reported with their line numbers; "
+                 "exits 1 when something was not stored, 2 when a file is refused whole. "
+                 "Stop the service first: it holds the database.")
     p.add_argument("file", nargs="?", help="readings: long form (ts, asset, sensor, value, "
                    "optional line) or wide form (a time column, one column per sensor)")
     p.add_argument("--faults", metavar="FAULTS.csv",
                    help="fault log: asset, ts_start, ts_end, code (optional line)")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--asset", help="the asset of a file without an asset column")
     p.add_argument("--line", default="line1", help="the line of a file without a line "
                    "column (default line1)")
@@ -852,11 +973,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the config file")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("replay", help="publish a recorded readings file over MQTT into a "
-                       "running service, event times kept")
+    p = _command(sub, "replay", "publish a recorded readings file over MQTT into a running "
+                 "service, event times kept",
+                 "Each reading is published once at QoS 1; replaying a file again stores it "
+                 "again (the service deduplicates MQTT redeliveries, not readings).")
     p.add_argument("file", help="readings, CSV or Parquet, in a form appliance import reads")
-    p.add_argument("--config", help=f"config file of the service (broker, topics, limits; "
-                   f"default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--speedup", type=float, metavar="X", help="X event seconds per wall "
                    "second (default: as fast as the broker acknowledges)")
     p.add_argument("--shift-to-now", action="store_true",
@@ -870,9 +992,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser("train", help="train candidate models from the stored history")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p = _command(sub, "train", "train candidate models on the stored history",
+                 "Each family's model is validated, added to the registry and not "
+                 "promoted: appliance models promote NAME serves it. While the service runs "
+                 "it trains on a snapshot the service gives.")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--family", choices=[*config_mod.FAMILIES, "both"], default="both",
                    help="model family (default both)")
     p.add_argument("--out-dir", help="also keep the ONNX files and a JSON summary here")
@@ -882,11 +1007,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "are still those of --db / the config")
     p.add_argument("--faults", metavar="GLOB", help="with --readings: the fault events' Parquet "
                    "files (columns ts, line, asset, state, code, source)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the fit's random seed: the same seed and data, the same model")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("backtest", help="compare pipeline variants on stored history")
+    p = _command(sub, "backtest", "compare pipeline variants on the stored history",
+                 "Train on the start of the history, test on the rest, and report each "
+                 "variant's faults caught, false alarms and lead time.")
     p.add_argument("--variants", default="full,no_filter,static_threshold",
                    help="comma-separated variant names (default full,no_filter,"
                    "static_threshold; more as [variants.NAME] in the config)")
@@ -899,8 +1027,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the end of the history)")
     p.add_argument("--out", metavar="DIR", help="write report.md, plots and per variant "
                    "DIR/<variant>/predictions.parquet here")
-    p.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG} if present)")
-    p.add_argument("--db", help="database file (default: [storage] path of the config)")
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--db", help=DB_HELP)
     p.add_argument("--readings", metavar="FILE", help="history from this readings file "
                    "instead of the database")
     p.add_argument("--faults", metavar="FILE", help="the fault log that goes with --readings")
@@ -917,13 +1045,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, metavar="SECONDS",
                    help="with --walk-forward: how often the loop looks, in event time "
                    "(default [retrain] check_every_s; at least one cadence)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the fits' random seed: the same seed and data, the same report")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_backtest)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth"])
-    p.add_argument("--json", action="store_true")
+    p = _command(sub, "bench", "measure this machine: the numbers in the README's "
+                 "benchmarks", "kernels: the feature kernels; ingest: readings through a "
+                 "private broker into DuckDB; memory: the service's memory per asset; "
+                 "drift: the drift stage; sql: queries beside the store; growth: the "
+                 "database's size over time.")
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth"],
+                   help="which benchmark (see above)")
+    p.add_argument("--json", action="store_true", help="the results as JSON")
     p.add_argument("--messages", type=int, default=200_000,
                    help="ingest, sql: messages to send")
     p.add_argument("--rows", type=int, default=10_000_000,
@@ -940,10 +1074,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsetup.configure(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a short output fails on a closed pipe only here, not at print
+        return code
     except config_mod.ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C is how a person stops a command (simulate, a long import): not a crash
+        # (the service handles SIGINT itself and stops cleanly)
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (``appliance status | head``): nothing is left to say, and
+        # the interpreter's last flush of stdout must not fail again on the closed pipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

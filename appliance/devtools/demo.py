@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shutil
 import sys
 import threading
 import time
@@ -28,12 +30,49 @@ SQL_HINT = ("SELECT asset, max(probability) AS p_max, count(*) AS ticks "
 
 def demo_config(host: str, port: int, data_dir: Path) -> Config:
     return from_dict({
-        "mqtt": {"host": host, "port": port, "client_id": "appliance-demo"},
+        # a client id of its own per run: a broker that outlives one demo (``--host``)
+        # must not hand the next one the previous run's session and queued readings
+        "mqtt": {"host": host, "port": port,
+                 "client_id": f"appliance-demo-{os.getpid()}-{int(time.time())}"},
         "storage": {"path": str((data_dir / "appliance.duckdb").resolve())},
         "status": {"interval_s": 1.0},
         # The simulator runs event time ahead of the wall clock (speedup).
         "limits": {"max_future_s": 10 * 365 * 86400.0},
     }, source="<demo>")
+
+
+#: The file that marks a folder as the demo's own, so a later run may empty it.
+MARKER = ".appliance-demo"
+#: What a demo leaves in its folder (the database and what sits beside it, the models the
+#: retraining loop trained): a folder holding only these is a demo's, marked or not.
+DEMO_STATE = ("appliance.duckdb*", "appliance.sock", ".appliance.sock.*", "models", MARKER)
+
+
+def fresh_data_dir(data_dir: Path) -> str:
+    """Empty the demo's folder of a previous run's state, or create it; a message for
+    the person, or ValueError when the folder holds anything a demo did not write.
+
+    Each run starts clean: the simulator starts its event time at now, and a previous
+    run's database already holds later event times (it ran ``speedup`` times ahead), so
+    its live view would stay on the old rows and the ticks would be predicted again."""
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True)
+        (data_dir / MARKER).touch()
+        return f"demo data in {data_dir}"
+    entries = list(data_dir.iterdir())
+    foreign = [e.name for e in entries if not any(e.match(g) for g in DEMO_STATE)]
+    if foreign:
+        raise ValueError(f"{data_dir} holds files a demo did not write "
+                         f"({', '.join(sorted(foreign)[:5])}): give the demo a folder of its "
+                         f"own with --data-dir")
+    for entry in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (data_dir / MARKER).touch()
+    return (f"demo data in {data_dir} (the previous demo's database and models removed: "
+            f"each run starts clean)" if entries else f"demo data in {data_dir}")
 
 
 #: The recalibration ``--drift-at`` injects: what a swapped lube temperature sensor does.
@@ -53,7 +92,11 @@ def run(data_dir: Path, assets: int, speedup: float, seed: int, duration_s: floa
             broker = stack.enter_context(PrivateBroker())
             host, port = broker.host, broker.port
             print(f"started a private mosquitto on {host}:{port}")
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            print(fresh_data_dir(data_dir))
+        except ValueError as exc:
+            print(f"appliance demo: {exc}", file=sys.stderr)
+            return 1
         cfg = demo_config(host, port, data_dir)
         service = Service(cfg)
         service.start()

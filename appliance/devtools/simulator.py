@@ -514,6 +514,19 @@ def rfc3339(ts: np.ndarray) -> np.ndarray:
     return np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms", timezone="UTC")
 
 
+#: Bytes of a ``readings.csv`` row besides its line, asset and sensor names: the RFC 3339
+#: time (24), four commas and the newline (5), a value as the simulator rounds it (~6).
+ROW_BYTES_BESIDES_NAMES = 35
+
+
+def estimate_readings_bytes(days: float, assets: int, hz: float, line: str = "line1") -> int:
+    """About how large ``to_files`` writes ``readings.csv`` (within ~10 %: the gaps the
+    simulator leaves make it smaller), to say before writing it."""
+    rows = days * 86400.0 * hz * assets * len(SENSORS)
+    names = len(line) + len("asset01") + sum(map(len, SENSORS)) / len(SENSORS)
+    return int(rows * (ROW_BYTES_BESIDES_NAMES + names))
+
+
 def to_files(out_dir: str | Path, days: float, assets: int, hz: float, seed: int,
              start_ts: float = DEFAULT_START_TS, line: str = "line1",
              params: SimParams | None = None) -> tuple[Path, Path]:

@@ -184,16 +184,21 @@ def _check_readings(con: duckdb.DuckDBPyConnection, staged: Staged, report: Impo
             Check(f"{sensor} = '{RESERVED_SENSOR}'", f"'sensor name {RESERVED_SENSOR} is "
                   f"reserved for fault events; --rename it'", "reserved sensor name"),
             Check(f"{value} IS NULL", "'value is empty'", "empty value"),
-            Check(f"NOT isfinite({value})",
+            Check(f"isinf({value})",
                   f"'value ' || CAST({value} AS VARCHAR) || ' is not a finite number'",
                   "non-finite value")]
         judge_rows(con, staged, t, checks, report)
         found = problems(con, f"SELECT ord, reason FROM {t}_chk WHERE reason IS NOT NULL",
                           max_problems)
+        # a literal nan is how many writers say "no reading": missing, counted, not bad
+        report.nan_values = con.execute(
+            f"SELECT count(*) FROM {t} s JOIN {t}_chk c USING (ord) "
+            f"WHERE c.reason IS NULL AND isnan({value})").fetchone()[0]
         con.execute(
             f"CREATE TEMP TABLE {valid} AS SELECT s.ord, epoch_us({ts}) AS ts_us, "
             f"{line_expr} AS line, {asset_expr} AS asset, {sensor} AS sensor, "
-            f"{value} AS value FROM {t} s JOIN {t}_chk c USING (ord) WHERE c.reason IS NULL")
+            f"{value} AS value FROM {t} s JOIN {t}_chk c USING (ord) "
+            f"WHERE c.reason IS NULL AND NOT isnan({value})")
         drop_tables(con, f"{t}_chk")
     else:
         on = ", ".join(quote(c) for c in sensors)
@@ -203,8 +208,9 @@ def _check_readings(con: duckdb.DuckDBPyConnection, staged: Staged, report: Impo
             f"FROM (SELECT s.ord, epoch_us({ts}) AS ts_us, {line_expr} AS line, "
             f"{asset_expr} AS asset, {on} FROM {t} s JOIN {t}_chk c USING (ord) "
             f"WHERE c.reason IS NULL) UNPIVOT INCLUDE NULLS (value FOR sensor IN ({on}))")
-        report.empty_values = con.execute(
-            f"SELECT count(*) FROM {t}_cells WHERE value IS NULL OR isnan(value)").fetchone()[0]
+        report.empty_values, report.nan_values = con.execute(
+            f"SELECT count(*) FILTER (value IS NULL), count(*) FILTER (isnan(value)) "
+            f"FROM {t}_cells").fetchone()
         report.bad_value_reasons = dict(con.execute(
             f"SELECT 'non-finite ' || sensor, count(*) FROM {t}_cells WHERE isinf(value) "
             f"GROUP BY sensor").fetchall())

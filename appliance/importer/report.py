@@ -58,6 +58,9 @@ class ImportReport:
     bad_values: int = 0  # wide form: single values skipped (the rest of the row kept)
     bad_value_reasons: dict[str, int] = field(default_factory=dict)  # kind -> values
     empty_values: int = 0  # wide form: empty cells (no reading), not an error
+    #: Literal ``nan``/``NaN`` values: a missing reading (not stored, not an error),
+    #: counted apart from empty cells so a file that writes its gaps so is seen to.
+    nan_values: int = 0
     repeated_in_file: int = 0  # (series, ts) seen earlier in the same file
     already_stored: int = 0  # (series, ts) already in the database
     problems: list[Problem] = field(default_factory=list)  # the first few, in file order
@@ -89,6 +92,17 @@ class ImportReport:
                 (self.bad_rows, "bad rows"), (self.bad_values, "bad values"),
                 (self.repeated_in_file, "repeated rows")) if n]
         return out
+
+    def nothing_stored(self) -> str:
+        """Why a readings file stored nothing, or "" when it stored some (or its
+        readings were all stored before: the database holds them)."""
+        if self.form == "faults" or self.stored or self.already_stored:
+            return ""
+        why = [f"{n} {what}" for n, what in (
+            (self.bad_rows, "bad rows"), (self.empty_values, "empty cells"),
+            (self.nan_values, "nan values"), (self.repeated_in_file, "repeated rows")) if n]
+        return (f"nothing stored from {self.path}: its {self.rows} rows held "
+                f"{', '.join(why) if why else 'no readings'}")
 
     def summary(self) -> str:
         what = "fault events" if self.form == "faults" else "readings"
@@ -127,6 +141,8 @@ class ImportReport:
             lines.append(f"  typical interval between readings: "
                          f"{intervals_text(self.intervals)}")
         lines += [f"  [pipeline] does not fit the data: {a}" for a in self.advice]
+        if self.nan_values:
+            lines.append(f"  {self.nan_values} nan values (a missing reading: not stored)")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

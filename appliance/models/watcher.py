@@ -105,6 +105,7 @@ class ModelWatcher:
         """A newly promoted model that passed its checks, else None; files dropped into
         the folder are checked and announced."""
         promoted = None
+        refused_path: Path | None = None  # a promoted file refused just now
         version = self.registry.version()
         if version != self._version:
             self._version = version
@@ -117,16 +118,20 @@ class ModelWatcher:
                 try:
                     promoted = load_model(self.registry.path_of(active), self.spec_hash)
                 except ModelError as exc:
-                    log.error("promoted model %s refused, still serving %s: %s", active,
-                              serving.name if serving else "none", exc)
+                    # one line per refusal: the predict stage's watcher says it, the
+                    # drift stage's (which follows the same promotions) keeps quiet
+                    log.log(logging.ERROR if self.watch_files else logging.DEBUG,
+                            "promoted model %s refused, still serving %s: %s", active,
+                            serving.name if serving else "none", exc)
                     self.record(active, self.registry.directory / f"{active}.onnx", "", "",
                                 "refused", str(exc))
+                    refused_path = self.registry.directory / f"{active}.onnx"
         if not self.watch_files:
             return promoted
         files = self._model_files()
         for path, mtime in files.items():
-            if self._files.get(path) == mtime:
-                continue
+            if self._files.get(path) == mtime or path == refused_path:
+                continue  # unchanged, or its refusal was just said (as the promoted model)
             try:
                 model = load_model(path, self.spec_hash)
                 log.info("model file %s is a candidate: appliance models promote %s",

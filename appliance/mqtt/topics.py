@@ -7,7 +7,7 @@ Faults:    <prefix>/<line>/<asset>/fault
 Alerts:    <alerts_prefix>/<line>/<asset>/alert (published, QoS 1, retained)
 Drift:     <alerts_prefix>/<line>/drift         (published, QoS 1, retained; asset or "*")
 Sensor:    <alerts_prefix>/<line>/<asset>/sensor (published, QoS 1, retained)
-Status:    <status topic>                       (published, retained, last will "offline")
+Status:    <status topic>                       (published, retained JSON; will: JSON "offline")
 Health:    <alerts_prefix>/health               (published, retained: the disk watch)
 """
 

@@ -26,6 +26,9 @@ STAGE_STATUS_KEYS = frozenset({"state", "restarts", "last_error", "processed", "
                                "rate_per_s", "problem", "note"})
 #: Stage states that make the service degraded.
 DEGRADED_STATES = frozenset({"failed", "hung"})
+#: A status older than this many status intervals comes from a service that is not
+#: reporting (killed, hung, or stopped without its last publish): never "running".
+NOT_REPORTING_AFTER_INTERVALS = 3
 
 
 def snapshot(supervisor: Supervisor, queues: Mapping[str, queue.Queue], *,
@@ -77,15 +80,35 @@ def status_file(cfg: Config) -> Path:
     return path.with_name(path.name + ".status.json")
 
 
+def offline_document(reason: str) -> dict:
+    """The status of a service that is not running: ``{"state": "offline", "reason",
+    "version", "ts"}``, JSON like every other status so a reader parses one format.  As
+    the MQTT last will its ``ts`` is when the service started (the broker publishes
+    the will as it was set, when the connection is lost)."""
+    return {"state": "offline", "reason": reason, "version": __version__, "ts": time.time()}
+
+
+def reporting_state(snap: dict, age_s: float, interval_s: float) -> str:
+    """The snapshot's state, or "not reporting" when it is older than
+    ``NOT_REPORTING_AFTER_INTERVALS`` status intervals (a live service rewrites it every
+    interval, so an old one says nothing about now)."""
+    if snap["state"] != "offline" and age_s > NOT_REPORTING_AFTER_INTERVALS * interval_s:
+        return "not reporting"
+    return snap["state"]
+
+
 class StatusPublisher:
-    """Publishes status (retained) on MQTT and to a file; the will says offline."""
+    """Publishes status (retained) on MQTT and to a file; the will is an offline status."""
 
     def __init__(self, cfg: Config, read: Callable[[dict | None], dict]) -> None:
         """``read(previous)`` takes the snapshot (``previous`` gives the rates)."""
         self.cfg = cfg
         self.read = read
         self.topic = Topics.from_config(cfg).status
-        self.client, props = make_client(cfg.mqtt, "status", will=(self.topic, b"offline"))
+        will = offline_document("connection lost: the service died or was cut off (the "
+                                "broker's last will; ts is when the service started)")
+        self.client, props = make_client(cfg.mqtt, "status",
+                                         will=(self.topic, json.dumps(will).encode()))
         ConnectionMonitor(cfg.mqtt, "status", WallClock()).attach(self.client)
         connect(self.client, cfg.mqtt, props)
         self.previous: dict | None = None
@@ -93,9 +116,12 @@ class StatusPublisher:
         self._health: dict | None = None  # the last health message published
 
     def publish(self, final: str | None = None) -> dict:
+        """Publish a snapshot; ``final`` (the state at a clean stop) replaces its state
+        and adds why."""
         snap = self.read(self.previous)
         if final:
             snap["state"] = final
+            snap["reason"] = "stopped cleanly"
         self.previous = snap
         payload = json.dumps(snap)
         path = status_file(self.cfg)
@@ -108,7 +134,7 @@ class StatusPublisher:
             if str(exc) != self._file_error:
                 log.error("status file %s not written: %s", path, exc)
             self._file_error = str(exc)
-        self.client.publish(self.topic, final or payload, qos=1, retain=True)
+        self.client.publish(self.topic, payload, qos=1, retain=True)
         if not final:
             self._publish_health(snap)
         return snap
@@ -145,10 +171,16 @@ def health_document(snap: dict) -> dict | None:
     return {"ts": snap["ts"], "state": state, "message": message, "disk": disk}
 
 
-def text(snap: dict, age_s: float) -> str:
-    """``appliance status``: the snapshot for a person."""
-    lines = [f"state {snap['state']} (as of {age_s:.0f} s ago), version {snap['version']}, "
+def text(snap: dict, age_s: float, interval_s: float) -> str:
+    """``appliance status``: the snapshot for a person (``interval_s``: how often the
+    service writes it)."""
+    state = reporting_state(snap, age_s, interval_s)
+    lines = [f"state {state} (as of {age_s:.0f} s ago), version {snap['version']}, "
              f"model {snap['model']}, MQTT {'connected' if snap['mqtt_connected'] else 'DOWN'}"]
+    if state == "not reporting":
+        lines.append(f"!! the service has not written its status for {age_s:.0f} s (it "
+                     f"writes one every {interval_s:g} s): it is stopped, killed or hung; "
+                     f"what follows is its last status, from {age_s:.0f} s ago")
     for problem in snap.get("problems", []):
         lines.append(f"!! {problem}")
     for note in snap.get("notes", []):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from appliance.clock import Clock, WallClock
 from appliance.messages import EndOfStream
+from appliance.models.contract import ModelError
 from appliance.stages.base import Stage, StopSignals
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,10 @@ class Supervisor:
             except Exception as exc:  # a stage failure must never take the others down
                 stage.counters.errors += 1
                 health.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.error("stage %s raised %s\n%s", stage.name, health.last_error,
-                          traceback.format_exc())
+                # a model refused by its checks is a fact about the file, which the message
+                # names; its traceback would only bury that line
+                log.error("stage %s raised %s%s", stage.name, health.last_error,
+                          "" if isinstance(exc, ModelError) else "\n" + traceback.format_exc())
             finally:
                 _close(stage)
             now = self.clock.monotonic()

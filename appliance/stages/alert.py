@@ -46,6 +46,7 @@ from appliance.mqtt.client import ConnectionMonitor, connect, make_client
 from appliance.mqtt.topics import Topics
 from appliance.stages.base import Stage
 from appliance.storage.recent import StandingAlert
+from appliance.timefmt import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class AlertStage(Stage):
         alerts = [a for p in item.items if (a := self._update(p)) is not None]
         for a in alerts:
             if a.role == "champion":
+                log_alert(a)
                 self._publish(a)
         self.counters.processed += len(item.items)
         return (item, Alerts(tuple(alerts))) if alerts else (item,)
@@ -193,3 +195,15 @@ class AlertStage(Stage):
         if client is not None:
             client.disconnect()
             client.loop_stop()
+
+
+def log_alert(alert: AlertEvent) -> None:
+    """One INFO line per raised or cleared alert: the service log is where an operator
+    looks first, and an alert seen only on MQTT cannot be traced there."""
+    reason = "no reason given"
+    if alert.top_factors:
+        f = alert.top_factors[0]
+        reason = f"{f.feature} = {f.value:.4g} (contribution {f.contribution:+.3g})"
+    log.info("alert %s: %s/%s at %s, probability %.3f against threshold %.3f (model %s); "
+             "top reason: %s", alert.state, alert.line, alert.asset, rfc3339(alert.ts),
+             alert.probability, alert.threshold, alert.model, reason)

@@ -56,6 +56,10 @@ class PredictStage(Stage):
         #: the last tick's predict time of each challenger, ms (its cost, in the status)
         self._challenger_ms: dict[str, float] = {}
         self._next_poll = 0.0
+        #: The model served before the current one: what serves again when the current
+        #: one fails to predict.
+        self._previous: LoadedModel | None = None
+        self._refused = ""  # why the last champion was refused, while none serves
         if model is not None:
             self.use(model)
         else:
@@ -63,7 +67,10 @@ class PredictStage(Stage):
 
     def use(self, model: LoadedModel) -> None:
         """Serve ``model`` from the next tick on."""
+        if self.model is not None and self.model.name != model.name:
+            self._previous = self.model
         self.model = model
+        self._refused = ""
         self._columns = {}
         self._explainer = Explainer(model, self.cfg.alerts.top_factors)
         self.watcher.activated(model)
@@ -90,7 +97,13 @@ class PredictStage(Stage):
         if self.model is None:
             self.counters.bump("rows_without_model", len(rows.assets))
             return
-        yield self.predict(rows)
+        try:
+            champion = self.predict(rows)
+        except Exception as exc:  # onnxruntime raises its own types; a crash-loop helps none
+            self._refuse_champion(exc)
+            self.counters.bump("rows_without_model", len(rows.assets))
+            return
+        yield champion
         shadow = self.predict_challengers(rows)
         if shadow.items:
             yield shadow
@@ -101,10 +114,35 @@ class PredictStage(Stage):
             entry["challengers"] = {name: {"ms_per_tick": round(self._challenger_ms.get(name, 0),
                                                                   3)}
                                     for name in self.watcher.challengers}
-        if self.model is None:
+        if self.model is None and self._refused:
+            # a model failed where one served: the service is degraded until one is promoted
+            entry["problem"] = (f"no model: {self._refused}; storing readings only, nothing "
+                                f"is predicted until a model is promoted")
+        elif self.model is None:
             entry["note"] = ("no model: storing readings only ([model] required = false); "
                              "nothing is predicted until a model is promoted")
         return entry
+
+    def _refuse_champion(self, exc: Exception) -> None:
+        """The serving model failed to predict: one error line, a ``refused`` event, and
+        the model served before it serves again (none when there was none)."""
+        model = self.model
+        assert model is not None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        self.counters.bump("models_refused")
+        self.watcher.record(model.name, model.path, model.sha256, model.spec_hash, "refused",
+                            f"failed to predict: {reason}")
+        # forget the refused model before going back, so it never becomes the previous
+        previous, self._previous, self.model = self._previous, None, None
+        if previous is not None:
+            log.error("model %s refused, it failed to predict: %s; serving %s again",
+                      model.name, reason, previous.name)
+            self.use(previous)
+            return
+        log.error("model %s refused, it failed to predict: %s; serving NO model until one "
+                  "is promoted", model.name, reason)
+        self._explainer, self._columns = None, {}
+        self._refused = f"model {model.name} refused (failed to predict: {reason})"
 
     def predict(self, rows: FeatureRows) -> Predictions:
         model, explainer = self.model, self._explainer

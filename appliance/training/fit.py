@@ -220,12 +220,15 @@ def _fit(ds: Dataset, spec: PipelineSpec, t_start: float, t_end: float,
     thinned = (f"; 1 in {step} negatives, weighted as the {round(weight.sum())} ticks"
                if step > 1 else "")
     say(f"{params.family}: training on {len(X_train)} ticks ({int(y_train.sum())} positive"
-        f"{thinned}), {len(names)} features ({len(dropped)} dropped)")
+        f"{thinned}), {len(names)} features ({len(dropped)} dropped): fitting, which "
+        f"prints nothing until it is done (seconds to a minute)")
 
     t0 = time.perf_counter()
     clf = make_classifier(params)
     fit_classifier(clf, params, X_train, y_train.astype(np.int64), sample_weight)
     timings["fit_s"] = time.perf_counter() - t0
+    say(f"{params.family}: fitted in {timings['fit_s']:.1f} s; choosing the threshold on "
+        f"{int(val_rows.sum())} validation ticks")
 
     t0 = time.perf_counter()
     X_val = ds.X[np.ix_(np.flatnonzero(val_rows), keep)]

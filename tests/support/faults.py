@@ -151,8 +151,7 @@ class StatusWatcher:
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.payload != b"offline":
-            self.latest = json.loads(msg.payload)
+        self.latest = json.loads(msg.payload)
 
     def __call__(self) -> dict:
         return self.latest

@@ -194,3 +194,54 @@ def test_models_shadow_unshadow_list_on_the_command_line(tmp_path, capsys):
     assert f"* {a.name}" in listed and f"~ {b.name}" in listed
     assert main(["models", "unshadow", b.name, "--config", str(cfg)]) == 0
     assert registry.challenger_names() == []
+
+
+def test_champion_alerts_are_logged_one_line_each(caplog):
+    from appliance.messages import Factor
+
+    stage = AlertStage(config.from_dict({}), queue.Queue(), queue.Queue())
+    why = (Factor("vibration__mean_600s", 2.5, 0.8), Factor("temp__max_60s", 1.0, 0.1))
+    caplog.set_level("INFO", logger="appliance.stages.alert")
+    for ts, p in ((0.0, 0.9), (10.0, 0.95), (20.0, 0.1)):  # raised, standing, cleared
+        stage.handle(Predictions((Prediction("l1", "a1", ts, p, 0.5, "champ",
+                                             top_factors=why),
+                                  Prediction("l1", "a1", ts, p, 0.5, "chal",
+                                             role="challenger"))))
+    lines = [r.getMessage() for r in caplog.records if r.name == "appliance.stages.alert"]
+    assert len(lines) == 2, lines  # the challenger's alerts are not the operator's
+    assert lines[0].startswith("alert raised: l1/a1 at 1970-01-01T00:00:00"), lines[0]
+    assert "probability 0.900 against threshold 0.500 (model champ)" in lines[0]
+    assert "top reason: vibration__mean_600s = 2.5 (contribution +0.8)" in lines[0]
+    assert lines[1].startswith("alert cleared: l1/a1") and "probability 0.100" in lines[1]
+
+
+def test_a_champion_that_fails_to_predict_is_refused_and_the_previous_serves(tmp_path,
+                                                                              caplog):
+    stage, (first, second), _ = _stage(tmp_path)  # first serves
+    stage.use(Broken(second))  # type: ignore[arg-type]  # its session fails at predict
+    stage.periodic()
+    with caplog.at_level("ERROR"):
+        out = list(stage.handle(_rows(5, first)))
+    assert out == [] and stage.model is first  # the model served before it
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].exc_info is None
+    assert f"model {second.name} refused, it failed to predict: [ONNXRuntimeError]" in \
+        refusals[0].getMessage()
+    events = stage.periodic()
+    assert [(e.name, e.status) for e in events if e.status == "refused"] == \
+        [(second.name, "refused")]
+    assert [p.model for p in next(iter(stage.handle(_rows(5, first)))).items] == \
+        [first.name] * 5
+
+
+def test_when_the_previous_model_fails_too_none_serves_and_the_status_says_why(tmp_path):
+    stage, (first, second), _ = _stage(tmp_path)
+    stage.use(Broken(first))  # type: ignore[arg-type]
+    stage.use(Broken(second))  # type: ignore[arg-type]
+    assert list(stage.handle(_rows(5, first))) == []  # second refused: first again
+    assert stage.model is not None and stage.model.name == first.name
+    assert list(stage.handle(_rows(5, first))) == []  # first refused too: none, no ping-pong
+    assert stage.model is None
+    problem = stage.status()["problem"]  # the status reads degraded
+    assert problem.startswith(f"no model: model {first.name} refused (failed to predict:")
+    assert stage.counters.extra["rows_without_model"] == 10

@@ -251,3 +251,78 @@ def test_train_recommends_no_model_when_none_catches_a_validation_fault(tmp_path
     for _name, run in _runs(db):
         assert run["usable"] is False
         assert any(p.startswith("caught 0 of ") for p in run["problems"])
+
+
+def _status_file(tmp_path: Path, age_s: float, state: str = "running") -> Path:
+    """A config whose database has a status file written ``age_s`` seconds ago."""
+    import json
+    import time
+
+    db = tmp_path / "a.duckdb"
+    cfg = write(tmp_path, f'[storage]\npath = "{db}"\n[status]\ninterval_s = 5\n')
+    snap = {"state": state, "ts": time.time() - age_s, "version": __version__,
+            "model": "m", "mqtt_connected": True, "problems": [], "notes": [],
+            "queues": {}, "stages": {}}
+    (tmp_path / "a.duckdb.status.json").write_text(json.dumps(snap))
+    return cfg
+
+
+def test_status_of_a_dead_service_says_not_reporting(tmp_path, capsys):
+    # 68 s old with a 5 s interval: the service stopped writing it long ago
+    assert main(["status", "--config", str(_status_file(tmp_path, 68.0))]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("state not reporting (as of 68 s ago)"), out
+    assert "running" not in out.splitlines()[0]
+    assert main(["status", "--json", "--config", str(_status_file(tmp_path, 68.0))]) == 3
+    assert '"state": "not reporting"' in capsys.readouterr().out
+
+
+def test_status_of_a_live_service_says_running(tmp_path, capsys):
+    assert main(["status", "--config", str(_status_file(tmp_path, 1.0))]) == 0
+    assert capsys.readouterr().out.startswith("state running (as of 1 s ago)")
+    # stopped cleanly: offline however old, not running
+    assert main(["status", "--config", str(_status_file(tmp_path, 68.0, "offline"))]) == 3
+    assert capsys.readouterr().out.startswith("state offline (as of 68 s ago)")
+
+
+def test_models_commands_say_which_model_serves_and_why(tmp_path, capsys):
+    import json
+
+    from appliance.models.registry import Registry
+
+    cfg = write(tmp_path, f'[model]\ndir = "{tmp_path / "models"}"\n')
+    assert main(["models", "list", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "serving: starter-" in out and "no model is active in the registry" in out
+    assert main(["models", "add", str(STARTER_MODEL), "--config", str(cfg)]) == 0
+    name = capsys.readouterr().out.split()[1].rstrip(";")
+    assert main(["models", "promote", name, "--config", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["models", "show", name, "--config", str(cfg)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["serving_now"] == f"{name}, the registry's active model"
+    # the active model's file no longer fits (another [pipeline]): the fallback serves
+    _retrained_for("0" * 16, tmp_path / "models" / f"{name}.onnx")
+    assert main(["models", "list", "--config", str(cfg)]) == 0
+    serving = capsys.readouterr().out.splitlines()[-1]
+    assert serving.startswith("serving: starter-") and "the fallback (the starter model" in \
+        serving and f"active model refused: {tmp_path / 'models' / name}.onnx" in serving
+    assert main(["models", "rollback", "--config", str(cfg)]) == 1  # nothing earlier
+    assert "serving: starter-" in capsys.readouterr().err
+    assert Registry(tmp_path / "models").active_name() == name
+
+
+def test_every_command_and_option_has_a_help_text():
+    import argparse
+
+    from appliance.cli import build_parser
+
+    parser = build_parser()
+    assert "`" not in parser.description and "appliance demo" in parser.description
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = {c.dest: c.help for c in subs._choices_actions}
+    for name, sub in subs.choices.items():
+        assert listed.get(name), f"{name}: no summary in the command list"
+        assert sub.description, f"{name}: no description in its --help"
+        bare = [a.dest for a in sub._actions if not a.help]
+        assert not bare, f"appliance {name}: options without help: {bare}"

@@ -48,7 +48,7 @@ def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp
               "\n"                                            # 6 blank (skipped)
               "not-a-time,a1,temp,3\n"                        # 7 bad time
               "2025-01-01T00:00:40Z,a1,temp,4,5\n"            # 8 too many columns
-              "2025-01-01T00:00:50Z,a1,temp,nan\n"            # 9 not finite
+              "2025-01-01T00:00:50Z,a1,temp,nan\n"            # 9 a missing value
               "2025-01-01T00:01:00Z,?!,temp,7\n"              # 10 nothing of the name kept
               "2025-01-01T00:01:10Z,a1,fault,7\n"             # 11 reserved sensor
               "2035-01-01T00:00:00Z,a1,temp,7\n"              # 12 in the future
@@ -57,15 +57,14 @@ def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp
     r = import_readings(con, f, now=T0 + 86400)
     assert r.form == "long" and r.rows == 12
     assert r.stored == 2 and stored(con) == 2
-    assert r.bad_rows == 10
+    assert r.bad_rows == 9 and r.nan_values == 1  # nan: no reading, not a bad row
     lines = {p.where: p.reason for p in r.problems}
-    assert list(lines) == [f"line {n}" for n in (3, 4, 5, 7, 8, 9, 10, 11, 12, 13)]
+    assert list(lines) == [f"line {n}" for n in (3, 4, 5, 7, 8, 10, 11, 12, 13)]
     assert "'abc' is not a number" in lines["line 3"]
     assert "missing columns" in lines["line 4"]
     assert lines["line 5"] == "asset is empty"
     assert "'not-a-time' is not a time" in lines["line 7"]
     assert "too many columns" in lines["line 8"]
-    assert "not a finite number" in lines["line 9"]
     assert "no character a name can keep" in lines["line 10"]
     assert "reserved" in lines["line 11"]
     assert "in the future" in lines["line 12"]
@@ -74,12 +73,13 @@ def test_long_form_bad_rows_are_skipped_and_reported_with_their_line_numbers(tmp
     assert ts == [T0, T0 + 90]
     assert r.bad_row_reasons == {
         "unreadable value": 1, "missing columns": 1, "empty asset": 1, "unreadable ts": 1,
-        "too many columns": 1, "non-finite value": 1, "invalid asset name": 1,
+        "too many columns": 1, "invalid asset name": 1,
         "reserved sensor name": 1, "ts in the future": 1, "empty value": 1}
     text = r.summary()
-    assert "skipped 10 bad rows (1 empty asset, 1 empty value, " in text
+    assert "skipped 9 bad rows (1 empty asset, 1 empty value, " in text
+    assert "1 nan values (a missing reading: not stored)" in text
     assert "line 3: value: 'abc' is not a number" in text
-    assert r.losses() == ["10 bad rows skipped"] and r.losses(allow_skipped=True) == []
+    assert r.losses() == ["9 bad rows skipped"] and r.losses(allow_skipped=True) == []
 
 
 def test_only_the_first_n_problems_are_listed_but_all_are_counted(tmp_path, con):
@@ -182,9 +182,8 @@ def test_parquet_long_form_reports_row_numbers(tmp_path, con):
         f"(3, NULL, 'a1', 's', 3.0), (4, TIMESTAMP '2025-01-01 00:00:30', 'a1', 's', 4.0)) "
         f"t(i, ts, asset, sensor, value) ORDER BY i) TO '{path}' (FORMAT parquet)")
     r = import_readings(con, path)
-    assert r.stored == 2 and r.bad_rows == 2
-    assert [(p.where, p.reason) for p in r.problems] == [
-        ("row 2", "value nan is not a finite number"), ("row 3", "ts is empty")]
+    assert r.stored == 2 and r.bad_rows == 1 and r.nan_values == 1
+    assert [(p.where, p.reason) for p in r.problems] == [("row 3", "ts is empty")]
 
 
 def test_a_file_that_cannot_be_imported_is_refused_whole(tmp_path, con):
@@ -585,3 +584,34 @@ def test_replay_refuses_a_file_the_service_would_set_aside_and_shift_to_now_fits
     with pytest.raises(ImportRefused, match=r"\[limits\] max_past_s = "):
         old = T0 - 20 * 365 * 86400.0 + 10.0 * np.arange(3)  # 20 years ago
         check_limits(old, schedule(old, time_mod.time(), None, False)[0], Config())
+
+
+def test_wide_form_nan_cells_are_missing_readings_counted_apart_from_empty_ones(tmp_path,
+                                                                                con):
+    f = write(tmp_path / "w.csv", "ts,asset,temp,flow\n"
+                                  "2025-01-01T00:00:00Z,a1,1.0,\n"      # flow empty
+                                  "2025-01-01T00:00:10Z,a1,nan,2.0\n"   # temp nan
+                                  "2025-01-01T00:00:20Z,a1,NaN,3.0\n")  # temp NaN
+    r = import_readings(con, f)
+    assert (r.stored, r.empty_values, r.nan_values, r.bad_values) == (3, 1, 2, 0)
+    assert "1 empty cells (no reading)" in r.summary()
+    assert "2 nan values (a missing reading: not stored)" in r.summary()
+    assert r.losses() == []
+
+
+def test_cli_import_exits_1_whenever_a_file_stored_nothing(tmp_path, capsys):
+    db = str(tmp_path / "d.duckdb")
+    only_nan = write(tmp_path / "n.csv", "ts,asset,sensor,value\n"
+                                         "2025-01-01T00:00:00Z,a,s,nan\n")
+    assert cli.main(["import", str(only_nan), "--db", db, "--quiet"]) == 1
+    assert f"nothing stored from {only_nan}: its 1 rows held 1 nan values" in \
+        capsys.readouterr().err
+    only_bad = write(tmp_path / "b.csv", "ts,asset,sensor,value\n2025-01-01T00:00:00Z,a,s,x\n")
+    # accepting skipped rows does not make an import that stored none a success
+    assert cli.main(["import", str(only_bad), "--db", db, "--quiet", "--allow-skipped"]) == 1
+    assert "nothing stored from" in capsys.readouterr().err
+    good = write(tmp_path / "g.csv", "ts,asset,sensor,value\n2025-01-01T00:00:00Z,a,s,1\n")
+    assert cli.main(["import", str(good), "--db", db, "--quiet"]) == 0
+    # again: nothing new, but the database holds it all: not a failure
+    assert cli.main(["import", str(good), "--db", db, "--quiet"]) == 0
+    assert "nothing stored" not in capsys.readouterr().err

@@ -79,7 +79,8 @@ def test_the_package_has_the_layout_the_readme_describes():
     rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
     assert rooms >= {*SERVICE_SIDE, *OFFLINE}
     loose = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
-    assert loose == {"cli", "config", "messages", "clock", "timefmt", "alarm", "console"}
+    assert loose == {"cli", "config", "messages", "clock", "timefmt", "alarm", "console",
+                     "logsetup"}
 
 
 @pytest.mark.parametrize("path", _files("stages"), ids=lambda p: p.name)

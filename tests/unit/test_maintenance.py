@@ -191,7 +191,7 @@ def test_the_status_warns_from_80_percent_naming_the_figures(tmp_path):
             "problems": [], "notes": [entry["note"]], "disk": entry["disk"], "queues": {},
             "stages": {"maintenance": {**entry, "state": "running", "restarts": 0,
                                        "last_error": ""}}}
-    shown = text(snap, 1.0)
+    shown = text(snap, 1.0, 5.0)
     assert f"of {entry['disk']['budget_mb']:,.0f} MB (85 %, warning; [storage] max_disk_mb)" \
         in shown, shown
 

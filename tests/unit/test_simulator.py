@@ -389,3 +389,21 @@ def test_fault_events_are_typed():
     sim = LineSimulator(10, 0.1, seed=0, start_ts=0.0)
     events = [ev for _, faults in sim.messages(int(3 * HOUR * 0.1)) for ev in faults]
     assert events and all(isinstance(e, FaultEvent) and e.line == "line1" for e in events)
+
+
+def test_to_files_size_is_estimated_before_and_a_large_one_refused(tmp_path, capsys):
+    from appliance.cli import main
+    from appliance.devtools.simulator import estimate_readings_bytes
+
+    readings_csv, _ = to_files(tmp_path / "small", days=0.01, assets=2, hz=1.0, seed=3)
+    actual = readings_csv.stat().st_size
+    assert 0.85 * actual < estimate_readings_bytes(0.01, 2, 1.0) < 1.15 * actual
+    # the defaults (a day of 10 assets at 1 Hz, 4.3 million rows): refused unasked
+    assert main(["simulate", "--to-files", str(tmp_path / "big")]) == 1
+    err = capsys.readouterr().err
+    assert "would be about 251 MB" in err and "--yes" in err
+    assert not (tmp_path / "big").exists()
+    assert main(["simulate", "--to-files", str(tmp_path / "out"), "--days", "0.01",
+                 "--assets", "1"]) == 0
+    assert "writing about 0 MB" in capsys.readouterr().err
+    assert (tmp_path / "out" / "readings.csv").stat().st_size > 0

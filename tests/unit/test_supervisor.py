@@ -293,3 +293,30 @@ def test_a_start_that_never_returns_after_a_restart_is_hung():
         source.release.set()
         sup.signals.abort.set()
         assert sup.join(2)
+
+
+class Refusing(Counter):
+    """Raises a ModelError (a model refused by its checks) on the items in ``fail_on``."""
+
+    def handle(self, item: object) -> tuple[object, ...]:
+        from appliance.models.contract import ModelError
+
+        if isinstance(item, int) and item in self.fail_on:
+            self.fail_on.discard(item)
+            raise ModelError(f"m.onnx: refused on {item}")
+        return super().handle(item)
+
+
+def test_a_model_refusal_is_logged_in_one_line_without_its_traceback(caplog):
+    q1, q2 = queue.Queue(10), queue.Queue(1000)
+    a = Refusing("a", q1, q2, fail_on={1})
+    sup = Supervisor([a], backoff_min_s=0.01)
+    with caplog.at_level("ERROR", logger="appliance.service.supervisor"):
+        sup.start()
+        for i in range(3):
+            q1.put(i)
+        assert wait_until(lambda: q2.qsize() == 2)
+        q1.put(EndOfStream())
+        assert sup.join(2)
+    raised = [r.getMessage() for r in caplog.records if "raised" in r.getMessage()]
+    assert raised == ["stage a raised ModelError: m.onnx: refused on 1"]

@@ -27,7 +27,7 @@ from appliance.models.explain import Explainer, feature_parts, number, value_ran
 from appliance.models.registry import Registry
 from appliance.storage import database, history, tables
 from appliance.timefmt import rfc3339
-from tests.support.retrain import run_cli
+from tests.support.retrain import prepare, run_cli
 from tests.support.service import write_config
 
 pytestmark = pytest.mark.slow  # a history imported and trained
@@ -38,21 +38,10 @@ PARAMS = simulator.SimParams(precursors=(DEGRADED,))
 
 @pytest.fixture(scope="module")
 def line(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("explain")
+    root = prepare(tmp_path_factory.mktemp("explain"), days=4.0, assets=4, seed=5,
+                   params=PARAMS)
     cfg_path = root / "appliance.toml"
-    cfg_path.write_text(f'[storage]\npath = "{root / "appliance.duckdb"}"\n'
-                        f'[model]\ndir = "{root / "models"}"\n'
-                        "[pipeline]\ncadence_s = 60\nhampel_window_s = 600\n"
-                        "[training]\nmax_iter = 30\n")
-    readings, faults = simulator.to_files(root / "files", days=4.0, assets=4, hz=1 / 60,
-                                          seed=5, params=PARAMS)
-    for argv in (["import", str(readings), "--faults", str(faults), "--quiet"],
-                 ["train", "--family", "gbt", "--quiet"]):
-        code, text = run_cli([*argv, "--config", str(cfg_path)])
-        assert code == 0, text
-    registry = Registry(root / "models")
-    (entry,) = registry.entries()
-    registry.promote(entry.name)
+    (entry,) = Registry(root / "models").entries()
     cfg = config.load(cfg_path)
     con = database.open_offline(root / "appliance.duckdb", read_only=True)
     try:

@@ -42,6 +42,7 @@ from appliance.stages.store import StoreStage
 from appliance.storage import database, recent
 from appliance.timefmt import from_us, to_us
 from appliance.training import export
+from tests.support.faults import query
 from tests.support.service import TOPICS, publish_all, publisher, subscriber, write_config
 
 #: Short windows so a day has many ticks after the warm-up, and EWMAs short enough that
@@ -128,12 +129,8 @@ def run_service(cfg: config.Config, db_path: Path, model: LoadedModel, keys, ts,
 
 
 def predictions(db_path: Path) -> list[tuple]:
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        return con.execute("SELECT epoch_us(ts), line, asset, probability FROM predictions "
-                           "ORDER BY ts, line, asset").fetchall()
-    finally:
-        con.close()
+    return query(db_path, "SELECT epoch_us(ts), line, asset, probability FROM predictions "
+                          "ORDER BY ts, line, asset")
 
 
 @pytest.mark.slow
@@ -239,12 +236,7 @@ def prediction(ts: float, p: float, asset: str = "a1") -> Predictions:
 
 
 def alerts_stored(db_path: Path) -> list[tuple]:
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        return con.execute("SELECT asset, state, probability FROM alerts "
-                           "ORDER BY ts, asset").fetchall()
-    finally:
-        con.close()
+    return query(db_path, "SELECT asset, state, probability FROM alerts ORDER BY ts, asset")
 
 
 def wait_for(what: str, predicate, timeout_s: float = 20.0) -> None:

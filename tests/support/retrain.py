@@ -33,15 +33,17 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
-def prepare(root: Path) -> Path:
-    """Import and train in ``root`` (``appliance.duckdb`` and ``models/``); returns root."""
+def prepare(root: Path, *, days: float = DAYS, assets: int = ASSETS, seed: int = 2,
+            params: simulator.SimParams = PARAMS) -> Path:
+    """Import and train in ``root`` (``appliance.duckdb``, ``models/`` with the model
+    promoted, ``appliance.toml``); returns root."""
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "appliance.toml"
     cfg.write_text(f'[storage]\npath = "{root / "appliance.duckdb"}"\n'
                    "[pipeline]\ncadence_s = 60\nhampel_window_s = 600\n"
                    "[training]\nmax_iter = 30\n")
-    readings, faults = simulator.to_files(root / "files", days=DAYS, assets=ASSETS,
-                                          hz=1 / 60, seed=2, params=PARAMS)
+    readings, faults = simulator.to_files(root / "files", days=days, assets=assets,
+                                          hz=1 / 60, seed=seed, params=params)
     for argv in (["import", str(readings), "--faults", str(faults), "--quiet"],
                  ["train", "--family", "gbt", "--quiet"]):
         code, text = run_cli([*argv, "--config", str(cfg)])

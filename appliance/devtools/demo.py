@@ -146,7 +146,7 @@ def render(service: Service, cfg: Config) -> str:
             FROM latest l LEFT JOIN last_alert a USING (asset) ORDER BY l.asset""").fetchall()
         readings = con.execute("SELECT count(*) FROM readings_raw").fetchone()[0]
         alerts = con.execute("SELECT count(*) FROM alerts WHERE state = 'raised'").fetchone()[0]
-        last = con.execute("SELECT asset, ts, probability, top_factors FROM alerts "
+        last = con.execute("SELECT asset, ts, probability, reasons FROM alerts "
                            "WHERE state = 'raised' ORDER BY ts DESC LIMIT 1").fetchone()
         in_fault = {a for (a,) in con.execute(
             "SELECT asset FROM faults GROUP BY asset HAVING arg_max(state, ts) = 'start'"
@@ -173,12 +173,13 @@ def render(service: Service, cfg: Config) -> str:
         lines.append("(waiting for the first predictions: each asset's first hour of "
                      "event time is its warm-up, in which its windows fill)")
     if last is not None:
-        asset, ts, p, factors = last
-        why = ", ".join(f"{f['feature']} = {f['value']:.3g}" for f in json.loads(factors))
+        asset, ts, p, reasons = last
+        why = "; ".join(r["text"] for r in json.loads(reasons or "[]")) or "(no reason kept)"
         lines.append(f"\nlast alert: {asset} at {ts:%H:%M:%S} (p = {p:.3f}); why: {why}")
     lines += _drift_lines(drift) + _score_lines(scores)
     lines.append(f"\ndatabase: {cfg.resolve(cfg.storage.path)}")
-    lines.append(f"try, after Ctrl-C: .venv/bin/appliance sql --db {cfg.resolve(cfg.storage.path)} "
+    lines.append(f"try, now or after Ctrl-C: .venv/bin/appliance sql --db "
+                 f"{cfg.resolve(cfg.storage.path)} "
                  f"\"{SQL_HINT}\"")
     return "\n".join(lines)
 

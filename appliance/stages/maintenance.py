@@ -345,6 +345,12 @@ class MaintenanceStage(Stage):
         elif disk.fraction >= DELETE_EARLY_AT:
             entry["note"] = (f"disk: {figures}; deleting the oldest readings early "
                              f"(kept {entry.get('readings_kept_days', '?')} days)")
+            r = self.cfg.retrain
+            wanted = r.history_days + r.holdout_days
+            if r.enabled and entry.get("readings_kept_days", wanted) < wanted:
+                entry["note"] += (f", fewer than the {wanted:g} days the retraining loop "
+                                  f"trains on: raise [storage] max_disk_mb or lower "
+                                  f"[retrain] history_days")
         elif disk.fraction >= WARN_AT:
             entry["note"] = (f"disk: {figures}; at {100 * DELETE_EARLY_AT:.0f} % the oldest "
                              f"readings are deleted early")

@@ -252,3 +252,14 @@ def test_a_failing_pass_is_a_problem_and_the_next_one_retries(tmp_path):
     clock.advance(10.0)
     stage.tick()
     assert "problem" not in stage.status() and stage.counters.errors == 1
+
+
+def test_deleting_early_below_the_loops_history_says_so(tmp_path):
+    stage, db = _stage(tmp_path, max_disk_mb=64)
+    _readings(db, np.array([T0, T0 + 20 * DAY]))
+    stage.maintain()
+    stage._budget = int(stage.measure().used / 0.92)  # past the point of deleting early
+    stage._disk = stage.measure()
+    note = stage.status()["note"]
+    assert "deleting the oldest readings early (kept 20.0 days)" in note, note
+    assert "fewer than the 62 days the retraining loop trains on" in note, note

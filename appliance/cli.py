@@ -124,7 +124,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"no status at {path}: is the service running with this config?",
               file=sys.stderr)
-        return 1
+        return 3  # as for a stopped service (1 is degraded)
     age = time.time() - snap["ts"]
     interval_s = cfg.status.interval_s
     if args.json:
@@ -568,8 +568,12 @@ def _fit_pipeline(args: argparse.Namespace, fitting: dict[str, Any]) -> bool:
         print("appliance import: --fit-pipeline writes into the config file: name it with "
               "--config FILE", file=sys.stderr)
         return False
-    write_pipeline_keys(path, fitting)
-    config_mod.load(path)  # a ConfigError names the key, as for any config
+    try:
+        write_pipeline_keys(path, fitting)
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError: nothing written
+        print(f"appliance import: --fit-pipeline did not change {path}: {exc}",
+              file=sys.stderr)
+        return False
     print(f"wrote into {path}: [pipeline] {keys} (a model trained before this, and a "
           f"running service, use the old values: train again and restart)")
     return True

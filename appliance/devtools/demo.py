@@ -44,7 +44,8 @@ def demo_config(host: str, port: int, data_dir: Path) -> Config:
 #: The file that marks a folder as the demo's own, so a later run may empty it.
 MARKER = ".appliance-demo"
 #: What a demo leaves in its folder (the database and what sits beside it, the models the
-#: retraining loop trained): a folder holding only these is a demo's, marked or not.
+#: retraining loop trained): emptied only in a folder that also holds ``MARKER`` (a
+#: service's data folder holds the same names, and is never a demo's).
 DEMO_STATE = ("appliance.duckdb*", "appliance.sock", ".appliance.sock.*", "models", MARKER)
 
 
@@ -65,6 +66,10 @@ def fresh_data_dir(data_dir: Path) -> str:
         raise ValueError(f"{data_dir} holds files a demo did not write "
                          f"({', '.join(sorted(foreign)[:5])}): give the demo a folder of its "
                          f"own with --data-dir")
+    if entries and not (data_dir / MARKER).exists():
+        raise ValueError(f"{data_dir} holds an appliance database that is not a demo's (no "
+                         f"{MARKER} in it): give the demo a folder of its own with "
+                         f"--data-dir, or remove the folder yourself")
     for entry in entries:
         if entry.is_dir():
             shutil.rmtree(entry)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
+import tomllib
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from appliance.config import PipelineConfig
+from appliance.config import ConfigError, PipelineConfig, from_dict
 from appliance.features.spec import PipelineSpec
 from appliance.importer.faults import import_faults
 from appliance.importer.readings import import_readings
@@ -111,24 +114,51 @@ def write_pipeline_keys(path: str | Path,
     """Set ``values`` in the ``[pipeline]`` table of the TOML file ``path``
     (``import --fit-pipeline``), by text, so the file's other lines and comments stay
     as they are: a key's line in the table is replaced, a key not there is added under
-    the table's header, and a file without the table gets one at its end."""
-    text = Path(path).read_text()
-    lines = text.splitlines()
+    the table's header, and a file without the table gets one at its end.  The new
+    text is checked as a config before it replaces the file (atomically, mode kept):
+    raises ``ConfigError`` (nothing written) when it would not load, ``ValueError``
+    for a key whose value spans several lines, ``OSError`` when it cannot write."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
     set_by = "  # appliance import --fit-pipeline"
     new = {k: f"{k} = {toml_value(v)}{set_by}" for k, v in values.items()}
     header = next((i for i, ln in enumerate(lines)
-                   if re.fullmatch(r"\s*\[pipeline\]\s*(#.*)?", ln)), None)
+                   if re.fullmatch(r"\s*\[\s*pipeline\s*\]\s*(#.*)?", ln)), None)
     if header is None:
         lines += ["", "[pipeline]", *new.values()]
     else:
         end = next((i for i in range(header + 1, len(lines))
                     if re.match(r"\s*\[", lines[i])), len(lines))
         for i in range(header + 1, end):
-            key = re.match(r"\s*([A-Za-z0-9_]+)\s*=", lines[i])
+            key = re.match(r"""\s*["']?([A-Za-z0-9_]+)["']?\s*=\s*(.*)""", lines[i])
             if key and key.group(1) in new:
+                if key.group(2).startswith(("[", '"""', "'''")) and \
+                        not _closed(key.group(2)):
+                    raise ValueError(f"{path}: [pipeline] {key.group(1)} spans several "
+                                     f"lines: set it to {toml_value(values[key.group(1)])} "
+                                     f"by hand")
                 lines[i] = new.pop(key.group(1))
         lines[header + 1:header + 1] = new.values()
-    Path(path).write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: writing [pipeline] {', '.join(values)} would make it "
+                          f"invalid TOML ({exc}): set them by hand") from None
+    from_dict(raw, source=str(path))  # a ConfigError names the key, nothing written
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+    os.replace(tmp, path)
+
+
+def _closed(value: str) -> bool:
+    """Whether a TOML value that opens an array or a multi-line string closes on its line."""
+    try:
+        tomllib.loads(f"v = {value}")
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
 
 
 def toml_value(value: float | tuple[float, ...]) -> str:

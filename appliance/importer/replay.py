@@ -117,6 +117,8 @@ def replay(path: str | Path, cfg: Config, *, speedup: float | None = None,
     say = progress or (lambda _m: None)
     report, keys, ts, values = read(path, asset=asset, line=line, renames=renames,
                                     ignore=ignore)
+    if not len(ts):
+        raise ValueError(report.nothing_stored() or f"no readings in {path}")
     due, shift = schedule(ts, clock.time(), speedup, shift_to_now)
     check_limits(ts + shift, due, cfg)
     topics = Topics.from_config(cfg)
@@ -135,18 +137,29 @@ def replay(path: str | Path, cfg: Config, *, speedup: float | None = None,
             pending.append(client.publish(topics.reading(*key),
                                           json.dumps({"ts": t + shift, "value": v}), qos=1))
             while len(pending) >= MAX_PENDING:
-                pending.popleft().wait_for_publish(TIMEOUT_S)
+                _acknowledged(pending.popleft(), i)
         while pending:
-            info = pending.popleft()
-            info.wait_for_publish(TIMEOUT_S)
-            if not info.is_published():
-                raise ConnectionError(f"replay: the broker did not acknowledge a message "
-                                      f"within {TIMEOUT_S:g} s")
+            _acknowledged(pending.popleft(), len(ts))
     finally:
         client.disconnect()
         client.loop_stop()
     return ReplayResult(report, len(ts), float(ts[0]) if len(ts) else math.nan,
                         float(ts[-1]) if len(ts) else math.nan, shift)
+
+
+def _acknowledged(info: mqtt.MQTTMessageInfo, sent: int) -> None:
+    """Wait for the broker's PUBACK; ConnectionError when it does not come (a dropped
+    connection: paho raises from ``wait_for_publish`` then)."""
+    try:
+        info.wait_for_publish(TIMEOUT_S)
+    except (RuntimeError, ValueError) as exc:
+        raise ConnectionError(f"the connection to the broker failed after {sent} readings "
+                              f"were published ({exc}); the broker keeps what it "
+                              f"acknowledged: replay the rest with a file that holds it"
+                              ) from None
+    if not info.is_published():
+        raise ConnectionError(f"the broker did not acknowledge a message within "
+                              f"{TIMEOUT_S:g} s ({sent} readings published)")
 
 
 def _connect(client: mqtt.Client, cfg: Config, props: Any, clock: Clock) -> None:

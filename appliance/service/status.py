@@ -29,6 +29,9 @@ DEGRADED_STATES = frozenset({"failed", "hung"})
 #: A status older than this many status intervals comes from a service that is not
 #: reporting (killed, hung, or stopped without its last publish): never "running".
 NOT_REPORTING_AFTER_INTERVALS = 3
+#: ... and never sooner than this: the main thread writes it, and a few seconds' stall
+#: (a slow SD card, a long GIL hold) is not a dead service to a monitor.
+NOT_REPORTING_AFTER_S = 30.0
 
 
 def snapshot(supervisor: Supervisor, queues: Mapping[str, queue.Queue], *,
@@ -92,7 +95,8 @@ def reporting_state(snap: dict, age_s: float, interval_s: float) -> str:
     """The snapshot's state, or "not reporting" when it is older than
     ``NOT_REPORTING_AFTER_INTERVALS`` status intervals (a live service rewrites it every
     interval, so an old one says nothing about now)."""
-    if snap["state"] != "offline" and age_s > NOT_REPORTING_AFTER_INTERVALS * interval_s:
+    if snap["state"] != "offline" and age_s > max(NOT_REPORTING_AFTER_INTERVALS * interval_s,
+                                                  NOT_REPORTING_AFTER_S):
         return "not reporting"
     return snap["state"]
 

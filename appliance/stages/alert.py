@@ -201,7 +201,9 @@ def log_alert(alert: AlertEvent) -> None:
     """One INFO line per raised or cleared alert: the service log is where an operator
     looks first, and an alert seen only on MQTT cannot be traced there."""
     reason = "no reason given"
-    if alert.top_factors:
+    if alert.reasons:
+        reason = alert.reasons[0].text
+    elif alert.top_factors:
         f = alert.top_factors[0]
         reason = f"{f.feature} = {f.value:.4g} (contribution {f.contribution:+.3g})"
     log.info("alert %s: %s/%s at %s, probability %.3f against threshold %.3f (model %s); "

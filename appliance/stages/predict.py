@@ -97,13 +97,17 @@ class PredictStage(Stage):
         if self.model is None:
             self.counters.bump("rows_without_model", len(rows.assets))
             return
+        model = self.model
+        X = self._model_matrix(rows, model)
         try:
-            champion = self.predict(rows)
+            proba = model.predict_proba(X)
         except Exception as exc:  # onnxruntime raises its own types; a crash-loop helps none
+            # Only the model's own call: a bug of ours (explaining, say) goes to the
+            # supervisor with its traceback, not into refusing a good model.
             self._refuse_champion(exc)
             self.counters.bump("rows_without_model", len(rows.assets))
             return
-        yield champion
+        yield self.predictions(rows, X, proba)
         shadow = self.predict_challengers(rows)
         if shadow.items:
             yield shadow
@@ -144,11 +148,11 @@ class PredictStage(Stage):
         self._explainer, self._columns = None, {}
         self._refused = f"model {model.name} refused (failed to predict: {reason})"
 
-    def predict(self, rows: FeatureRows) -> Predictions:
+    def predictions(self, rows: FeatureRows, X: np.ndarray, proba: np.ndarray) -> Predictions:
+        """The champion's predictions of ``rows`` (its matrix ``X`` and probabilities),
+        those near the alarm level explained."""
         model, explainer = self.model, self._explainer
         assert model is not None and explainer is not None
-        X = self._model_matrix(rows, model)
-        proba = model.predict_proba(X)
         threshold = self.threshold
         explain = np.flatnonzero(proba >= threshold * self.cfg.alerts.clear_ratio)
         explained = explainer.explain(X[explain], proba[explain]) if len(explain) else []

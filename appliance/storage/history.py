@@ -50,9 +50,10 @@ class StoredHistory:
                       if len(ts) and ts[-1] >= t}
             if series:
                 starts = np.asarray(h.fault_starts, dtype=np.float64)
-                keep = starts >= t
-                kept.append(AssetHistory(h.asset, series, starts[keep],
-                                         np.asarray(h.fault_ends, dtype=np.float64)[keep]))
+                ends = np.asarray(h.fault_ends, dtype=np.float64)
+                # a fault still going on at t stays: its ticks after t are in a fault
+                keep = (starts >= t) | np.isnan(ends) | (ends >= t)
+                kept.append(AssetHistory(h.asset, series, starts[keep], ends[keep]))
         if not kept:
             raise ValueError(f"no readings from {t} (--since) on")
         series = [ts for h in kept for ts, _ in h.series.values()]

@@ -50,3 +50,11 @@ def test_the_demo_leaves_a_folder_of_other_files_alone(tmp_path):
     with pytest.raises(ValueError, match=r"mine\.csv"):
         demo.fresh_data_dir(tmp_path)
     assert (tmp_path / "mine.csv").read_text() == "precious"
+
+
+def test_the_demo_leaves_a_service_data_folder_alone(tmp_path):
+    (tmp_path / "appliance.duckdb").write_text("a service's database")
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ValueError, match="not a demo's"):
+        demo.fresh_data_dir(tmp_path)
+    assert (tmp_path / "appliance.duckdb").read_text() == "a service's database"

@@ -290,3 +290,18 @@ def test_a_failed_backtest_says_which_window_it_used_and_the_gap_to_leave_out(
     assert "the history from 2025-01-01T00:00:00Z to 2025-01-01T23:50:00Z (1.0 days, " \
            "from --since)" in err
     assert "gap" not in err
+
+
+def test_since_keeps_a_fault_still_going_on_at_its_start():
+    from appliance.storage.history import AssetHistory, StoredHistory
+
+    ts = np.arange(0.0, 1000.0, 10.0)
+    h = AssetHistory("a1", {"temp": (ts, np.ones(len(ts)))},
+                     np.array([100.0, 400.0, 700.0, 900.0]),
+                     np.array([200.0, 600.0, np.nan, 950.0]))
+    stored = StoredHistory((h,), 0.0, 990.0, len(ts), 4)
+    cut = stored.since(500.0)
+    (kept,) = cut.histories
+    # 100-200 ended before; 400-600 goes on at 500; 700-open and 900-950 start after
+    assert kept.fault_starts.tolist() == [400.0, 700.0, 900.0]
+    assert cut.faults == 3 and cut.t_start == 500.0

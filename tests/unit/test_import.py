@@ -545,18 +545,36 @@ def test_fit_pipeline_sets_keys_in_the_pipeline_table_and_keeps_the_rest(tmp_pat
     from appliance.importer.command import write_pipeline_keys
 
     cfg = write(tmp_path / "a.toml", '[storage]\npath = "x.duckdb"  # kept\n[pipeline]\n'
-                                     'cadence_s = 10\nclean = true\n[alerts]\n'
-                                     'cadence_s_note = 1\n')
+                                     'cadence_s = 10\nclean = true\n[variants.fast]\n'
+                                     'cadence_s = 5\n')
     write_pipeline_keys(cfg, {"cadence_s": 300.0, "hampel_window_s": 900.0,
                               "windows_s": (900.0, 3600.0)})
     doc = tomllib.loads(cfg.read_text())
     assert doc["pipeline"] == {"cadence_s": 300, "hampel_window_s": 900,
                                "windows_s": [900, 3600], "clean": True}
-    assert doc["alerts"] == {"cadence_s_note": 1}  # another table's line is not touched
+    assert doc["variants"] == {"fast": {"cadence_s": 5}}  # another table's is not touched
     assert 'path = "x.duckdb"  # kept' in cfg.read_text()
     bare = write(tmp_path / "b.toml", "[storage]\npath = 'x.duckdb'\n")
     write_pipeline_keys(bare, {"cadence_s": 60.0})
     assert tomllib.loads(bare.read_text())["pipeline"] == {"cadence_s": 60}
+
+
+def test_fit_pipeline_writes_nothing_it_could_not_load_again(tmp_path):
+    from appliance.config import ConfigError
+    from appliance.importer.command import write_pipeline_keys
+
+    spaced = write(tmp_path / "s.toml", '[ pipeline ]\n"cadence_s" = 10\n')
+    write_pipeline_keys(spaced, {"cadence_s": 300.0})  # neither a second table nor key
+    assert "cadence_s = 300" in spaced.read_text() and "10" not in spaced.read_text()
+    text = "[pipeline]\nwindows_s = [\n  600,\n  3600,\n]\n"
+    multi = write(tmp_path / "m.toml", text)
+    with pytest.raises(ValueError, match="windows_s spans several lines"):
+        write_pipeline_keys(multi, {"windows_s": (900.0, 3600.0)})
+    assert multi.read_text() == text
+    bad = write(tmp_path / "b.toml", "[pipeline]\ncadence_s = 10\n")
+    with pytest.raises(ConfigError, match="cadence_s"):  # out of its range
+        write_pipeline_keys(bad, {"cadence_s": 0.01})
+    assert bad.read_text() == "[pipeline]\ncadence_s = 10\n"
 
 
 def test_replay_refuses_a_file_the_service_would_set_aside_and_shift_to_now_fits_it(

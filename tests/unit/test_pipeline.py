@@ -105,6 +105,19 @@ def test_late_readings_are_counted_not_used():
     assert state.late == 1
 
 
+def test_assets_with_the_same_sensors_share_one_tuple_of_feature_names():
+    banks = FeatureBanks(SPEC)
+    rows = []
+    for order in (("b", "a"), ("a", "b"), ("a",)):
+        state = AssetFeatures(SPEC, banks)
+        for sensor in order:
+            state.push(sensor, 100.0, 1.0)
+        rows.append(state.push(order[0], 125.0, 2.0)[-1][1])
+    assert rows[0] is rows[1]  # one object for the whole line, not one per asset
+    assert rows[0] == SPEC.feature_names(("a", "b"))
+    assert rows[2] == SPEC.feature_names(("a",))
+
+
 def test_spec_hash_is_stable_and_changes_with_the_spec():
     assert SPEC.hash == PipelineSpec.from_config(
         PipelineConfig(cadence_s=10, horizon_s=600, max_gap_s=60)).hash

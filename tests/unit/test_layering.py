@@ -7,13 +7,17 @@
   backtest) imports only the alarm rule and the config;
 * the kernels import nothing of ``appliance`` but themselves;
 * messages, config, timefmt, clock and alarm are leaves;
-* no import cycle between modules (imports only for type checking excluded).
+* no import cycle between modules (imports only for type checking excluded);
+* ``appliance run`` loads none of the offline libraries (sklearn, scipy, pandas,
+  skl2onnx, onnx, matplotlib): each is tens of MB of the service's RSS.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,6 +98,23 @@ def test_the_service_side_never_imports_offline_or_dev_tools(path):
     bad = {m for m in imports_of(path)
            if any(m == f"appliance.{o}" or m.startswith(f"appliance.{o}.") for o in OFFLINE)}
     assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"
+
+
+#: Libraries training, import and the dev tools use, and the service must not load.
+OFFLINE_LIBRARIES = ("sklearn", "scipy", "pandas", "skl2onnx", "onnx", "matplotlib")
+
+
+def test_the_serving_process_loads_no_offline_library():
+    # what ``appliance run`` has imported by the time the service starts: the CLI
+    # and the runner (in a fresh interpreter: this one has loaded everything)
+    probe = ("import sys, appliance.cli, appliance.service.runner; "
+             "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], check=True,
+                            capture_output=True, text=True).stdout.split()
+    assert "appliance.service.runner" in loaded
+    bad = sorted({m for m in loaded if m.split(".")[0] in OFFLINE_LIBRARIES
+                  or any(m.startswith(f"appliance.{o}.") for o in OFFLINE)})
+    assert not bad, f"importing the service loads {bad}"
 
 
 @pytest.mark.parametrize("module", ["labels", "metrics"])

@@ -22,6 +22,13 @@ at its end are no larger than at its start (+2 batches).  The bare paho subscrib
 rate (``bench ingest``'s ``bare_rate``) is measured on a backlog of one-reading
 messages in the same run.
 
+Latency: tick → prediction is the wall time at which a poll of the control socket
+(every ~0.5 s: ``max(ts) FROM predictions``) first sees a tick's prediction rows,
+less the tick's event time (the readings' ts is their publish time): it holds the
+wait for the reading that closes the tick, the store's commit, features, predict,
+record's commit, and up to one poll (an upper bound, ±0.5 s).  Tick → alert: the
+arrival of each raised alert on MQTT less its ``ts`` (its tick).
+
 The bench sets ``[pipeline] warmup_s = 0`` (the warm-up decides which ticks are
 predicted, not what a prediction costs) so predictions start with the first ticks.
 """
@@ -124,7 +131,7 @@ def _serve(cfg: Config, stop: Any) -> None:
 
 def _publish(host: str, port: int, topics: Topics, mix: Mix, seconds: float,
              result: Any) -> None:
-    """Publish ``mix`` for ``seconds``; put (readings sent, seconds, largest lag s)."""
+    """Publish ``mix`` for ``seconds``; put (readings sent, seconds, largest lag s, CPU s)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.max_queued_messages_set(0)
     client.connect(host, port)
@@ -159,7 +166,7 @@ def _publish(host: str, port: int, topics: Topics, mix: Mix, seconds: float,
     elapsed = time.time() - start
     client.disconnect()
     client.loop_stop()
-    result.put((sent, elapsed, lag))
+    result.put((sent, elapsed, lag, time.process_time()))
 
 
 # --- measuring ---------------------------------------------------------------------
@@ -220,7 +227,7 @@ class Watch:
 
     def __init__(self, cfg: Config, pid: int) -> None:
         self.cfg, self.pid = cfg, pid
-        self.rss: list[tuple[float, float]] = []
+        self.rss: list[tuple[float, float]] = []  # (monotonic s, MB) of the current step
         self.prediction_latency: list[float] = []
         self.alert_latency: list[float] = []
         self._last_tick = -math.inf
@@ -253,6 +260,7 @@ class Watch:
         ctx = mp.get_context("spawn")
         result = ctx.Queue()
         before, cpu0, t0 = _status(self.cfg), thread_cpu(self.pid), time.monotonic()
+        self.rss = []
         pub = ctx.Process(target=_publish, args=(self.cfg.mqtt.host, self.cfg.mqtt.port,
                                                  Topics.from_config(self.cfg), mix, seconds,
                                                  result))
@@ -264,7 +272,7 @@ class Watch:
             if snap:
                 depths.append(sum(snap["queues"].values()))
             time.sleep(0.5)
-        sent, pub_s, lag = result.get(timeout=30)
+        sent, pub_s, lag, pub_cpu = result.get(timeout=30)
         pub.join()
         published = time.time()
         after = _status(self.cfg)
@@ -295,6 +303,10 @@ class Watch:
                 "queue_depth_max": max(depths, default=0), "sustained": sustained,
                 "seconds": round(span, 1),
                 "cpu_percent": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
+                "service_cpu_percent": round(sum(cpu.values()), 1),
+                "publisher_cpu_percent": round(100 * pub_cpu / pub_s, 1),
+                "steady_rss_mb": round(max(m for _, m in self.rss[len(self.rss) // 2:]), 1),
+                "rss_slope_mb_per_min": round(_slope_mb_per_min(self.rss), 2),
                 "readings_total": after["stages"]["features"]["processed"]}
 
     def close(self) -> None:
@@ -347,7 +359,6 @@ def measure(mix: Mix, seconds: float, base: Config, bare_messages: int = BARE_ME
     top_msg = (best or first)["readings_per_s_taken"] / (
         1 if mix.payload == "reading" else mix.sensors)
     bpr = db_bytes / stored if stored else float("nan")
-    steady_rss = max(m for _, m in watch.rss[len(watch.rss) // 2:])
     return {
         "mix": dataclasses.asdict(mix) | {"readings_per_s": mix.readings_per_s},
         "sustained": first["sustained"],
@@ -360,8 +371,10 @@ def measure(mix: Mix, seconds: float, base: Config, bare_messages: int = BARE_ME
         "reading_to_prediction_s": _percentiles(watch.prediction_latency),
         "tick_to_alert_s": _percentiles(watch.alert_latency),
         "cpu_percent": first["cpu_percent"],
-        "steady_rss_mb": round(steady_rss, 1),
-        "rss_slope_mb_per_min": round(_slope_mb_per_min(watch.rss), 2),
+        "service_cpu_percent": first["service_cpu_percent"],
+        "publisher_cpu_percent": first["publisher_cpu_percent"],
+        "steady_rss_mb": first["steady_rss_mb"],
+        "rss_slope_mb_per_min": first["rss_slope_mb_per_min"],
         "bytes_per_reading": round(bpr, 1),
         "db_growth_mb_per_day": round(bpr * mix.readings_per_s * 86400 / 1e6, 1),
         "steps": steps,
@@ -400,22 +413,25 @@ def table(r: dict[str, Any]) -> str:
                                 f"msg/s (ratio {r['ratio']:.2f}; bare = drained backlog)"),
         ("tick → prediction p50 / p99", lat(r["reading_to_prediction_s"])),
         ("tick → alert p50 / p99", lat(r["tick_to_alert_s"])),
-        ("steady RSS, slope", f"{r['steady_rss_mb']:.0f} MB, {r['rss_slope_mb_per_min']:+.2f} "
-                              f"MB/min"),
-        ("database growth", f"{r['bytes_per_reading']:.1f} B/reading = "
-                            f"{r['db_growth_mb_per_day']:,.0f} MB/day"),
+        ("steady RSS, slope (at the mix)",
+         f"{r['steady_rss_mb']:.0f} MB, {r['rss_slope_mb_per_min']:+.2f} MB/min"),
+        ("database growth (before retention)", f"{r['bytes_per_reading']:.1f} B/reading = "
+                                               f"{r['db_growth_mb_per_day']:,.0f} MB/day"),
+        ("CPU % of a core", f"service {r['service_cpu_percent']:g}, publisher "
+                            f"{r['publisher_cpu_percent']:g} (mosquitto not counted)"),
         ("CPU % per thread", ", ".join(f"{k} {v:g}" for k, v in r["cpu_percent"].items()
                                        if v >= 0.1)),
     ]
     lines = [f"| {k} | {v} |" for k, v in rows]
     lines.append("")
-    lines.append("| step Hz | readings/s sent | taken | queues start → end (max) | "
-                 "publisher lag s | sustained |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| step Hz | readings/s sent | taken | behind s | queues start → end (max) | "
+                 "service CPU % | publisher lag s | sustained |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for s in r["steps"]:
         lines.append(f"| {s['hz']:g} | {s['readings_per_s_sent']:,.0f} | "
-                     f"{s['readings_per_s_taken']:,.0f} | {s['queue_depth_start']} → "
-                     f"{s['queue_depth_end']} ({s['queue_depth_max']}) | "
+                     f"{s['readings_per_s_taken']:,.0f} | {s['behind_s']:.2f} | "
+                     f"{s['queue_depth_start']} → {s['queue_depth_end']} "
+                     f"({s['queue_depth_max']}) | {s['service_cpu_percent']:g} | "
                      f"{s['publisher_lag_s']:.2f} | {'yes' if s['sustained'] else 'no'} |")
     lines.append("")
     lines.append(verdict(r))

@@ -121,9 +121,12 @@ def _serve(cfg: Config, stop: Any) -> None:
 
     service = Service(cfg)
     service.start()
-    _name_threads(cfg)
+    named = 0.0
     while not stop.wait(0.2):
         service.beat()
+        if time.monotonic() >= named + 1.0:  # threads a stage starts later (its client's)
+            _name_threads(cfg)
+            named = time.monotonic()
     service.stop()
 
 

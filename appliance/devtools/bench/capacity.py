@@ -391,7 +391,7 @@ def verdict(r: dict[str, Any]) -> str:
         top = r["highest_sustained_hz"]
         more = " (or more: the last step was sustained)" if r["steps"][-1]["sustained"] else ""
         return f"this gateway sustains {what} with {r['headroom_percent']} % headroom " \
-               f"(up to {top:g} Hz{more})"
+               f"(up to {top:.3g} Hz{more})"
     s = r["steps"][0]
     why = ("the publisher could not keep its schedule" if not s["publisher_kept_up"]
            else f"it took {s['readings_per_s_taken']:,.0f} of {s['readings_per_s_target']:,.0f}"
@@ -410,7 +410,7 @@ def table(r: dict[str, Any]) -> str:
                 f"{m['payload']} payload = {m['readings_per_s']:,.0f} readings/s"),
         ("sustained at the mix", "yes" if r["sustained"] else "no"),
         ("highest rate sustained", "-" if r["highest_sustained_hz"] is None else
-         f"{r['highest_sustained_hz']:g} Hz = {r['highest_sustained_readings_per_s']:,.0f} "
+         f"{r['highest_sustained_hz']:.3g} Hz = {r['highest_sustained_readings_per_s']:,.0f} "
          f"readings/s"),
         ("service / bare paho", f"{r['service_msg_per_s']:,} / {r['bare_paho_msg_per_s']:,} "
                                 f"msg/s (ratio {r['ratio']:.2f}; bare = drained backlog)"),
@@ -431,7 +431,7 @@ def table(r: dict[str, Any]) -> str:
                  "service CPU % | publisher lag s | sustained |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for s in r["steps"]:
-        lines.append(f"| {s['hz']:g} | {s['readings_per_s_sent']:,.0f} | "
+        lines.append(f"| {s['hz']:.3g} | {s['readings_per_s_sent']:,.0f} | "
                      f"{s['readings_per_s_taken']:,.0f} | {s['behind_s']:.2f} | "
                      f"{s['queue_depth_start']} → {s['queue_depth_end']} "
                      f"({s['queue_depth_max']}) | {s['service_cpu_percent']:g} | "

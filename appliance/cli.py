@@ -770,6 +770,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sql_load.run(messages=args.messages, rows=args.rows, memory_limit=args.memory_limit,
                      json_output=args.json)
         return 0
+    if args.what == "capacity":
+        from appliance.devtools.bench import capacity
+
+        mix = capacity.Mix(args.assets, args.sensors, args.hz, args.payload)
+        return capacity.run(args.config, mix, args.seconds, json_output=args.json)
     if args.what == "growth":
         from appliance.devtools.bench import growth
 
@@ -1058,8 +1063,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "benchmarks", "kernels: the feature kernels; ingest: readings through a "
                  "private broker into DuckDB; memory: the service's memory per asset; "
                  "drift: the drift stage; sql: queries beside the store; growth: the "
-                 "database's size over time.")
-    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth"],
+                 "database's size over time; capacity: the whole service at a mix of assets, "
+                 "sensors and rate (the highest rate sustained, latency, CPU per stage, RSS, "
+                 "database growth).")
+    p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth",
+                                    "capacity"],
                    help="which benchmark (see above)")
     p.add_argument("--json", action="store_true", help="the results as JSON")
     p.add_argument("--messages", type=int, default=200_000,
@@ -1069,7 +1077,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit", default="32MB",
                    help="sql: the service's [storage] memory_limit (default 32MB)")
     p.add_argument("--assets", type=int, default=1000,
-                   help="memory, drift, growth: assets to simulate")
+                   help="memory, drift, growth, capacity: assets to simulate")
+    p.add_argument("--sensors", type=int, default=5, help="capacity: sensors per asset")
+    p.add_argument("--hz", type=float, default=1.0,
+                   help="capacity: readings per sensor per second")
+    p.add_argument("--payload", choices=["reading", "batch"], default="reading",
+                   help="capacity: one reading per message, or one batch per asset and tick")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="capacity: the span measured at the mix (each faster step a third)")
+    p.add_argument("--config", help="capacity: the service's settings (its broker and "
+                   "database are replaced by private ones)")
     p.add_argument("--hours", type=float, default=3.0,
                    help="growth: hours of event time written (then as many under retention)")
     p.set_defaults(func=_cmd_bench)

@@ -35,6 +35,13 @@ mosquitto:
 	  else \
 	    echo "mosquitto is missing: install the Debian package 'mosquitto' (apt-get install mosquitto)"; exit 1; \
 	  fi; }
+	@# the TLS test makes its certificates with the openssl command
+	@command -v openssl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; \
+	  else \
+	    echo "openssl is missing: install the Debian package 'openssl' (apt-get install openssl)"; exit 1; \
+	  fi; }
 
 demo: install mosquitto
 	@echo "== starting the demo: a private mosquitto, the simulated line and the service (Ctrl-C stops it)"

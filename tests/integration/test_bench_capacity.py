@@ -10,12 +10,9 @@ import sys
 
 import pytest
 
-from appliance.devtools.mosquitto import find_mosquitto
-
 
 @pytest.mark.broker
 @pytest.mark.slow
-@pytest.mark.skipif(find_mosquitto() is None, reason="needs mosquitto")
 def test_bench_capacity_reports_every_figure_of_a_tiny_mix():
     proc = subprocess.run(
         [sys.executable, "-m", "appliance", "bench", "capacity", "--json", "--assets", "5",

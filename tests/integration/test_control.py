@@ -235,3 +235,23 @@ def test_models_history_asks_the_running_service(running):
     done = _cli("models", "history", "--config", cfg.source, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []  # no step of the loop in this service's life
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    (b"SELECT 1\n", "bad request"),
+    (b"[1, 2]\n", "a request is a JSON object"),
+    (b'{"op": "drop_table"}\n', "unknown request 'drop_table'"),
+    (b'{"op": "drop_export", "id": "../../appliance.duckdb"}\n', "no export"),
+    (b"x" * (control.MAX_REQUEST + 10) + b"\n", "at most"),
+])
+def test_a_malformed_request_gets_a_reason_and_the_service_answers_on(running, line, why):
+    _service, cfg = running
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(cfg.socket_path()))
+        sock.sendall(line)
+        with sock.makefile("rb") as f:
+            reply = json.loads(f.readline())
+    assert reply["ok"] is False and why in reply["error"], reply
+    assert _ask(cfg, "SELECT count(*) FROM readings")["rows"] == [[READINGS]]
+    assert (cfg.socket_path().parent / "appliance.duckdb").exists()

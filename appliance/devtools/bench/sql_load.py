@@ -1,6 +1,6 @@
 """``appliance bench sql``: durable ingest while ``appliance sql`` runs a heavy query.
 
-    python -m appliance.devtools.bench.sql_load [--messages N] [--rows N] [--json]
+    appliance bench sql [--messages N] [--rows N] [--memory-limit M] [--json]
 
 1. a database holding ``rows`` readings (200 series, one reading a second per series,
    written with SQL: the import is not what is measured);
@@ -21,10 +21,8 @@ failing and retried while it runs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -130,18 +128,3 @@ def run(messages: int = 200_000, rows: int = 10_000_000, memory_limit: str = "32
               + (f"; errors: {busy['errors']}" if busy["errors"] else ""))
     return result
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m appliance.devtools.bench.sql_load")
-    p.add_argument("--messages", type=int, default=200_000)
-    p.add_argument("--rows", type=int, default=10_000_000)
-    p.add_argument("--memory-limit", default="32MB",
-                   help="the service's [storage] memory_limit (default 32MB, the default's)")
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args(argv)
-    run(a.messages, a.rows, a.memory_limit, a.json)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

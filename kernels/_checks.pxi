@@ -43,6 +43,17 @@ def _as_series(name, a):
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
+def _as_index(name, idx, n):
+    """``idx`` as a 1-D C-contiguous intp array of indices within [0, n)."""
+    arr = np.ascontiguousarray(idx, dtype=np.intp)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if arr.shape[0] and (arr.min() < 0 or arr.max() >= n):
+        j = int(np.flatnonzero((arr < 0) | (arr >= n))[0])
+        raise ValueError(f"{name}[{j}]={arr[j]} is outside [0, {n})")
+    return arr
+
+
 def _as_pair(ts, x, check_ts=True):
     """Check and convert a (ts, x) pair: equal length, ts finite and non-decreasing."""
     ts64 = _as_series("ts", ts)

@@ -53,7 +53,7 @@ __all__ = [
     "GRID_CARRIED",
     "GRID_FRESH",
     "GRID_MISSING",
-    "CoarseGrid",
+    "CoarseBank",
     "Grid",
     "IdleGap",
     "coarse_grid",
@@ -66,6 +66,9 @@ GRID_ABSENT = 0     # before the series' first reading
 GRID_MISSING = 1    # no value: nothing to carry, or the carry limit passed
 GRID_CARRIED = 2    # the last fresh value, carried forward
 GRID_FRESH = 3      # the mean of the cell's readings
+
+#: ``CoarseBank``'s last tick of a series that has none.
+cdef Py_ssize_t NO_TICK = -(2 ** 62)
 
 cdef enum:
     ABSENT = 0
@@ -446,18 +449,21 @@ def _check_integer(name, value):
     return int(value)
 
 
-cdef class CoarseGrid:
-    """Streaming ``coarse_grid`` for several series at once (one asset's sensors).
+cdef class CoarseBank:
+    """Streaming ``coarse_grid`` for many series, updated one tick at a time.
 
-    ``update(k, x)`` takes tick k's value of every series; ``closed`` says
-    whether tick k closed a coarse cell, ``means`` holds the means of the last
-    closed cell.  ``insert(at)`` adds an empty series at position ``at`` (a
-    sensor joining), ``reset()`` empties every series.
+    ``update(idx, k, x)`` takes tick k's value ``x[j]`` of series ``idx[j]`` (each
+    series' ticks increasing by one; a series may skip ticks only across a
+    ``reset``) and returns whether tick k closes a coarse cell (k a multiple of
+    the stride: the same for every series); ``means(idx)`` gives the means of
+    each listed series' last closed cell.  One nogil loop over the listed series.
 
-    >>> c = CoarseGrid(2, stride=3)
-    >>> c.update(5, [1.0, 7.0]).update(6, [2.0, float("nan")]).closed
+    >>> c = CoarseBank(3, stride=3)
+    >>> c.update([0, 2], 5, [1.0, 7.0])
+    False
+    >>> c.update([0, 2], 6, [2.0, float("nan")])
     True
-    >>> c.means.tolist()
+    >>> c.means([0, 2]).tolist()
     [1.5, 7.0]
     """
 
@@ -465,9 +471,7 @@ cdef class CoarseGrid:
     cdef object _sums
     cdef object _counts
     cdef object _means
-    cdef bint _closed
-    cdef Py_ssize_t _last_k
-    cdef bint _has_k
+    cdef object _last_k     # per series; NO_TICK before its first tick (or a reset)
 
     def __init__(self, n_series, stride):
         self._stride = _check_count("stride", stride)
@@ -475,9 +479,7 @@ cdef class CoarseGrid:
         self._sums = np.zeros(n)
         self._counts = np.zeros(n, dtype=np.intp)
         self._means = np.full(n, np.nan)
-        self._closed = False
-        self._has_k = False
-        self._last_k = 0
+        self._last_k = np.full(n, NO_TICK, dtype=np.intp)
 
     @property
     def stride(self) -> int:
@@ -487,70 +489,49 @@ cdef class CoarseGrid:
     def n_series(self) -> int:
         return self._sums.shape[0]
 
-    def reset(self):
-        self._sums[:] = 0.0
-        self._counts[:] = 0
-        self._means[:] = np.nan
-        self._closed = False
-        self._has_k = False
+    def reset(self, idx=None):
+        """Forget the listed series (all when idx is None); returns self."""
+        sel = slice(None) if idx is None else _as_index("idx", idx, self._sums.shape[0])
+        self._sums[sel] = 0.0
+        self._counts[sel] = 0
+        self._means[sel] = np.nan
+        self._last_k[sel] = NO_TICK
         return self
 
-    def insert(self, at):
-        """An empty series at position ``at`` (0 <= at <= n_series); returns self."""
-        cdef Py_ssize_t pos = _check_count("at", at, 0)
-        if pos > self._sums.shape[0]:
-            raise ValueError(f"at must be <= n_series ({self._sums.shape[0]}), got {at!r}")
-        self._sums = np.insert(self._sums, pos, 0.0)
-        self._counts = np.insert(self._counts, pos, 0)
-        self._means = np.insert(self._means, pos, np.nan)
-        return self
-
-    def update(self, k, x):
-        """Tick k's value of every series (k increasing by one); returns self."""
+    def update(self, idx, k, x):
+        """Tick k's value ``x[j]`` of series ``idx[j]``; True when k closes a cell."""
+        idx64 = _as_index("idx", idx, self._sums.shape[0])
         cdef Py_ssize_t kk = _check_integer("k", k)
-        if self._has_k and kk != self._last_k + 1:
-            raise ValueError(f"k must follow the previous tick {self._last_k}, got {k!r}")
         x64 = _as_series("x", x)
+        cdef const Py_ssize_t[::1] iv = idx64
+        cdef const double[::1] xv = x64
         cdef double[::1] sv = self._sums
         cdef Py_ssize_t[::1] cv = self._counts
         cdef double[::1] mv = self._means
-        cdef const double[::1] xv = x64
-        cdef Py_ssize_t i, n = sv.shape[0]
-        if xv.shape[0] != n:
-            raise ValueError(f"x must hold one value per series ({n}), got {xv.shape[0]}")
+        cdef Py_ssize_t[::1] lv = self._last_k
+        cdef Py_ssize_t j, s, m = iv.shape[0], bad = -1
+        if xv.shape[0] != m:
+            raise ValueError(f"x must hold one value per listed series ({m}), got {xv.shape[0]}")
+        if m > 1 and np.unique(idx64).shape[0] != m:
+            raise ValueError("idx must list each series at most once")
         with nogil:
-            for i in range(n):
-                coarse_step(&sv[i], &cv[i], &mv[i], kk, self._stride, xv[i])
-        self._closed = kk % self._stride == 0
-        self._last_k = kk
-        self._has_k = True
-        return self
+            # checked as a whole first: nothing is applied when a series' tick is off
+            for j in range(m):
+                if lv[iv[j]] != NO_TICK and kk != lv[iv[j]] + 1:
+                    bad = iv[j]
+                    break
+            if bad < 0:
+                for j in range(m):
+                    s = iv[j]
+                    coarse_step(&sv[s], &cv[s], &mv[s], kk, self._stride, xv[j])
+                    lv[s] = kk
+        if bad >= 0:
+            raise ValueError(f"k must follow series {bad}'s previous tick {lv[bad]}, got {k!r}")
+        return kk % self._stride == 0
 
-    @property
-    def closed(self) -> bool:
-        """Whether the last ``update`` closed a coarse cell."""
-        return self._closed
-
-    @property
-    def means(self):
-        """The means of the last closed coarse cell, one per series (a copy)."""
-        return self._means.copy()
-
-    def __getstate__(self):
-        return {"sums": self._sums.copy(), "counts": self._counts.copy(),
-                "means": self._means.copy(), "closed": bool(self._closed),
-                "last_k": self._last_k, "has_k": bool(self._has_k)}
-
-    def __setstate__(self, state):
-        self._sums = state["sums"].copy()
-        self._counts = state["counts"].copy()
-        self._means = state["means"].copy()
-        self._closed = state["closed"]
-        self._last_k = state["last_k"]
-        self._has_k = state["has_k"]
-
-    def __reduce__(self):
-        return (type(self), (self._sums.shape[0], self._stride), self.__getstate__())
+    def means(self, idx):
+        """The means of each listed series' last closed cell (NaN before its first)."""
+        return self._means[_as_index("idx", idx, self._sums.shape[0])]
 
 
 # ---------------------------------------------------------------------------

@@ -1,39 +1,125 @@
-"""Live features: readings in one at a time, one feature row per asset per tick out.
+"""Live features: readings in one at a time, the feature rows of every asset's closed
+ticks out in one pass.
 
 The same steps as ``batch`` with the streaming halves of the same kernels:
 ``filters.Validity`` and ``grid.Grid`` per sensor on its readings, ``filters.Hampel``
-and ``filters.Stuck`` per sensor on the grid, ``grid.CoarseGrid`` per asset for the
-long windows, ``grid.IdleGap`` per asset for its fresh starts, and the rolling statistics of all
+and ``filters.Stuck`` per sensor on the grid, ``grid.CoarseBank`` for the long
+windows, ``grid.IdleGap`` per asset for its fresh starts, and the rolling statistics of all
 series in ``RollingBank`` chunks (one ring of samples per series and window,
 shared by every statistic: ~6 KB per series and window instead of one ring per
 statistic).
+
+Two phases.  A reading that completes a tick closes that tick's cells of its asset at
+once (per sensor: grid, cleaning, missing, baseline, stuck; the asset's coarse
+cells), since the next reading goes into the next cell; ``AssetFeatures.add`` does
+that and hands the closed tick to ``FeatureBanks``.  The window statistics and the
+rows wait for ``FeatureBanks.flush``, which runs them for every asset that closed the
+same tick together: one bank call per chunk and window, and the rows of all assets
+with the same sensors built as one matrix, instead of a dozen NumPy calls per asset.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+from itertools import groupby
+from operator import attrgetter
 
 import numpy as np
 
 from appliance.features.spec import INTERVAL_COUNT, STUCK_MIN_COUNT, PipelineSpec
 from appliance.kernels import filters
-from appliance.kernels.grid import CoarseGrid, Grid, IdleGap
+from appliance.kernels.grid import CoarseBank, Grid, IdleGap
 from appliance.kernels.rolling import Ewma, RollingBank
 
 #: Series per RollingBank; banks are added as series appear.
 BANK_CHUNK = 256
+#: The columns of a closed cell as ``SensorState.close`` gives them, in the order of
+#: the row's per-sensor features (last, missing, stuck, dev).
+_ROW_ORDER = [0, 1, 3, 2]
+
+
+@dataclass(frozen=True, slots=True)
+class TickRows:
+    """The rows of one tick for the assets with one set of sensors."""
+
+    tick: float
+    names: tuple[str, ...]
+    assets: tuple[AssetFeatures, ...]
+    values: np.ndarray  # (len(assets), len(names)), float64
+
+
+class _ClosedTick:
+    """One asset's tick, closed up to the window statistics (``FeatureBanks.flush``)."""
+
+    __slots__ = ("asset", "cells", "emit", "k", "names", "rows", "sensors")
+
+    def __init__(self, asset: AssetFeatures, k: int, cells: np.ndarray, emit: bool) -> None:
+        self.asset = asset
+        self.k = k
+        self.cells = cells  # (sensors, 4): grid, missing, dev, stuck
+        self.emit = emit  # False in a warm-up: the windows fill, no row
+        # the asset's layout when the tick closed: a sensor joining changes it only
+        # after a flush (see ``AssetFeatures._add_sensor``)
+        self.rows = asset._rows
+        self.names = asset._names
+        self.sensors = asset.sensors
+
+
+class _Chunk:
+    """The window state of ``BANK_CHUNK`` series: per window a RollingBank, and for a
+    window on a coarser grid its coarse cells and the statistics of each series' last
+    closed cell (what every tick shows until the next closes)."""
+
+    __slots__ = ("coarse", "held", "rolling")
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.rolling = [RollingBank(BANK_CHUNK, w, spec.halflife_s(w)) for w in spec.windows_s]
+        self.coarse = {w: CoarseBank(BANK_CHUNK, spec.stride(ws))
+                       for w, ws in enumerate(spec.windows_s) if spec.stride(ws) > 1}
+        self.held = {w: np.full((BANK_CHUNK, len(spec.stats)), np.nan) for w in self.coarse}
+
+    def reset(self, local: np.ndarray) -> None:
+        for bank in self.rolling:
+            bank.reset(local)
+        for w, coarse in self.coarse.items():
+            coarse.reset(local)
+            self.held[w][local] = np.nan
+
+    def update(self, window: int, local: np.ndarray, k: int, tick: float,
+               grid: np.ndarray) -> np.ndarray:
+        """Tick k's grid values of these series into window ``window``; its
+        statistics, (len(local), S)."""
+        coarse = self.coarse.get(window)
+        if coarse is None:
+            return self._through(window, local, tick, grid)
+        if coarse.update(local, k, grid):
+            self.held[window][local] = self._through(window, local, tick,
+                                                     coarse.means(local))
+        return self.held[window][local]
+
+    def _through(self, window: int, local: np.ndarray, tick: float,
+                 points: np.ndarray) -> np.ndarray:
+        bank = self.rolling[window]
+        bank.update(local, np.full(len(local), tick), points)
+        return bank.values(local)
 
 
 class FeatureBanks:
-    """The rolling state of every series: a row in one RollingBank per window."""
+    """The window state of every series (a row in each ``_Chunk``), and the ticks
+    closed since the last ``flush``."""
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.spec = spec
-        self._chunks: list[list[RollingBank]] = []
+        self._chunks: list[_Chunk] = []
         self.n_series = 0
         #: One tuple of feature names per set of sensors, shared by every asset with
         #: that set: built per asset, ~100 names cost ~8 KB an asset.
         self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._closed: list[_ClosedTick] = []
+        #: Rows made by a flush that an asset forced (``AssetFeatures``), not yet taken.
+        self._ready: list[TickRows] = []
 
     def feature_names(self, sensors: tuple[str, ...]) -> tuple[str, ...]:
         """``spec.feature_names(sensors)``, the same object for the same sensors."""
@@ -45,36 +131,79 @@ class FeatureBanks:
     def allocate(self) -> int:
         """A row for a new series."""
         if self.n_series % BANK_CHUNK == 0:
-            self._chunks.append([RollingBank(BANK_CHUNK, w, self.spec.halflife_s(w))
-                                 for w in self.spec.windows_s])
+            self._chunks.append(_Chunk(self.spec))
         self.n_series += 1
         return self.n_series - 1
 
     def reset(self, rows: np.ndarray) -> None:
-        """Forget the samples of these rows in every window."""
+        """Forget the samples of these rows in every window (after a ``flush``: the
+        ticks closed before are through the windows)."""
         for chunk in np.unique(rows // BANK_CHUNK).tolist():
-            local = rows[rows // BANK_CHUNK == chunk] - chunk * BANK_CHUNK
-            for bank in self._chunks[chunk]:
-                bank.reset(local)
+            self._chunks[chunk].reset(rows[rows // BANK_CHUNK == chunk] - chunk * BANK_CHUNK)
 
-    def update(self, window: int, rows: np.ndarray, ts: float, values: np.ndarray
-               ) -> np.ndarray:
-        """Push one value per row into window ``window``; its statistics, (len(rows), S)."""
+    def defer(self, closed: _ClosedTick) -> None:
+        self._closed.append(closed)
+
+    def flush(self) -> list[TickRows]:
+        """Run the window statistics of every tick closed since the last flush, in
+        tick order, and return the rows made (with those of forced flushes before),
+        one ``TickRows`` per tick and set of sensors."""
+        closed, self._closed = self._closed, []
+        out, self._ready = self._ready, []
+        # stable: one asset's ticks stay in order, so each series' samples do
+        closed.sort(key=attrgetter("k"))
+        for k, same_tick in groupby(closed, key=attrgetter("k")):
+            out.extend(self._through_windows(k, list(same_tick)))
+        return out
+
+    def _through_windows(self, k: int, ticks: list[_ClosedTick]) -> list[TickRows]:
+        tick = k * self.spec.cadence_s
+        rows = np.concatenate([t.rows for t in ticks])
+        cells = np.concatenate([t.cells for t in ticks])
+        grid = np.ascontiguousarray(cells[:, 0])
+        n_windows, n_stats = len(self.spec.windows_s), len(self.spec.stats)
+        stats = np.empty((len(rows), n_windows, n_stats))
         chunk_of = rows // BANK_CHUNK
-        first = int(chunk_of[0])
-        if (chunk_of == first).all():  # the usual case: one asset's rows share a chunk
-            bank = self._chunks[first][window]
-            local = rows - first * BANK_CHUNK
-            bank.update(local, np.full(len(rows), ts), values)
-            return bank.values(local)
-        out = np.empty((len(rows), len(self.spec.stats)))
         for chunk in np.unique(chunk_of).tolist():
             mine = chunk_of == chunk
             local = rows[mine] - chunk * BANK_CHUNK
-            bank = self._chunks[chunk][window]
-            bank.update(local, np.full(len(local), ts), values[mine])
-            out[mine] = bank.values(local)
+            for w in range(n_windows):
+                stats[mine, w] = self._chunks[chunk].update(w, local, k, tick, grid[mine])
+        # per series: last, missing, stuck, dev, then every window's statistics
+        per_series = np.concatenate([cells[:, _ROW_ORDER], stats.reshape(len(rows), -1)],
+                                    axis=1)
+        first_row = np.cumsum([0] + [len(t.rows) for t in ticks])
+        # the assets with one set of sensors share one tuple of names (``feature_names``)
+        by_layout: dict[int, list[int]] = {}
+        for i, t in enumerate(ticks):
+            if t.emit:
+                by_layout.setdefault(id(t.names), []).append(i)
+        out = []
+        for mine in by_layout.values():
+            first = ticks[mine[0]]
+            n_sensors = len(first.rows)
+            series = first_row[mine][:, None] + np.arange(n_sensors)  # (assets, sensors)
+            values = per_series[series].reshape(len(mine), -1)
+            if self.spec.differences:
+                values = np.hstack([values, self._differences(first.sensors,
+                                                              grid[series])])
+            out.append(TickRows(tick, first.names, tuple(ticks[i].asset for i in mine),
+                                values))
         return out
+
+    def _differences(self, sensors: tuple[str, ...], grid: np.ndarray) -> np.ndarray:
+        """grid(a) − grid(b) per configured pair, NaN where the asset lacks one."""
+        position = {name: i for i, name in enumerate(sensors)}
+        diffs = np.full((len(grid), len(self.spec.differences)), math.nan)
+        for j, (a, b) in enumerate(self.spec.differences):
+            if a in position and b in position:
+                diffs[:, j] = grid[:, position[a]] - grid[:, position[b]]
+        return diffs
+
+    def force_flush(self) -> None:
+        """Flush now (an asset's layout is about to change); the rows wait for the
+        next ``flush``."""
+        self._ready = self.flush()  # the rows ready before are in it
 
 
 class SensorState:
@@ -130,8 +259,10 @@ class SensorState:
 class AssetFeatures:
     """Streaming feature rows of one asset.
 
-    ``push`` readings in event-time order; it returns (tick, names, row) for
-    every tick the reading completed.  A sensor joins the row from its first
+    ``add`` readings in event-time order; the ticks they complete go to the banks,
+    whose ``flush`` makes the rows of every asset at once.  ``push`` is ``add`` and a
+    flush, for one asset on its own: it returns (tick, names, row) for every tick the
+    reading completed.  A sensor joins the row from its first
     reading on (earlier ticks had it missing, as batch does).  A reading in a
     cell already emitted, or older than its sensor's previous reading, is late:
     not used, counted in ``late``.  A reading that fails its sensor's validity
@@ -140,11 +271,14 @@ class AssetFeatures:
     longer than ``spec.idle_gap_s`` the asset starts afresh (see ``spec``);
     ``restarts`` counts those.  The first ``spec.warmup_ticks`` ticks after each
     start are closed (the windows fill) but make no row; ``warmup`` counts them.
+    ``key`` is the caller's name for the asset, carried to nothing but itself.
     """
 
-    def __init__(self, spec: PipelineSpec, banks: FeatureBanks) -> None:
+    def __init__(self, spec: PipelineSpec, banks: FeatureBanks,
+                 key: Hashable = None) -> None:
         self.spec = spec
         self.banks = banks
+        self.key = key
         #: A sensor keeps its bank row and its validity state across fresh starts.
         self._row_of: dict[str, int] = {}
         self._validity: dict[str, filters.Validity] = {}
@@ -164,12 +298,6 @@ class AssetFeatures:
         self._states: dict[str, SensorState] = {}
         self._rows = np.zeros(0, dtype=np.int64)
         self._names: tuple[str, ...] = ()
-        #: Windows on a coarser grid: their coarse cells, and the statistics of each
-        #: one's last closed cell (what every tick shows until the next closes).
-        self._coarse = {w: CoarseGrid(0, self.spec.stride(ws))
-                        for w, ws in enumerate(self.spec.windows_s)
-                        if self.spec.stride(ws) > 1}
-        self._held = {w: np.full((0, len(self.spec.stats)), np.nan) for w in self._coarse}
         self.stuck: frozenset[str] = frozenset()
 
     @property
@@ -178,11 +306,18 @@ class AssetFeatures:
 
     def push(self, sensor: str, ts: float, value: float
              ) -> list[tuple[float, tuple[str, ...], np.ndarray]]:
-        rows: list[tuple[float, tuple[str, ...], np.ndarray]] = []
+        """``add``, then a flush of the banks: this asset's rows.  For an asset on
+        banks of its own (or whose other assets flush before each push)."""
+        self.add(sensor, ts, value)
+        return [(rows.tick, rows.names, row) for rows in self.banks.flush()
+                for asset, row in zip(rows.assets, rows.values, strict=True)
+                if asset is self]
+
+    def add(self, sensor: str, ts: float, value: float) -> None:
         c = self.spec.cadence_s
         if self._next_k is not None and ts <= (self._next_k - 1) * c:
             self.late += 1
-            return rows
+            return
         restart = self._idle.update(ts).restart  # never at the first reading
         if self._next_k is None:
             self._begin(ts)
@@ -190,73 +325,54 @@ class AssetFeatures:
             # the cell of the last reading closes, then everything starts afresh
             last_k = self.spec.tick_index(self._idle.previous_ts)
             while self._next_k <= last_k:
-                self._close_next(rows)
+                self._close_next()
+            self.banks.force_flush()
             self.banks.reset(self._rows)
             self._start_afresh()
             self.restarts += 1
             self._begin(ts)
         while ts > self._next_k * c:
-            self._close_next(rows)
+            self._close_next()
         state = self._states.get(sensor)
         if state is None:
             state = self._add_sensor(sensor)
         elif ts < state.last_ts:
             self.late += 1
-            return rows
+            return
         if not state.add(ts, value):
             self.invalid += 1
-        return rows
 
     def _begin(self, ts: float) -> None:
         """A stretch of activity starts with the cell of the reading at ``ts``."""
         self._next_k = self.spec.tick_index(ts)
         self._warm_k = self._next_k + self.spec.warmup_ticks
 
-    def _close_next(self, rows: list[tuple[float, tuple[str, ...], np.ndarray]]) -> None:
+    def _close_next(self) -> None:
         k = self._next_k
-        row = self._close(k)
-        if k >= self._warm_k:
-            rows.append((k * self.spec.cadence_s, self._names, row))
-        else:
+        emit = k >= self._warm_k
+        if not emit:
             self.warmup += 1
-        self._next_k = k + 1
-
-    def _add_sensor(self, sensor: str) -> SensorState:
-        row = self._row_of.get(sensor)
-        if row is None:
-            row = self._row_of[sensor] = self.banks.allocate()
-        state = SensorState(self.spec, sensor, row, self._validity.get(sensor))
-        self._validity[sensor] = state.validity
-        self._states = dict(sorted({**self._states, sensor: state}.items()))
-        at = list(self._states).index(sensor)
-        for w, coarse in self._coarse.items():
-            coarse.insert(at)
-            self._held[w] = np.insert(self._held[w], at, np.nan, axis=0)
-        self._rows = np.array([s.row for s in self._states.values()], dtype=np.int64)
-        self._names = self.banks.feature_names(tuple(self._states))
-        return state
-
-    def _close(self, k: int) -> np.ndarray:
         tick = k * self.spec.cadence_s
-        closed = np.array([s.close(tick) for s in self._states.values()])
-        grid = closed[:, 0]
-        blocks = []
-        for w in range(len(self.spec.windows_s)):
-            coarse = self._coarse.get(w)
-            if coarse is None:
-                blocks.append(self.banks.update(w, self._rows, tick, grid))
-                continue
-            if coarse.update(k, grid).closed:
-                self._held[w] = self.banks.update(w, self._rows, tick, coarse.means)
-            blocks.append(self._held[w])
-        stuck = closed[:, 3]
+        cells = np.array([s.close(tick) for s in self._states.values()])
+        stuck = cells[:, 3]
         if stuck.any() or self.stuck:
             self.stuck = frozenset(s for s, flag in zip(self._states, stuck, strict=True)
                                    if flag)
-        per_sensor = np.column_stack([grid, closed[:, 1], stuck, closed[:, 2], *blocks]).ravel()
-        if not self.spec.differences:
-            return per_sensor
-        position = {name: i for i, name in enumerate(self._states)}
-        diffs = [grid[position[a]] - grid[position[b]] if a in position and b in position
-                 else math.nan for a, b in self.spec.differences]
-        return np.concatenate([per_sensor, diffs])
+        self.banks.defer(_ClosedTick(self, k, cells, emit))
+        self._next_k = k + 1
+
+    def _add_sensor(self, sensor: str) -> SensorState:
+        # the ticks closed so far go through the windows with the old layout
+        self.banks.force_flush()
+        row = self._row_of.get(sensor)
+        if row is None:
+            row = self._row_of[sensor] = self.banks.allocate()
+        else:
+            # back after a fresh start it was not part of: its windows start afresh too
+            self.banks.reset(np.array([row]))
+        state = SensorState(self.spec, sensor, row, self._validity.get(sensor))
+        self._validity[sensor] = state.validity
+        self._states = dict(sorted({**self._states, sensor: state}.items()))
+        self._rows = np.array([s.row for s in self._states.values()], dtype=np.int64)
+        self._names = self.banks.feature_names(tuple(self._states))
+        return state

@@ -160,22 +160,20 @@ def test_grid_stream_checks_pickle_and_reset() -> None:
 
 @pytest.mark.parametrize("stride", [1, 2, 6, 25])
 @pytest.mark.parametrize("k_first", [0, 7, 360])
-def test_coarse_grid_batch_stream_and_reference_agree(stride: int, k_first: int) -> None:
+def test_coarse_grid_batch_bank_and_reference_agree(stride: int, k_first: int) -> None:
     rng = np.random.default_rng(stride * 1000 + k_first)
     x = rng.normal(size=(3, 200))
     x[rng.random(x.shape) < 0.2] = np.nan
     x[1, 40:120] = np.nan                                  # whole coarse cells empty
-    stream = kgrid.CoarseGrid(2, stride)
+    stream = kgrid.CoarseBank(4, stride)                   # row 3 is never listed
     shown_stream = np.full((3, 200), np.nan)
     for i in range(200):
-        if i == 50:
-            stream.insert(1)                               # a sensor joining mid-stream
-        rows = [0, 1, 2] if i >= 50 else [0, 2]
-        stream.update(k_first + i, x[rows, i])
-        if stream.closed:
-            shown_stream[rows, i] = stream.means
+        rows = [0, 1, 2] if i >= 50 else [0, 2]            # a sensor joining mid-stream
+        if stream.update(rows, k_first + i, x[rows, i]):
+            shown_stream[rows, i] = stream.means(rows)
         elif i:
             shown_stream[rows, i] = shown_stream[rows, i - 1]
+    assert np.isnan(stream.means([3])).all()
     for s in range(3):
         start = 50 if s == 1 else 0
         what = f"coarse stride={stride} k_first={k_first} series={s}"
@@ -188,15 +186,24 @@ def test_coarse_grid_batch_stream_and_reference_agree(stride: int, k_first: int)
         assert_matches(shown_stream[s, start:], batch_shown, 0.0, 0.0, what)
 
 
-def test_coarse_grid_stream_checks_and_pickle() -> None:
-    c = kgrid.CoarseGrid(1, 3).update(4, [1.0]).update(5, [3.0])
-    d = pickle.loads(pickle.dumps(c))
-    assert d.update(6, [np.nan]).closed and d.means.tolist() == [2.0]
-    with pytest.raises(ValueError, match="k must follow the previous tick 5, got 7"):
-        c.update(7, [1.0])
-    with pytest.raises(ValueError, match=r"x must hold one value per series \(1\), got 2"):
-        c.update(6, [1.0, 2.0])
-    assert c.reset().update(9, [4.0]).closed and c.means.tolist() == [4.0]
+def test_coarse_bank_checks_and_reset() -> None:
+    c = kgrid.CoarseBank(2, 3)
+    assert not c.update([0], 4, [1.0]) and not c.update([0], 5, [3.0])
+    with pytest.raises(ValueError, match="k must follow series 0's previous tick 5, got 7"):
+        c.update([0, 1], 7, [1.0, 2.0])
+    assert c.update([1], 6, [8.0])                         # nothing of the refused call kept
+    assert c.means([1]).tolist() == [8.0]
+    with pytest.raises(ValueError, match="each series at most once"):
+        c.update([0, 0], 6, [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"x must hold one value per listed series \(1\), got 2"):
+        c.update([0], 6, [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"idx\[0\]=2 is outside \[0, 2\)"):
+        c.update([2], 6, [1.0])
+    assert c.update([0], 6, [np.nan]) and c.means([0]).tolist() == [2.0]
+    # a reset series may start at any tick; the others keep their cells
+    c.reset([0])
+    assert np.isnan(c.means([0])).all() and c.means([1]).tolist() == [8.0]
+    assert c.update([0], 9, [4.0]) and c.means([0]).tolist() == [4.0]
 
 
 # --- idle restarts ------------------------------------------------------------

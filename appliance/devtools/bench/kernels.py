@@ -131,7 +131,8 @@ def live_chain_tick(n_assets: int = BANK_SERIES // 5, ticks: int = 10) -> dict[s
         values = rng.normal(size=(n_assets, len(sensors))).tolist()
         for asset, row in zip(assets, values, strict=True):
             for sensor, v in zip(sensors, row, strict=True):
-                asset.push(sensor, t, v)
+                asset.add(sensor, t, v)
+        banks.flush()  # the window statistics and rows of every asset, as the service does
 
     for k in range(warm):
         tick(k)

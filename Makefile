@@ -17,7 +17,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # pip runs --quiet: say what each long step is doing, so a silent minute is not a hang
-$(STAMP): $(BIN)/python setup.py pyproject.toml $(wildcard kernels/*.pyx)
+$(STAMP): $(BIN)/python setup.py pyproject.toml $(wildcard kernels/*.pyx) $(wildcard kernels/*.pxi)
 	@echo "== installing the build tools (Cython, numpy, setuptools)"
 	$(BIN)/pip install --quiet "Cython>=3.0,<4" "numpy>=2.0" "setuptools>=68"
 	@echo "== installing appliance and its dependencies (DuckDB, onnxruntime, scikit-learn, ...) and compiling the Cython kernels: the longest step, 2-3 minutes"

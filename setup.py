@@ -15,7 +15,7 @@ except ImportError as exc:  # pragma: no cover - build environment problem
     sys.exit(f"appliance: building the kernels needs Cython and numpy ({exc}); "
              "run `make install` or `pip install -e .` which installs them first")
 
-KERNELS = ["rolling", "filters", "grid"]
+KERNELS = ["rolling", "filters", "grid", "sensors"]
 
 CYTHON_DIRECTIVES = {
     "language_level": "3",

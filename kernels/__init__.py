@@ -3,7 +3,8 @@ batch and streaming.
 
 Every kernel exists twice over one implementation: a batch function (arrays in,
 arrays out) and a streaming object (``update(ts, x)``, ``value``) that gives the
-same numbers.  See ``rolling.pyx``, ``filters.pyx`` and ``grid.pyx`` for the algorithms.
+same numbers.  See ``rolling.pyx``, ``filters.pyx`` and ``grid.pyx`` for the algorithms;
+``sensors.pyx`` chains several of them per sensor for many series at once.
 """
 
 from appliance.kernels.filters import (
@@ -48,6 +49,7 @@ from appliance.kernels.rolling import (
     move_slope,
     move_std,
 )
+from appliance.kernels.sensors import SENSOR_COLUMNS, SensorBank
 
 __all__ = [
     "BANK_COLUMNS",
@@ -55,6 +57,7 @@ __all__ = [
     "GRID_CARRIED",
     "GRID_FRESH",
     "GRID_MISSING",
+    "SENSOR_COLUMNS",
     "CoarseBank",
     "Ewma",
     "Grid",
@@ -69,6 +72,7 @@ __all__ = [
     "MoveSlope",
     "MoveStd",
     "RollingBank",
+    "SensorBank",
     "Stuck",
     "Validity",
     "coarse_grid",

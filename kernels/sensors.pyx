@@ -6,8 +6,9 @@ Design:
     The composition of existing kernels, not a new algorithm: per series,
     filters.pyx's validity, grid.pyx's streaming grid, filters.pyx's Hampel
     filter (optional per series) and stuck flag, and rolling.pyx's event-time
-    EWMA (twice: the missing fraction and the baseline), chained exactly as
-    ``appliance.features.live.SensorState`` chains the single objects:
+    EWMA (twice: the missing fraction and the baseline), chained as the live
+    features run them per sensor (``appliance.features.live``; spec.py names
+    the steps):
 
       reading (t, x)  valid = validity(t, x); grid.add(t, x if valid else NaN)
       tick close      g = grid.close(tick).value; g = hampel(tick, g) if any;
@@ -100,7 +101,7 @@ cdef void row_restart(SensorRow *s) noexcept nogil:
 
 
 cdef inline int row_close(SensorRow *s, double tick, double *out) noexcept nogil:
-    """SensorState.close; -1 on allocation failure (the row's state is then undefined)."""
+    """One series' tick close; -1 on allocation failure (the row's state is then undefined)."""
     cdef double g
     grid_close(&s.grid, tick)
     s.last_tick = tick
@@ -136,7 +137,7 @@ def _check_hampel(window_s, k, min_count):
 
 
 cdef class SensorBank:
-    """The per-sensor chain of ``appliance.features.live.SensorState`` for many series.
+    """The per-sensor chain of the live features for many series.
 
     ``add_series(...)`` appends a series (a row) with its own parameters and
     returns its row number; ``add(row, ts, value)`` takes one reading (its
@@ -145,8 +146,7 @@ cdef class SensorBank:
     ``SENSOR_COLUMNS`` (grid value, missing fraction, deviation from baseline,
     stuck flag) per listed row; ``restart(rows)`` starts them afresh but for
     their validity state.  Same numbers, bit for bit, as the single objects
-    (``Validity``, ``Grid``, ``Hampel``, ``Ewma``, ``Stuck``) chained as
-    SensorState chains them.  Not thread-safe (like every streaming object).
+    (``Validity``, ``Grid``, ``Hampel``, ``Ewma``, ``Stuck``) chained as above.  Not thread-safe (like every streaming object).
 
     >>> bank = SensorBank()
     >>> row = bank.add_series(0.0, 100.0, float("inf"), 30.0, 0.0, 5, 60.0, 600.0, 60.0, 2)

@@ -1,21 +1,21 @@
 """Live features: readings in one at a time, the feature rows of every asset's closed
 ticks out in one pass.
 
-The same steps as ``batch`` with the streaming halves of the same kernels:
-``filters.Validity`` and ``grid.Grid`` per sensor on its readings, ``filters.Hampel``
-and ``filters.Stuck`` per sensor on the grid, ``grid.CoarseBank`` for the long
-windows, ``grid.IdleGap`` per asset for its fresh starts, and the rolling statistics of all
-series in ``RollingBank`` chunks (one ring of samples per series and window,
-shared by every statistic: ~6 KB per series and window instead of one ring per
-statistic).
+The same steps as ``batch`` with the streaming halves of the same kernels, each
+holding many series: ``sensors.SensorBank`` runs every sensor's validity, grid,
+Hampel, missing, baseline and stuck chain; ``grid.CoarseBank`` the coarse grid of
+the long windows; ``rolling.RollingBank`` the rolling statistics (one ring of samples
+per series and window, shared by every statistic: ~6 KB per series and window
+instead of one ring per statistic); ``grid.IdleGap`` per asset its fresh starts.
+A series is one row of each bank.
 
 Two phases.  A reading that completes a tick closes that tick's cells of its asset at
-once (per sensor: grid, cleaning, missing, baseline, stuck; the asset's coarse
-cells), since the next reading goes into the next cell; ``AssetFeatures.add`` does
-that and hands the closed tick to ``FeatureBanks``.  The window statistics and the
-rows wait for ``FeatureBanks.flush``, which runs them for every asset that closed the
-same tick together: one bank call per chunk and window, and the rows of all assets
-with the same sensors built as one matrix, instead of a dozen NumPy calls per asset.
+once (``SensorBank.close`` of its sensors' rows), since the next reading goes into the
+next cell; ``AssetFeatures.add`` does that and hands the closed tick to
+``FeatureBanks``.  The windows and the rows wait for ``FeatureBanks.flush``, which
+runs them for every asset that closed the same tick together: one bank call per
+chunk and window, and the rows of all assets with the same sensors cut from one
+matrix, instead of a dozen NumPy calls per asset.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from operator import attrgetter
 import numpy as np
 
 from appliance.features.spec import INTERVAL_COUNT, STUCK_MIN_COUNT, PipelineSpec
-from appliance.kernels import filters
-from appliance.kernels.grid import CoarseBank, Grid, IdleGap
-from appliance.kernels.rolling import Ewma, RollingBank
+from appliance.kernels.grid import CoarseBank, IdleGap
+from appliance.kernels.rolling import RollingBank
+from appliance.kernels.sensors import SensorBank
 
 #: Series per RollingBank; banks are added as series appear.
 BANK_CHUNK = 256
-#: The columns of a closed cell as ``SensorState.close`` gives them, in the order of
+#: The columns of a closed cell as ``SensorBank.close`` gives them, in the order of
 #: the row's per-sensor features (last, missing, stuck, dev).
 _ROW_ORDER = [0, 1, 3, 2]
 
@@ -107,11 +107,13 @@ class _Chunk:
 
 
 class FeatureBanks:
-    """The window state of every series (a row in each ``_Chunk``), and the ticks
-    closed since the last ``flush``."""
+    """The state of every series: its per-sensor chain (a row of ``sensors``) and its
+    windows (the same row in each ``_Chunk``); and the ticks closed since the last
+    ``flush``."""
 
     def __init__(self, spec: PipelineSpec) -> None:
         self.spec = spec
+        self.sensors = SensorBank()
         self._chunks: list[_Chunk] = []
         self.n_series = 0
         #: One tuple of feature names per set of sensors, shared by every asset with
@@ -128,16 +130,26 @@ class FeatureBanks:
             names = self._names[sensors] = self.spec.feature_names(sensors)
         return names
 
-    def allocate(self) -> int:
-        """A row for a new series."""
+    def allocate(self, sensor: str) -> int:
+        """A row for a new series of ``sensor`` (its settings: ``spec.sensor``)."""
         if self.n_series % BANK_CHUNK == 0:
             self._chunks.append(_Chunk(self.spec))
+        spec, settings = self.spec, self.spec.sensor(sensor)
+        clean = settings.clean
+        row = self.sensors.add_series(
+            settings.valid_min, settings.valid_max, settings.max_rate_per_s,
+            settings.max_gap_s, settings.max_gap_intervals, INTERVAL_COUNT,
+            spec.missing_halflife_s, spec.baseline_halflife_s, spec.stuck_window_s,
+            STUCK_MIN_COUNT, *((clean.hampel_window_s, clean.hampel_k,
+                                clean.hampel_min_count) if clean else ()))
+        assert row == self.n_series  # the two banks grow in step
         self.n_series += 1
-        return self.n_series - 1
+        return row
 
-    def reset(self, rows: np.ndarray) -> None:
-        """Forget the samples of these rows in every window (after a ``flush``: the
-        ticks closed before are through the windows)."""
+    def restart(self, rows: np.ndarray) -> None:
+        """These rows start afresh, their validity state alone kept (after a ``flush``:
+        the ticks closed before are through the windows)."""
+        self.sensors.restart(rows)
         for chunk in np.unique(rows // BANK_CHUNK).tolist():
             self._chunks[chunk].reset(rows[rows // BANK_CHUNK == chunk] - chunk * BANK_CHUNK)
 
@@ -201,59 +213,9 @@ class FeatureBanks:
         return diffs
 
     def force_flush(self) -> None:
-        """Flush now (an asset's layout is about to change); the rows wait for the
-        next ``flush``."""
+        """Flush now (a series is about to start afresh); the rows wait for the next
+        ``flush``."""
         self._ready = self.flush()  # the rows ready before are in it
-
-
-class SensorState:
-    """One sensor of one asset: its validity check, its grid, its cleaning filter, its
-    bank row."""
-
-    __slots__ = ("baseline", "grid", "hampel", "missing", "row", "stuck", "validity")
-
-    def __init__(self, spec: PipelineSpec, sensor: str, row: int,
-                 validity: filters.Validity | None = None) -> None:
-        settings = spec.sensor(sensor)
-        # validity alone outlives an idle asset's fresh start (see spec)
-        if validity is None:
-            validity = filters.Validity(settings.valid_min, settings.valid_max,
-                                        settings.max_rate_per_s)
-        self.validity = validity
-        self.grid = Grid(settings.max_gap_s, settings.max_gap_intervals, INTERVAL_COUNT)
-        clean = settings.clean
-        self.hampel = (filters.Hampel(clean.hampel_window_s, clean.hampel_k,
-                                      clean.hampel_min_count) if clean else None)
-        self.missing = Ewma(spec.missing_halflife_s)
-        self.baseline = Ewma(spec.baseline_halflife_s)
-        self.stuck = filters.Stuck(spec.stuck_window_s, STUCK_MIN_COUNT)
-        self.row = row
-
-    @property
-    def last_ts(self) -> float:
-        """The newest reading, valid or not: an older one is late."""
-        return self.grid.last_ts
-
-    def add(self, ts: float, value: float) -> bool:
-        """Take one reading (not older than the last); False when it is invalid."""
-        valid = self.validity.update(ts, value).value
-        # an invalid reading goes in as NaN: it times nothing but the sensor's presence
-        self.grid.add(ts, value if valid else math.nan)
-        return valid
-
-    def close(self, tick: float) -> tuple[float, float, float, float]:
-        """(grid value, missing fraction, deviation from baseline, stuck flag) of the
-        cell ending at ``tick``; opens the next cell.  The sensor exists from its
-        first reading, so its grid is never ``GRID_ABSENT`` here (batch masks those
-        ticks; live has no column for them)."""
-        cell = self.grid.close(tick)
-        grid = cell.value
-        if self.hampel is not None:
-            grid = self.hampel.update(tick, grid).value
-        missing = self.missing.update(tick, 1.0 if math.isnan(grid) else 0.0).value
-        return (grid, missing, grid - self.baseline.update(tick, grid).value,
-                1.0 if self.stuck.update(tick, grid if cell.fresh else math.nan).value
-                else 0.0)
 
 
 class AssetFeatures:
@@ -279,9 +241,9 @@ class AssetFeatures:
         self.spec = spec
         self.banks = banks
         self.key = key
-        #: A sensor keeps its bank row and its validity state across fresh starts.
+        #: A sensor keeps its rows in the banks, and its validity state, across fresh
+        #: starts.
         self._row_of: dict[str, int] = {}
-        self._validity: dict[str, filters.Validity] = {}
         self._next_k: int | None = None
         #: The first tick of the current stretch that makes a row (see ``spec``).
         self._warm_k = 0
@@ -295,14 +257,15 @@ class AssetFeatures:
         self._start_afresh()
 
     def _start_afresh(self) -> None:
-        self._states: dict[str, SensorState] = {}
+        #: The sensors of the current stretch, sorted, and their rows in the banks.
+        self._present: dict[str, int] = {}
         self._rows = np.zeros(0, dtype=np.int64)
         self._names: tuple[str, ...] = ()
         self.stuck: frozenset[str] = frozenset()
 
     @property
     def sensors(self) -> tuple[str, ...]:
-        return tuple(self._states)
+        return tuple(self._present)
 
     def push(self, sensor: str, ts: float, value: float
              ) -> list[tuple[float, tuple[str, ...], np.ndarray]]:
@@ -322,24 +285,24 @@ class AssetFeatures:
         if self._next_k is None:
             self._begin(ts)
         elif restart:
-            # the cell of the last reading closes, then everything starts afresh
+            # the cell of the last reading closes, then everything starts afresh (each
+            # sensor's rows as it comes back: ``_join``)
             last_k = self.spec.tick_index(self._idle.previous_ts)
             while self._next_k <= last_k:
                 self._close_next()
-            self.banks.force_flush()
-            self.banks.reset(self._rows)
             self._start_afresh()
             self.restarts += 1
             self._begin(ts)
         while ts > self._next_k * c:
             self._close_next()
-        state = self._states.get(sensor)
-        if state is None:
-            state = self._add_sensor(sensor)
-        elif ts < state.last_ts:
+        sensors = self.banks.sensors
+        row = self._present.get(sensor)
+        if row is None:
+            row = self._join(sensor)
+        elif ts < sensors.last_ts(row):
             self.late += 1
             return
-        if not state.add(ts, value):
+        if not sensors.add(row, ts, value):
             self.invalid += 1
 
     def _begin(self, ts: float) -> None:
@@ -352,27 +315,26 @@ class AssetFeatures:
         emit = k >= self._warm_k
         if not emit:
             self.warmup += 1
-        tick = k * self.spec.cadence_s
-        cells = np.array([s.close(tick) for s in self._states.values()])
+        cells = self.banks.sensors.close(self._rows, k * self.spec.cadence_s)
         stuck = cells[:, 3]
-        if stuck.any() or self.stuck:
-            self.stuck = frozenset(s for s, flag in zip(self._states, stuck, strict=True)
-                                   if flag)
+        if self.stuck or stuck.any():
+            self.stuck = frozenset(s for s, flag in zip(self._present, stuck.tolist(),
+                                                        strict=True) if flag)
         self.banks.defer(_ClosedTick(self, k, cells, emit))
         self._next_k = k + 1
 
-    def _add_sensor(self, sensor: str) -> SensorState:
-        # the ticks closed so far go through the windows with the old layout
-        self.banks.force_flush()
+    def _join(self, sensor: str) -> int:
+        """The sensor's first reading of this stretch: its rows join the asset's."""
         row = self._row_of.get(sensor)
         if row is None:
-            row = self._row_of[sensor] = self.banks.allocate()
+            row = self._row_of[sensor] = self.banks.allocate(sensor)
         else:
-            # back after a fresh start it was not part of: its windows start afresh too
-            self.banks.reset(np.array([row]))
-        state = SensorState(self.spec, sensor, row, self._validity.get(sensor))
-        self._validity[sensor] = state.validity
-        self._states = dict(sorted({**self._states, sensor: state}.items()))
-        self._rows = np.array([s.row for s in self._states.values()], dtype=np.int64)
-        self._names = self.banks.feature_names(tuple(self._states))
-        return state
+            # back after a fresh start: its ticks of the stretch before go through the
+            # windows first, then it starts afresh
+            self.banks.force_flush()
+            self.banks.restart(np.array([row]))
+        self._present = dict(sorted({**self._present, sensor: row}.items()))
+        self._rows = np.fromiter(self._present.values(), dtype=np.int64,
+                                 count=len(self._present))
+        self._names = self.banks.feature_names(tuple(self._present))
+        return row

@@ -52,7 +52,8 @@ PARAMS = [
 
 
 class Chain:
-    """``SensorState`` of appliance/features/live.py, composed of the single objects."""
+    """The live per-sensor chain (see appliance/features/spec.py), composed of the single
+    objects: what the live features ran before ``SensorBank``."""
 
     def __init__(self, p: Params) -> None:
         self.p = p

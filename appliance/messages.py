@@ -8,13 +8,16 @@ Timestamps are event time, float seconds since the Unix epoch (UTC).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesKey:
-    """One sensor of one asset: the unit a reading belongs to."""
+class SeriesKey(NamedTuple):
+    """One sensor of one asset: the unit a reading belongs to.
+
+    A named tuple, not a dataclass like the messages: it is looked up in a dict for
+    every reading (ingest, store, features), and a tuple's hash is computed in C."""
 
     line: str
     asset: str

@@ -51,20 +51,20 @@ class TickRows:
 
 
 class _ClosedTick:
-    """One asset's tick, closed up to the window statistics (``FeatureBanks.flush``)."""
+    """One asset's tick, closed up to the windows (``FeatureBanks.flush``)."""
 
-    __slots__ = ("asset", "cells", "emit", "k", "names", "rows", "sensors")
+    __slots__ = ("asset", "cells", "emit", "k", "names", "rows", "sensors", "stretch")
 
     def __init__(self, asset: AssetFeatures, k: int, cells: np.ndarray, emit: bool) -> None:
         self.asset = asset
         self.k = k
-        self.cells = cells  # (sensors, 4): grid, missing, dev, stuck
+        self.cells = cells  # (sensors, 4): SENSOR_COLUMNS
         self.emit = emit  # False in a warm-up: the windows fill, no row
-        # the asset's layout when the tick closed: a sensor joining changes it only
-        # after a flush (see ``AssetFeatures._add_sensor``)
+        # the asset's layout when the tick closed (a sensor may join before the flush)
         self.rows = asset._rows
         self.names = asset._names
-        self.sensors = asset.sensors
+        self.sensors = asset._sensors
+        self.stretch = asset.restarts
 
 
 class _Chunk:
@@ -181,10 +181,11 @@ class FeatureBanks:
             local = rows[mine] - chunk * BANK_CHUNK
             for w in range(n_windows):
                 stats[mine, w] = self._chunks[chunk].update(w, local, k, tick, grid[mine])
+        first_row = np.cumsum([0] + [len(t.rows) for t in ticks])
+        self._note_stuck(ticks, cells[:, 3], first_row)
         # per series: last, missing, stuck, dev, then every window's statistics
         per_series = np.concatenate([cells[:, _ROW_ORDER], stats.reshape(len(rows), -1)],
                                     axis=1)
-        first_row = np.cumsum([0] + [len(t.rows) for t in ticks])
         # the assets with one set of sensors share one tuple of names (``feature_names``)
         by_layout: dict[int, list[int]] = {}
         for i, t in enumerate(ticks):
@@ -202,6 +203,17 @@ class FeatureBanks:
             out.append(TickRows(tick, first.names, tuple(ticks[i].asset for i in mine),
                                 values))
         return out
+
+    @staticmethod
+    def _note_stuck(ticks: list[_ClosedTick], stuck: np.ndarray, first_row: np.ndarray
+                    ) -> None:
+        """Each asset's ``stuck`` as of its tick (ticks of a stretch it has left, none)."""
+        flagged = np.add.reduceat(stuck, first_row[:-1]) > 0
+        for i, (t, any_stuck) in enumerate(zip(ticks, flagged.tolist(), strict=True)):
+            asset = t.asset
+            if (any_stuck or asset.stuck) and t.stretch == asset.restarts:
+                flags = stuck[first_row[i]:first_row[i + 1]].tolist()
+                asset.stuck = frozenset(s for s, f in zip(t.sensors, flags, strict=True) if f)
 
     def _differences(self, sensors: tuple[str, ...], grid: np.ndarray) -> np.ndarray:
         """grid(a) − grid(b) per configured pair, NaN where the asset lacks one."""
@@ -229,7 +241,7 @@ class AssetFeatures:
     cell already emitted, or older than its sensor's previous reading, is late:
     not used, counted in ``late``.  A reading that fails its sensor's validity
     check is not used either, and counted in ``invalid``.  ``stuck`` names the
-    sensors whose ``stuck`` feature was 1 at the last tick.  After a silence
+    sensors whose ``stuck`` feature was 1 at the last tick through a flush.  After a silence
     longer than ``spec.idle_gap_s`` the asset starts afresh (see ``spec``);
     ``restarts`` counts those.  The first ``spec.warmup_ticks`` ticks after each
     start are closed (the windows fill) but make no row; ``warmup`` counts them.
@@ -259,13 +271,14 @@ class AssetFeatures:
     def _start_afresh(self) -> None:
         #: The sensors of the current stretch, sorted, and their rows in the banks.
         self._present: dict[str, int] = {}
+        self._sensors: tuple[str, ...] = ()
         self._rows = np.zeros(0, dtype=np.int64)
         self._names: tuple[str, ...] = ()
         self.stuck: frozenset[str] = frozenset()
 
     @property
     def sensors(self) -> tuple[str, ...]:
-        return tuple(self._present)
+        return self._sensors
 
     def push(self, sensor: str, ts: float, value: float
              ) -> list[tuple[float, tuple[str, ...], np.ndarray]]:
@@ -316,10 +329,6 @@ class AssetFeatures:
         if not emit:
             self.warmup += 1
         cells = self.banks.sensors.close(self._rows, k * self.spec.cadence_s)
-        stuck = cells[:, 3]
-        if self.stuck or stuck.any():
-            self.stuck = frozenset(s for s, flag in zip(self._present, stuck.tolist(),
-                                                        strict=True) if flag)
         self.banks.defer(_ClosedTick(self, k, cells, emit))
         self._next_k = k + 1
 
@@ -334,7 +343,8 @@ class AssetFeatures:
             self.banks.force_flush()
             self.banks.restart(np.array([row]))
         self._present = dict(sorted({**self._present, sensor: row}.items()))
+        self._sensors = tuple(self._present)
         self._rows = np.fromiter(self._present.values(), dtype=np.int64,
                                  count=len(self._present))
-        self._names = self.banks.feature_names(tuple(self._present))
+        self._names = self.banks.feature_names(self._sensors)
         return row

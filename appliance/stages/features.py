@@ -82,12 +82,12 @@ class FeaturesStage(Stage):
                                  state.stuck)
             state.add(sensor, ts, value)
         self.counters.processed += len(batch.keys)
-        self._report(before)
-        # a forced flush (an asset's new sensor, a fresh start) can split one tick's
-        # rows of one set of sensors: merged again here
+        # a forced flush (a sensor back after a fresh start) can split one tick's rows
+        # of one set of sensors: merged again here
         by_tick: dict[tuple[float, tuple[str, ...]], list[TickRows]] = defaultdict(list)
         for rows in self.banks.flush():
             by_tick[(rows.tick, rows.names)].append(self._not_predicted(rows))
+        self._report(before)
         out = []
         for (tick, names), parts in sorted(by_tick.items(), key=lambda kv: kv[0][0]):
             keys = [a.key for part in parts for a in part.assets]

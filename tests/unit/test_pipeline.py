@@ -527,3 +527,58 @@ def test_the_warm_up_fills_every_window_whatever_the_phase_of_the_start(cadence_
         values = np.random.default_rng(int(phase)).normal(0.0, 1.0, len(ts))
         _names, _ticks, X = asset_features(spec, {"a": (ts, values)}, t0 - 1, ts[-1])
         assert len(X) and np.isfinite(X).all(), f"phase {phase}"
+
+
+def test_the_stage_makes_every_assets_rows_in_one_pass_as_each_asset_alone():
+    """The stage closes the ticks of all assets together (``FeatureBanks.flush``); its
+    rows equal each asset's own, across sensor sets, a fresh start after a silence
+    (with a sensor that comes back only later) and batches that cut ticks anywhere."""
+    spec = PipelineSpec.from_config(PipelineConfig(cadence_s=10, horizon_s=3600,
+                                                   max_gap_s=60, warmup_s=0,
+                                                   idle_gap_s=900))
+    cfg = config.from_dict({"pipeline": {"cadence_s": 10, "horizon_s": 3600, "max_gap_s": 60,
+                                         "warmup_s": 0, "idle_gap_s": 900}})
+    rng = np.random.default_rng(11)
+    t0 = 1_700_000_001.0
+    series: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {
+        "a1": {"temp": irregular_series(rng, t0, 7200, 3.0),
+               "vib": irregular_series(rng, t0 + 5, 7200, 4.0)},
+        "a2": {"temp": irregular_series(rng, t0 + 2, 7200, 2.5)},   # another sensor set
+        "a3": {"temp": irregular_series(rng, t0, 7200, 3.0),
+               "vib": irregular_series(rng, t0 + 1, 7200, 5.0)},
+    }
+    # a3 falls silent for 30 min (a fresh start), and its vib comes back 10 min after temp
+    for sensor, gap_end in (("temp", t0 + 4000), ("vib", t0 + 4600)):
+        ts, vs = series["a3"][sensor]
+        keep = (ts < t0 + 2200) | (ts > gap_end)
+        series["a3"][sensor] = (ts[keep], vs[keep])
+    events = sorted((t, a, s, v) for a, by_sensor in series.items()
+                    for s, (ts, vs) in by_sensor.items() for t, v in zip(ts, vs, strict=True))
+    alone: dict[tuple[float, str], np.ndarray] = {}
+    names_of: dict[str, tuple[str, ...]] = {}
+    for asset in series:
+        state = AssetFeatures(spec, FeatureBanks(spec))
+        for t, a, s, v in events:
+            if a == asset:
+                for tick, names, row in state.push(s, t, v):
+                    alone[(tick, asset)] = row
+                    names_of[(tick, asset)] = names
+    assert state.restarts == 1  # a3, the last one
+    stage = FeaturesStage(cfg, queue.Queue(), queue.Queue())
+    together: dict[tuple[float, str], np.ndarray] = {}
+    cuts = np.sort(rng.choice(len(events), 300, replace=False))
+    for part in np.split(np.arange(len(events)), cuts):
+        chunk = [events[i] for i in part]
+        if not chunk:
+            continue
+        batch = StoredReadings(tuple(SeriesKey("l1", a, s) for _t, a, s, _v in chunk),
+                               np.array([e[0] for e in chunk]),
+                               np.array([e[3] for e in chunk]))
+        for rows in stage.handle(batch):
+            for i, asset in enumerate(rows.assets):
+                assert rows.names == names_of[(rows.tick, asset)]
+                together[(rows.tick, asset)] = rows.values[i]
+    assert together.keys() == alone.keys() and len(together) > 1500
+    for key, row in alone.items():
+        np.testing.assert_array_equal(together[key], row.astype(np.float32), err_msg=str(key))
+    assert stage.counters.extra["idle_restarts"] == 1

@@ -82,6 +82,8 @@ class IngestStage(Stage):
         #: raw topic → (route, the reading's series key or None); bounded by max_series
         self._routes: dict[bytes, tuple[Routed, SeriesKey | None]] = {}
         self._keys: dict[tuple[str, str, str], SeriesKey] = {}
+        #: raw batch topic → the sets of sensors taken whole from it, and their keys
+        self._batch_keys: dict[bytes, dict[tuple[str, ...], tuple[SeriesKey, ...]]] = {}
         self._client: mqtt.Client | None = None
         self._abort = threading.Event()
         #: messages set aside for their time since the last log line, by "future"/"past"
@@ -207,18 +209,34 @@ class IngestStage(Stage):
 
     def _parse_batch(self, batch: _OpenBatch, routed: Routed, msg: mqtt.MQTTMessage,
                      doc: object, now: float) -> None:
-        ts, values, refused = payloads.batch(doc, now, self.cfg.limits)
-        for sensor, value in values:
+        checked = self._batch_keys.get(msg._topic)
+        ts, sensors, values, refused = payloads.batch(doc, now, self.cfg.limits,
+                                                      checked or ())
+        keys = checked.get(sensors) if checked else None
+        if keys is None:
+            keys, values, refused = self._admit_batch(routed, sensors, values, refused)
+            if not refused and len(self._batch_keys) < self.cfg.limits.max_series:
+                # an asset publishes the same sensors message after message
+                self._batch_keys.setdefault(msg._topic, {})[sensors] = keys
+        batch.keys.extend(keys)
+        batch.ts.extend([ts] * len(keys))
+        batch.values.extend(values)
+        if refused:
+            self._dead(batch, now, msg._topic, msg.payload, "part of batch refused: " + refused)
+
+    def _admit_batch(self, routed: Routed, sensors: tuple[str, ...], values: list[float],
+                     refused: str) -> tuple[tuple[SeriesKey, ...], list[float], str]:
+        """The series keys and values of a batch's sensors but those beyond
+        ``max_series``, which join the refused."""
+        keys, kept = [], []
+        for sensor, value in zip(sensors, values, strict=True):
             try:
-                key = self._admit(routed.line, routed.asset, sensor)
+                keys.append(self._admit(routed.line, routed.asset, sensor))
             except payloads.BadPayload as exc:
                 refused = f"{refused}; {sensor!r}: {exc}".lstrip("; ")
                 continue
-            batch.keys.append(key)
-            batch.ts.append(ts)
-            batch.values.append(value)
-        if refused:
-            self._dead(batch, now, msg._topic, msg.payload, "part of batch refused: " + refused)
+            kept.append(value)
+        return tuple(keys), kept, refused
 
     def _dead(self, batch: _OpenBatch, now: float, raw_topic: bytes, payload: bytes,
               reason: str) -> None:

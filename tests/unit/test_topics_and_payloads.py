@@ -71,9 +71,28 @@ def test_bare_number_and_json_without_ts_use_arrival_time():
 
 def test_batch_payload_keeps_good_values_and_reports_bad():
     doc = {"ts": NOW - 1, "values": {"a": 1, "b": "x", "c": 3.5, "fault": 1}}
-    ts, good, refused = parse("plant/l1/a1", json.dumps(doc).encode())
-    assert ts == NOW - 1 and good == [("a", 1.0), ("c", 3.5)]
+    ts, sensors, values, refused = parse("plant/l1/a1", json.dumps(doc).encode())
+    assert ts == NOW - 1 and sensors == ("a", "c") and values == [1.0, 3.5]
     assert "'b'" in refused and "not a number" in refused and "'fault'" in refused
+
+
+@pytest.mark.parametrize("values", [
+    {"a": 1, "b": "x"}, {"a": 1, "b": True}, {"a": 1, "b": float("inf")},
+    {"a": 1, "b": float("nan")}])
+def test_a_batch_of_checked_sensors_is_still_refused_a_bad_value(values):
+    """The fast path for sensor sets seen before skips the names, never the values."""
+    _ts, sensors, got, refused = payloads.batch({"ts": NOW, "values": values}, NOW, LIMITS,
+                                                checked={("a", "b")})
+    assert sensors == ("a",) and got == [1.0] and "'b'" in refused
+
+
+def test_a_batch_of_checked_sensors_is_taken_whole():
+    doc = {"ts": NOW, "values": {"b": 2, "a": 1.5}}
+    assert payloads.batch(doc, NOW, LIMITS, checked={("b", "a")}) == (NOW, ("b", "a"),
+                                                                       [2.0, 1.5], "")
+    # the same set in another order is another set: checked name by name
+    assert payloads.batch({"ts": NOW, "values": {"a": 1, "fault": 2}}, NOW, LIMITS,
+                          checked={("fault", "a")})[1] == ("a",)
 
 
 def test_fault_event():

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: are logged at most this often, with their count: one line per message would flood
 #: the log when a whole publisher's clock is off.
 SET_ASIDE_LOG_S = 60.0
+#: Sets of sensors remembered per batch topic (``_parse_batch``).
+BATCH_SETS_PER_TOPIC = 16
 
 
 class _OpenBatch:
@@ -216,8 +218,11 @@ class IngestStage(Stage):
         if keys is None:
             keys, values, refused = self._admit_batch(routed, sensors, values, refused)
             if not refused and len(self._batch_keys) < self.cfg.limits.max_series:
-                # an asset publishes the same sensors message after message
-                self._batch_keys.setdefault(msg._topic, {})[sensors] = keys
+                # an asset publishes the same sensors message after message (bounded: one
+                # sending whichever sensors changed would make a set per message)
+                sets = self._batch_keys.setdefault(msg._topic, {})
+                if len(sets) < BATCH_SETS_PER_TOPIC:
+                    sets[sensors] = keys
         batch.keys.extend(keys)
         batch.ts.extend([ts] * len(keys))
         batch.values.extend(values)

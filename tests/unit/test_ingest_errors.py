@@ -73,3 +73,36 @@ def test_messages_set_aside_for_their_time_are_logged_with_a_count_at_most_once_
     assert "6 with an event time more than [limits] max_future_s" in last
     assert "1 with an event time older than [limits] max_past_s" in last
     assert ingest.counters.extra["dead_letters"] == 8
+
+
+def test_batches_of_one_sensor_set_become_readings_and_a_bad_value_a_dead_letter() -> None:
+    """The second batch on a topic takes the fast path (its sensors seen before): it makes
+    the same readings, and a bad value in it is still refused, the rest kept."""
+    import json
+
+    from appliance.config import from_dict
+
+    out: queue.Queue = queue.Queue()
+    cfg = from_dict({"limits": {"max_series": 3}}, source="<test>")
+    ingest = IngestStage(cfg, out, queue.Queue())
+    topics = Topics.from_config(cfg)
+    now = ingest.clock.time()
+    sent = [(topics.batch("l1", "a1"), {"t": 1, "v": 2}),
+            (topics.batch("l1", "a1"), {"t": 3, "v": 4}),
+            (topics.batch("l1", "a1"), {"t": 5, "v": "x"}),
+            (topics.batch("l1", "a2"), {"t": 6, "v": 7}),   # a2/v: beyond max_series
+            (topics.batch("l1", "a2"), {"t": 8, "v": 9})]
+    for mid, (topic, values) in enumerate(sent, start=1):
+        msg = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
+        msg.payload = json.dumps({"ts": now - 10, "values": values}).encode()
+        msg.qos = 1
+        ingest._on_message(None, None, msg)
+    ingest.hand_on(due_only=False)
+    batch = out.get_nowait()
+    assert [(k.asset, k.sensor) for k in batch.keys] == [
+        ("a1", "t"), ("a1", "v"), ("a1", "t"), ("a1", "v"), ("a1", "t"), ("a2", "t"),
+        ("a2", "t")]
+    assert list(batch.values) == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]
+    assert [d.reason.split(":")[0] for d in batch.dead_letters] == ["part of batch refused"] * 3
+    assert "'v'" in batch.dead_letters[0].reason and "max_series" in batch.dead_letters[1].reason
+    assert batch.keys[0] is batch.keys[2]  # one key object per series

@@ -84,6 +84,7 @@ def _run(spec: PipelineSpec, features: FeaturesStage, predict: PredictStage,
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     explained: list[int] = []
     rows_per_tick: list[int] = []
+    shadowed: list[int] = []  # challengers' predictions
     for i, step in enumerate(sim.steps(warm + ticks)):
         ts = np.repeat(step.ts, len(sim.sensors))
         values = step.values.ravel()
@@ -105,11 +106,14 @@ def _run(spec: PipelineSpec, features: FeaturesStage, predict: PredictStage,
         rows_per_tick.append(sum(len(r.assets) for r in rows))
         explained.append(sum(1 for p in out for x in p.items
                              if x.role == "champion" and x.top_factors))
+        shadowed.append(sum(1 for p in out for x in p.items if x.role == "challenger"))
     return {"assets": assets, "sensors": len(sim.sensors), "challengers": challengers,
             "ticks": len(times["total"]),
             "rows_per_tick": round(float(np.mean(rows_per_tick)), 1) if rows_per_tick else 0,
             "explained_per_tick": round(float(np.mean(explained)), 1) if explained else 0,
             "explained_max": max(explained, default=0),
+            "challenger_predictions_per_tick": round(float(np.mean(shadowed)), 1)
+            if shadowed else 0,
             "alerts_raised": alert.counters.extra.get("alerts_raised", 0),
             **{stage: _percentiles(ms) for stage, ms in times.items() if ms}}
 

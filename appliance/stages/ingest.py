@@ -56,7 +56,8 @@ class _OpenBatch:
         self.opened = time.monotonic()
 
     def size(self) -> int:
-        return max(len(self.mids), len(self.keys) + len(self.faults) + len(self.dead))
+        """Readings, faults and dead letters: every message makes one at least."""
+        return len(self.keys) + len(self.faults) + len(self.dead)
 
     def seal(self) -> Inbound:
         return Inbound(tuple(self.keys), np.array(self.ts, dtype=np.float64),
@@ -133,7 +134,7 @@ class IngestStage(Stage):
                 self._batch = _OpenBatch(self._generation)
         if full is not None:
             put(self.out, full, self._abort)
-        if self.acks.qsize():
+        if self.acks.queue:  # a peek without the queue's lock: this runs per message
             # Acks sent from paho's own thread cost less than from another (no wake-up).
             self._send_acks(timeout=0.0)
 

@@ -108,7 +108,7 @@ class PredictStage(Stage):
             self.counters.bump("rows_without_model", len(rows.assets))
             return
         yield self.predictions(rows, X, proba)
-        shadow = self.predict_challengers(rows)
+        shadow = self.predict_challengers(rows, (model.feature_names, X))
         if shadow.items:
             yield shadow
 
@@ -163,13 +163,18 @@ class PredictStage(Stage):
                        (e := by_row.get(i, UNEXPLAINED)).factors, reasons=e.reasons)
             for i, asset in enumerate(rows.assets)))
 
-    def predict_challengers(self, rows: FeatureRows) -> Predictions:
-        """Every challenger's predictions for the rows the champion just had."""
+    def predict_challengers(self, rows: FeatureRows,
+                            champion: tuple[tuple[str, ...], np.ndarray] | None = None
+                            ) -> Predictions:
+        """Every challenger's predictions for the rows the champion just had (``champion``:
+        its features and matrix, taken as they are by a challenger of the same features)."""
         items: list[Prediction] = []
         for name, model in list(self.watcher.challengers.items()):
             started = time.perf_counter()
             try:
-                proba = model.predict_proba(self._model_matrix(rows, model))
+                X = champion[1] if champion and champion[0] == model.feature_names \
+                    else self._model_matrix(rows, model)
+                proba = model.predict_proba(X)
             except Exception as exc:  # onnxruntime raises its own types; any is fatal here
                 reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 log.error("challenger %s dropped, the champion serves on: %s", name, reason)

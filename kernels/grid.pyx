@@ -303,7 +303,7 @@ def coarse_grid(k_first, x, stride):
     values of that cell within the range (NaN with none); ``shown[i]`` is the
     coarse cell tick i shows — the last one closed at or before it — as an
     index into ``closes``, -1 before the first.  O(len(x)).  Same numbers as
-    ``CoarseGrid``.
+    ``CoarseBank``.
 
     >>> closes, means, shown = coarse_grid(5, [1.0, 2.0, float("nan"), 4.0, 6.0], 3)
     >>> closes.tolist(), means.tolist(), shown.tolist()

@@ -23,7 +23,8 @@ backlog of its own, and gives the ratio of their durable readings/s.
 The backlog is published while the subscriber is away, so publishing speed
 does not enter the figure: rate = messages / (last commit − first message).
 The store counts readings, not messages: the durable run ends when it has stored
-``messages × readings per message``.
+``messages × readings per message``.  The bare subscriber parses nothing: its
+readings/s is its messages/s × the readings a message carries.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ ASSETS, SENSORS = 100, 5
 MESSAGES = 50_000
 #: Readings per message of the batch form, by default.
 BATCH_SENSORS = 10
+#: The durable run gives up when the store has taken nothing for this long.
+STALL_S = 60.0
 #: The durable run's config keeps the default topics: the backlog goes where it subscribes.
 TOPICS = Topics.from_config(Config())
 
@@ -150,8 +153,15 @@ def durable_rate(broker: PrivateBroker, messages: int, data_dir: Path,
     while ingest.counters.processed == 0:  # messages
         time.sleep(0.001)
     t0 = time.perf_counter()
+    seen, moved = 0, t0
     while store.counters.processed < readings:  # readings, not messages
         time.sleep(0.02)
+        if store.counters.processed != seen:
+            seen, moved = store.counters.processed, time.perf_counter()
+        elif time.perf_counter() - moved > STALL_S:
+            service.stop()
+            raise RuntimeError(f"the service stored {seen:,} of {readings:,} readings and "
+                               f"then none for {STALL_S:.0f} s")
     end = time.perf_counter()
     rss_mb = _rss_mb()
     service.stop()

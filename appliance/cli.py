@@ -752,6 +752,7 @@ def _run_backtest(args: argparse.Namespace, cfg: config_mod.Config, out: Path | 
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    assets = args.assets if args.assets is not None else 1000
     if args.what == "kernels":
         from appliance.devtools.bench import kernels
 
@@ -759,29 +760,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "memory":
         from appliance.devtools.bench import memory
 
-        return memory.run(json_output=args.json, assets=args.assets)
+        return memory.run(json_output=args.json, assets=assets)
     if args.what == "drift":
         from appliance.devtools.bench import drift
 
-        return drift.run(json_output=args.json, assets=args.assets)
+        return drift.run(json_output=args.json, assets=assets)
     if args.what == "sql":
         from appliance.devtools.bench import sql_load
 
-        sql_load.run(messages=args.messages, rows=args.rows, memory_limit=args.memory_limit,
-                     json_output=args.json)
+        sql_load.run(messages=args.messages or 200_000, rows=args.rows,
+                     memory_limit=args.memory_limit, json_output=args.json)
         return 0
     if args.what == "capacity":
         from appliance.devtools.bench import capacity
 
-        mix = capacity.Mix(args.assets, args.sensors, args.hz, args.payload)
-        return capacity.run(args.config, mix, args.seconds, json_output=args.json)
+        if args.payload == "both":
+            print("appliance bench capacity: --payload is reading or batch", file=sys.stderr)
+            return 2
+        return capacity.run(args.config, args.assets, args.sensors, args.hz, args.payload,
+                            args.seconds, json_output=args.json)
     if args.what == "growth":
         from appliance.devtools.bench import growth
 
-        return growth.run(json_output=args.json, assets=args.assets, hours=args.hours)
+        return growth.run(json_output=args.json, assets=assets, hours=args.hours)
+    if args.what == "train":
+        from appliance.devtools.bench import train
+
+        if args.split_day >= args.days and not args.no_backtest:
+            print("appliance bench train: --split-day must be before --days (or give "
+                  "--no-backtest)", file=sys.stderr)
+            return 2
+        train.run(args.days, args.assets if args.assets is not None else 10, args.drift,
+                  args.split_day, Path(args.work) if args.work else None, args.json, args.seed,
+                  not args.quiet, backtest=not args.no_backtest)
+        return 0
     from appliance.devtools.bench import ingest
 
-    return ingest.run(json_output=args.json, messages=args.messages)
+    return ingest.run(json_output=args.json, messages=args.messages or ingest.MESSAGES,
+                      payload=args.payload or "both",
+                      sensors=args.sensors or ingest.BATCH_SENSORS)
 
 
 def _add_name_options(p: argparse.ArgumentParser) -> None:
@@ -1061,34 +1078,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "bench", "measure this machine: the numbers in the README's "
                  "benchmarks", "kernels: the feature kernels; ingest: readings through a "
-                 "private broker into DuckDB; memory: the service's memory per asset; "
+                 "private broker into DuckDB, one reading per message and batches of "
+                 "--sensors; memory: the service's memory per asset; "
                  "drift: the drift stage; sql: queries beside the store; growth: the "
                  "database's size over time; capacity: the whole service at a mix of assets, "
                  "sensors and rate (the highest rate sustained, latency, CPU per stage, RSS, "
-                 "database growth).")
+                 "database growth); train: import and training (its wall time and peak RSS) "
+                 "and a backtest on a simulated history of 1-minute readings.")
     p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth",
-                                    "capacity"],
+                                    "capacity", "train"],
                    help="which benchmark (see above)")
     p.add_argument("--json", action="store_true", help="the results as JSON")
-    p.add_argument("--messages", type=int, default=200_000,
-                   help="ingest, sql: messages to send")
+    p.add_argument("--messages", type=int,
+                   help="ingest: messages of each form to send (default 50,000); sql: "
+                   "messages to send (default 200,000)")
+    p.add_argument("--payload", choices=["reading", "batch", "both"],
+                   help="ingest: one reading per message, batches of --sensors readings, or "
+                   "both and their ratio (default both); capacity: one reading per message "
+                   "or one batch per asset and tick (default reading)")
     p.add_argument("--rows", type=int, default=10_000_000,
                    help="sql: readings in the database the heavy query aggregates")
     p.add_argument("--memory-limit", default="32MB",
                    help="sql: the service's [storage] memory_limit (default 32MB)")
-    p.add_argument("--assets", type=int, default=1000,
-                   help="memory, drift, growth, capacity: assets to simulate")
-    p.add_argument("--sensors", type=int, default=5, help="capacity: sensors per asset")
-    p.add_argument("--hz", type=float, default=1.0,
-                   help="capacity: readings per sensor per second")
-    p.add_argument("--payload", choices=["reading", "batch"], default="reading",
-                   help="capacity: one reading per message, or one batch per asset and tick")
+    p.add_argument("--assets", type=int,
+                   help="memory, drift, growth, capacity: assets to simulate (default 1000; "
+                   "the config holds no asset count); train: assets of the history "
+                   "(default 10)")
+    p.add_argument("--sensors", type=int,
+                   help="capacity: sensors per asset (default: those the config's "
+                   "[pipeline.sensors] names, else 5); ingest: readings per batch message "
+                   "(default 10)")
+    p.add_argument("--hz", type=float,
+                   help="capacity: readings per sensor per second (default 1; the config "
+                   "holds no reading rate)")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="capacity: the span measured at the mix (each faster step a third)")
     p.add_argument("--config", help="capacity: the service's settings (its broker and "
-                   "database are replaced by private ones)")
+                   "database are replaced by private ones): topic prefix, QoS, limits, "
+                   "pipeline, model, and the sensors its [pipeline.sensors] names; flags "
+                   "override")
     p.add_argument("--hours", type=float, default=3.0,
                    help="growth: hours of event time written (then as many under retention)")
+    p.add_argument("--days", type=float, default=45.0,
+                   help="train: days of 1-minute readings simulated")
+    p.add_argument("--split-day", type=float, default=30.0,
+                   help="train: the backtest trains on days before it, tests on the rest; "
+                   "the lubricant temperature is recalibrated there")
+    p.add_argument("--drift", type=float, default=4.0,
+                   help="train: the recalibration's offset at --split-day, °C")
+    p.add_argument("--seed", type=int, default=11,
+                   help="train: the simulation's and the fits' random seed")
+    p.add_argument("--work", metavar="DIR",
+                   help="train: keep the files (history, database, models, backtest) here")
+    p.add_argument("--no-backtest", action="store_true",
+                   help="train: only import and training")
+    p.add_argument("--quiet", action="store_true", help="train: no progress on stderr")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -1,5 +1,6 @@
 """``appliance bench capacity --json`` on a tiny mix: the report's shape, and figures that
-are positive and finite (not their size: the machine decides that)."""
+are positive and finite (not their size: the machine decides that).  The mix's sensors
+come from the config (its ``[pipeline.sensors]``), its topics too; the rest from flags."""
 
 from __future__ import annotations
 
@@ -13,15 +14,21 @@ import pytest
 
 @pytest.mark.broker
 @pytest.mark.slow
-def test_bench_capacity_reports_every_figure_of_a_tiny_mix():
+def test_bench_capacity_reports_every_figure_of_a_tiny_mix(tmp_path):
+    config = tmp_path / "appliance.toml"
+    config.write_text('[mqtt]\ntopic_prefix = "site"\n'
+                      "[pipeline.sensors.lube_temp]\n[pipeline.sensors.vibration]\n")
     proc = subprocess.run(
         [sys.executable, "-m", "appliance", "bench", "capacity", "--json", "--assets", "5",
-         "--sensors", "2", "--hz", "1", "--seconds", "25"],
+         "--config", str(config), "--hz", "1", "--seconds", "25"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["mix"] == {"assets": 5, "sensors": 2, "hz": 1.0, "payload": "reading",
                         "readings_per_s": 10.0}
+    assert r["sensor_names"] == ["lube_temp", "vibration"]
+    assert r["mix_source"]["sensors"] == "config [pipeline.sensors]"
+    assert r["config"] == str(config) and r["notes"] == []
     assert r["sustained"] is True
     assert r["verdict"].startswith("this gateway sustains 5 assets × 2 sensors at 1 Hz")
     positive = [r["highest_sustained_hz"], r["highest_sustained_readings_per_s"],

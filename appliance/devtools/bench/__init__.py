@@ -1,2 +1,3 @@
-"""Benchmarks (not timed tests): ``appliance bench kernels|ingest|memory`` and
-``python -m appliance.devtools.bench.train``."""
+"""Benchmarks (not timed tests): ``appliance bench kernels|ingest|memory|drift|sql|growth|
+capacity|train``; the rest (``challengers``, ``retrain``, ``walk_forward``, ``short_runs``)
+as ``python -m appliance.devtools.bench.<name>``."""

@@ -31,6 +31,16 @@ arrival of each raised alert on MQTT less its ``ts`` (its tick).
 
 The bench sets ``[pipeline] warmup_s = 0`` (the warm-up decides which ticks are
 predicted, not what a prediction costs) so predictions start with the first ticks.
+
+The mix and ``--config``: the service runs with the user's config (``--config FILE``,
+else the defaults) but a private broker and database, and the publisher uses its
+topic prefix and ``[mqtt] qos``.  The config names the sensors (``[pipeline.sensors]``
+tables): without ``--sensors`` the mix has those, by those names (5 of the simulator's
+when it names none).  It holds no asset count and no reading rate: ``--assets``
+(default 1000) and ``--hz`` (default 1) say them; ``--payload`` (default ``reading``)
+the form.  Flags override the config.  A mix the config's ``[limits]`` would refuse
+(more series than ``max_series``, a batch larger than ``max_payload_bytes``) is
+named in the report's ``notes``.
 """
 
 from __future__ import annotations
@@ -68,19 +78,66 @@ BEHIND_S = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+DEFAULT_ASSETS, DEFAULT_HZ, DEFAULT_PAYLOAD = 1000, 1.0, "reading"
+
+
 @dataclasses.dataclass(frozen=True)
 class Mix:
     assets: int
     sensors: int
     hz: float
     payload: str  # "reading" | "batch"
+    #: The first sensors' names (the config's); the rest are the simulator's, then s<i>.
+    names: tuple[str, ...] = ()
 
     @property
     def readings_per_s(self) -> float:
         return self.assets * self.sensors * self.hz
 
     def sensor_names(self) -> tuple[str, ...]:
-        return tuple(SENSORS[i] if i < len(SENSORS) else f"s{i}" for i in range(self.sensors))
+        rest = [s for s in SENSORS if s not in self.names]
+        pool = [*self.names, *rest]
+        return tuple(pool[i] if i < len(pool) else f"s{i}" for i in range(self.sensors))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"assets": self.assets, "sensors": self.sensors, "hz": self.hz,
+                "payload": self.payload, "readings_per_s": self.readings_per_s}
+
+
+def resolve_mix(cfg: Config, assets: int | None = None, sensors: int | None = None,
+                hz: float | None = None, payload: str | None = None
+                ) -> tuple[Mix, dict[str, str]]:
+    """The mix from the flags given (not None), else the config, else the defaults; and
+    where each of its figures came from."""
+    declared = tuple(name for name, _ in cfg.pipeline.sensors)
+    source = {"assets": "flag" if assets is not None else "default (the config holds none)",
+              "hz": "flag" if hz is not None else "default (the config holds none)",
+              "payload": "flag" if payload is not None else "default"}
+    if sensors is not None:
+        source["sensors"] = "flag"
+    elif declared:
+        sensors, source["sensors"] = len(declared), "config [pipeline.sensors]"
+    else:
+        sensors, source["sensors"] = len(SENSORS), "default (the config names none)"
+    mix = Mix(DEFAULT_ASSETS if assets is None else assets, sensors,
+              DEFAULT_HZ if hz is None else hz, payload or DEFAULT_PAYLOAD, declared)
+    return mix, source
+
+
+def notes(cfg: Config, mix: Mix) -> list[str]:
+    """What in the config's ``[limits]`` the mix runs into."""
+    out = []
+    series = mix.assets * mix.sensors
+    if series > cfg.limits.max_series:
+        out.append(f"{series:,} series exceed [limits] max_series = "
+                   f"{cfg.limits.max_series:,}: the service refuses the rest")
+    if mix.payload == "batch":
+        size = len(json.dumps({"ts": time.time(), "values": dict.fromkeys(
+            mix.sensor_names(), 99999.999)}))
+        if size > cfg.limits.max_payload_bytes:
+            out.append(f"a batch of {mix.sensors} sensors (~{size:,} bytes) exceeds [limits] "
+                       f"max_payload_bytes = {cfg.limits.max_payload_bytes:,}")
+    return out
 
 
 def bench_config(base: Config, broker: PrivateBroker, data_dir: Path) -> Config:
@@ -132,7 +189,7 @@ def _serve(cfg: Config, stop: Any) -> None:
 
 # --- the publisher child -----------------------------------------------------------
 
-def _publish(host: str, port: int, topics: Topics, mix: Mix, seconds: float,
+def _publish(host: str, port: int, topics: Topics, qos: int, mix: Mix, seconds: float,
              result: Any) -> None:
     """Publish ``mix`` for ``seconds``; put (readings sent, seconds, largest lag s, CPU s)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -160,10 +217,10 @@ def _publish(host: str, port: int, topics: Topics, mix: Mix, seconds: float,
         for i, row in enumerate(values):
             if mix.payload == "batch":
                 client.publish(batch_topics[i], json.dumps(
-                    {"ts": tick, "values": dict(zip(sensors, row, strict=True))}), qos=1)
+                    {"ts": tick, "values": dict(zip(sensors, row, strict=True))}), qos=qos)
             else:
                 for topic, v in zip(reading_topics[i], row, strict=True):
-                    client.publish(topic, json.dumps({"ts": tick, "value": v}), qos=1)
+                    client.publish(topic, json.dumps({"ts": tick, "value": v}), qos=qos)
             sent += mix.sensors
         k += 1
     elapsed = time.time() - start
@@ -265,8 +322,8 @@ class Watch:
         before, cpu0, t0 = _status(self.cfg), thread_cpu(self.pid), time.monotonic()
         self.rss = []
         pub = ctx.Process(target=_publish, args=(self.cfg.mqtt.host, self.cfg.mqtt.port,
-                                                 Topics.from_config(self.cfg), mix, seconds,
-                                                 result))
+                                                 Topics.from_config(self.cfg),
+                                                 self.cfg.mqtt.qos, mix, seconds, result))
         pub.start()
         depths = []
         while pub.is_alive():
@@ -363,7 +420,8 @@ def measure(mix: Mix, seconds: float, base: Config, bare_messages: int = BARE_ME
         1 if mix.payload == "reading" else mix.sensors)
     bpr = db_bytes / stored if stored else float("nan")
     return {
-        "mix": dataclasses.asdict(mix) | {"readings_per_s": mix.readings_per_s},
+        "mix": mix.as_dict(),
+        "sensor_names": list(mix.sensor_names()),
         "sustained": first["sustained"],
         "highest_sustained_hz": best["hz"] if best else None,
         "highest_sustained_readings_per_s": best["readings_per_s_taken"] if best else None,
@@ -408,6 +466,9 @@ def table(r: dict[str, Any]) -> str:
     rows = [
         ("mix", f"{m['assets']} assets × {m['sensors']} sensors at {m['hz']:g} Hz, "
                 f"{m['payload']} payload = {m['readings_per_s']:,.0f} readings/s"),
+        ("mix from", f"{r['config'] or 'default config'}: " + ", ".join(
+            f"{k} {v}" for k, v in r["mix_source"].items()) + "; sensors "
+            + ", ".join(r["sensor_names"])),
         ("sustained at the mix", "yes" if r["sustained"] else "no"),
         ("highest rate sustained", "-" if r["highest_sustained_hz"] is None else
          f"{r['highest_sustained_hz']:.3g} Hz = {r['highest_sustained_readings_per_s']:,.0f} "
@@ -437,14 +498,21 @@ def table(r: dict[str, Any]) -> str:
                      f"({s['queue_depth_max']}) | {s['service_cpu_percent']:g} | "
                      f"{s['publisher_lag_s']:.2f} | {'yes' if s['sustained'] else 'no'} |")
     lines.append("")
+    lines.extend(f"note: {n}" for n in r["notes"])
     lines.append(verdict(r))
     return "\n".join(["| | |", "|---|---|", *lines])
 
 
-def run(config: str | None, mix: Mix, seconds: float, json_output: bool = False,
+def run(config: str | None, assets: int | None, sensors: int | None, hz: float | None,
+        payload: str | None, seconds: float, json_output: bool = False,
         bare_messages: int = BARE_MESSAGES) -> int:
+    """The mix from the flags given (not None), else ``config``, else the defaults."""
     base = load_config(config) if config else Config()
+    mix, source = resolve_mix(base, assets, sensors, hz, payload)
     result = measure(mix, seconds, base, bare_messages)
+    result["config"] = config
+    result["mix_source"] = source
+    result["notes"] = notes(base, mix)
     result["verdict"] = verdict(result)
     print(json.dumps(result) if json_output else table(result))
     return 0

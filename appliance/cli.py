@@ -783,6 +783,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from appliance.devtools.bench import growth
 
         return growth.run(json_output=args.json, assets=assets, hours=args.hours)
+    if args.what == "tick":
+        from appliance.devtools.bench import tick
+
+        return tick.run(json_output=args.json, assets=assets, ticks=args.ticks)
     if args.what == "train":
         from appliance.devtools.bench import train
 
@@ -1083,10 +1087,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "drift: the drift stage; sql: queries beside the store; growth: the "
                  "database's size over time; capacity: the whole service at a mix of assets, "
                  "sensors and rate (the highest rate sustained, latency, CPU per stage, RSS, "
-                 "database growth); train: import and training (its wall time and peak RSS) "
-                 "and a backtest on a simulated history of 1-minute readings.")
+                 "database growth); tick: one tick of a line through features, predict "
+                 "(explanations, two challengers) and alert, per stage; train: import and "
+                 "training (its wall time and peak RSS) and a backtest on a simulated "
+                 "history of 1-minute readings.")
     p.add_argument("what", choices=["kernels", "ingest", "memory", "drift", "sql", "growth",
-                                    "capacity", "train"],
+                                    "capacity", "tick", "train"],
                    help="which benchmark (see above)")
     p.add_argument("--json", action="store_true", help="the results as JSON")
     p.add_argument("--messages", type=int,
@@ -1100,8 +1106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sql: readings in the database the heavy query aggregates")
     p.add_argument("--memory-limit", default="32MB",
                    help="sql: the service's [storage] memory_limit (default 32MB)")
+    p.add_argument("--ticks", type=int, default=200, help="tick: ticks timed")
     p.add_argument("--assets", type=int,
-                   help="memory, drift, growth, capacity: assets to simulate (default 1000; "
+                   help="memory, drift, growth, capacity, tick: assets to simulate (default 1000; "
                    "the config holds no asset count); train: assets of the history "
                    "(default 10)")
     p.add_argument("--sensors", type=int,

@@ -10,7 +10,7 @@ import pytest
 from appliance.cli import main
 from appliance.config import Config
 from appliance.config import load as load_config
-from appliance.devtools.bench import capacity, ingest, train
+from appliance.devtools.bench import capacity, ingest, tick, train
 
 
 def test_bench_train_passes_its_options(monkeypatch, tmp_path):
@@ -41,6 +41,15 @@ def test_bench_ingest_measures_both_forms_by_default(monkeypatch):
     assert main(["bench", "ingest", "--payload", "batch", "--sensors", "20",
                  "--messages", "1000", "--json"]) == 0
     assert seen == {"json_output": True, "messages": 1000, "payload": "batch", "sensors": 20}
+
+
+def test_bench_tick_passes_its_options(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(tick, "run", lambda **kw: seen.update(kw) or 0)
+    assert main(["bench", "tick"]) == 0
+    assert seen == {"json_output": False, "assets": 1000, "ticks": 200}
+    assert main(["bench", "tick", "--assets", "50", "--ticks", "9", "--json"]) == 0
+    assert seen == {"json_output": True, "assets": 50, "ticks": 9}
 
 
 def test_bench_capacity_refuses_both_payloads(capsys):

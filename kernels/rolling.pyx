@@ -1664,6 +1664,100 @@ cdef void series_free(SeriesState *s) noexcept nogil:
     ring_free(&s.win)
 
 
+# The bank's median heaps are half-sized.  With q = 0.5, ``lo`` holds ceil(n/2) and
+# ``hi`` floor(n/2) of the window's n <= capacity samples; between two operations
+# one heap holds one node more (``ord_insert`` pushes before it rebalances), so
+# capacity / 2 + 1 slots always suffice (+ 1 spare).  ``ord_init`` and ``ord_grow``
+# size both heaps and their values at the full capacity: 28 bytes per ring slot,
+# of which the bank needs 16.  The heap operations themselves are _order.pxi's,
+# unchanged, so the median is the same to the bit.
+
+cdef inline Py_ssize_t bank_heap_cap(Py_ssize_t cap) noexcept nogil:
+    return cap // 2 + 2
+
+
+cdef int bank_ord_init(OrderState *st, Ring *win) noexcept nogil:
+    """``ord_init(st, win, 0.5)`` with half-sized heaps; -1 on failure (nothing held)."""
+    cdef Py_ssize_t cap = win.mask + 1, h = bank_heap_cap(win.mask + 1)
+    st.q = 0.5
+    st.n_lo = 0
+    st.n_hi = 0
+    st.cap = cap
+    st.pos = <slot_t *> malloc(cap * sizeof(slot_t))
+    st.lo = <slot_t *> malloc(h * sizeof(slot_t))
+    st.hi = <slot_t *> malloc(h * sizeof(slot_t))
+    st.lov = <double *> malloc(h * sizeof(double))
+    st.hiv = <double *> malloc(h * sizeof(double))
+    if st.pos == NULL or st.lo == NULL or st.hi == NULL or st.lov == NULL or st.hiv == NULL:
+        ord_free(st)
+        return -1
+    return 0
+
+
+cdef int bank_ord_grow(OrderState *st, Ring *win) noexcept nogil:
+    """``ord_grow`` with half-sized heaps: double the ring, renumbering the slots."""
+    cdef Py_ssize_t oldmask = win.mask, head = win.head, size = win.size
+    cdef Py_ssize_t newcap = 2 * (oldmask + 1), h = bank_heap_cap(2 * (oldmask + 1)), i, old
+    cdef double *nts = <double *> malloc(newcap * sizeof(double))
+    cdef double *nx = <double *> malloc(newcap * sizeof(double))
+    cdef slot_t *npos = NULL
+    cdef slot_t *nlo = NULL
+    cdef slot_t *nhi = NULL
+    cdef double *nlov = NULL
+    cdef double *nhiv = NULL
+    if newcap <= 0x40000000:    # slot ids must fit slot_t
+        npos = <slot_t *> malloc(newcap * sizeof(slot_t))
+        nlo = <slot_t *> malloc(h * sizeof(slot_t))
+        nhi = <slot_t *> malloc(h * sizeof(slot_t))
+        nlov = <double *> malloc(h * sizeof(double))
+        nhiv = <double *> malloc(h * sizeof(double))
+    if (nts == NULL or nx == NULL or npos == NULL or nlo == NULL or nhi == NULL
+            or nlov == NULL or nhiv == NULL):
+        free(nts)
+        free(nx)
+        free(npos)
+        free(nlo)
+        free(nhi)
+        free(nlov)
+        free(nhiv)
+        return -1
+    for i in range(size):
+        old = (head + i) & oldmask
+        nts[i] = win.ts[old]
+        nx[i] = win.x[old]
+        npos[i] = st.pos[old]
+    for i in range(st.n_lo):
+        nlo[i] = <slot_t> ((st.lo[i] - head) & oldmask)
+        nlov[i] = st.lov[i]
+    for i in range(st.n_hi):
+        nhi[i] = <slot_t> ((st.hi[i] - head) & oldmask)
+        nhiv[i] = st.hiv[i]
+    free(win.ts)
+    free(win.x)
+    free(st.pos)
+    free(st.lo)
+    free(st.hi)
+    free(st.lov)
+    free(st.hiv)
+    win.ts = nts
+    win.x = nx
+    win.head = 0
+    win.mask = newcap - 1
+    st.pos = npos
+    st.lo = nlo
+    st.hi = nhi
+    st.lov = nlov
+    st.hiv = nhiv
+    st.cap = newcap
+    return 0
+
+
+cdef inline int bank_ord_reserve_one(OrderState *st, Ring *win) noexcept nogil:
+    if win.size > win.mask:
+        return bank_ord_grow(st, win)
+    return 0
+
+
 cdef int series_init(SeriesState *s, double halflife) noexcept nogil:
     s.win.ts = NULL
     s.win.x = NULL
@@ -1675,7 +1769,7 @@ cdef int series_init(SeriesState *s, double halflife) noexcept nogil:
     s.med.lo = NULL
     s.med.hi = NULL
     if (ring_init(&s.win, 16) < 0 or ring_init(&s.mn.dq, 16) < 0
-            or ring_init(&s.mx.dq, 16) < 0 or ord_init(&s.med, &s.win, 0.5) < 0):
+            or ring_init(&s.mx.dq, 16) < 0 or bank_ord_init(&s.med, &s.win) < 0):
         series_free(s)
         return -1
     s.mn.sign = 1.0
@@ -1718,7 +1812,7 @@ cdef int series_step(SeriesState *s, double w, double t, double v) noexcept nogi
     cdef Ring *win = &s.win
     if not (t > cutoff):
         v = NAN
-    if v == v and (ord_reserve_one(&s.med, win) < 0 or ring_reserve_one(&s.mn.dq) < 0
+    if v == v and (bank_ord_reserve_one(&s.med, win) < 0 or ring_reserve_one(&s.mn.dq) < 0
                    or ring_reserve_one(&s.mx.dq) < 0):
         return -1
     while win.size > 0 and ring_front_ts(win) <= cutoff:
@@ -1969,7 +2063,7 @@ cdef class RollingBank:
             s = &self._s[i]
             series_clear(s)
             for j in range(len(ts)):
-                if (ord_reserve_one(&s.med, &s.win) < 0 or ring_reserve_one(&s.mn.dq) < 0
+                if (bank_ord_reserve_one(&s.med, &s.win) < 0 or ring_reserve_one(&s.mn.dq) < 0
                         or ring_reserve_one(&s.mx.dq) < 0):
                     raise MemoryError("cannot grow a series window")
                 ring_push_unchecked(&s.win, ts[j], xs[j])

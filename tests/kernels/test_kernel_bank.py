@@ -81,3 +81,31 @@ def test_bank_checks_the_whole_tick_before_applying_it() -> None:
         rolling.RollingBank(0, 1.0, 1.0)
     assert bank.reset().values().shape == (3, len(rolling.BANK_COLUMNS))
     assert np.isnan(bank.values()).all()
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "zigzag", "equal", "random"])
+def test_bank_median_with_every_ring_slot_in_use(order: str) -> None:
+    # The bank's median heaps hold half the ring's capacity (+2), not all of it: a
+    # window that fills its ring to the last slot (16, 32, 64, 128 samples, grown
+    # on the way) with values in orders that push every newcomer into one heap
+    # must still give MoveMedian's value, to the sign of a zero.
+    rng = np.random.default_rng(3)
+    for cap in (16, 32, 64, 128):
+        n = 4 * cap
+        base = {"ascending": np.arange(n, dtype=np.float64),
+                "descending": -np.arange(n, dtype=np.float64),
+                "zigzag": np.where(np.arange(n) % 2 == 0, 1.0, -1.0) * np.arange(n),
+                "equal": np.where(rng.random(n) < 0.5, 0.0, -0.0),
+                "random": rng.choice([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 2.5], n)}[order]
+        ts = np.arange(n, dtype=np.float64)
+        bank = rolling.RollingBank(2, float(cap), 1.0)      # cap samples in the window
+        single = rolling.MoveMedian(float(cap))
+        for j in range(n):
+            bank.update([0, 1], [ts[j], ts[j]], [base[j], -base[j]])
+            want = single.update(ts[j], base[j]).value
+            got = bank.values([0])[0, rolling.BANK_COLUMNS.index("median")]
+            assert got == want or (np.isnan(got) and np.isnan(want)), (cap, j, got, want)
+            assert np.signbit(got) == np.signbit(want), (cap, j, got, want)
+        want_batch = rolling.move_median(ts, -base, float(cap))[-1]
+        got_other = bank.values([1])[0, rolling.BANK_COLUMNS.index("median")]
+        assert got_other == want_batch or (np.isnan(got_other) and np.isnan(want_batch))

@@ -1593,13 +1593,24 @@ cdef class Ewma:
 # Bank: the full feature set of many series, one vectorised update per tick
 # ---------------------------------------------------------------------------
 
+cdef struct SlotDeque:
+    # The bank's min / max deque: the ring slots of the window's samples that are
+    # still candidates (minq_push's rule), oldest first; 4 bytes an entry where
+    # MinState keeps a (t, x) pair of 16.  The slots index the window ring, whose
+    # samples stay in place until they leave the window (and the deque first).
+    slot_t *s
+    Py_ssize_t head
+    Py_ssize_t size
+    Py_ssize_t mask     # capacity - 1 (a power of two)
+
+
 cdef struct SeriesState:
     Ring win            # the window's non-NaN samples, shared by every statistic
     SumState mean
     WelfordState std
     SlopeState slope
-    MinState mn
-    MinState mx
+    SlotDeque mn        # min: x increasing front to back
+    SlotDeque mx        # max: x decreasing front to back
     OrderState med
     EwmaState ew
     double last_t
@@ -1613,29 +1624,200 @@ cdef enum:
     N_COLS = 8
 
 
+cdef int sdq_init(SlotDeque *d, Py_ssize_t cap) noexcept nogil:
+    """Room for ``cap`` (a power of two) entries; -1 on allocation failure."""
+    d.head = 0
+    d.size = 0
+    d.s = <slot_t *> malloc(cap * sizeof(slot_t))
+    if d.s == NULL:
+        d.mask = -1
+        return -1
+    d.mask = cap - 1
+    return 0
+
+
+cdef void sdq_free(SlotDeque *d) noexcept nogil:
+    free(d.s)
+    d.s = NULL
+    d.head = 0
+    d.size = 0
+    d.mask = -1
+
+
+cdef int sdq_reserve_one(SlotDeque *d) noexcept nogil:
+    """Make sure one more push fits (doubling, in order); -1 (untouched) on failure."""
+    cdef Py_ssize_t newcap, i
+    cdef slot_t *ns
+    if d.size <= d.mask:
+        return 0
+    newcap = 2 * (d.mask + 1)
+    ns = <slot_t *> malloc(newcap * sizeof(slot_t))
+    if ns == NULL:
+        return -1
+    for i in range(d.size):
+        ns[i] = d.s[(d.head + i) & d.mask]
+    free(d.s)
+    d.s = ns
+    d.head = 0
+    d.mask = newcap - 1
+    return 0
+
+
+cdef inline void sdq_renumber(SlotDeque *d, Py_ssize_t head, Py_ssize_t oldmask) noexcept nogil:
+    """The window ring grew (``bank_ord_grow``): its slot i is now (i - head) & oldmask."""
+    cdef Py_ssize_t i, j
+    for i in range(d.size):
+        j = (d.head + i) & d.mask
+        d.s[j] = <slot_t> ((d.s[j] - head) & oldmask)
+
+
+cdef inline void sdq_expire(SlotDeque *d, Ring *win, double cutoff) noexcept nogil:
+    while d.size > 0 and win.ts[d.s[d.head]] <= cutoff:
+        d.head = (d.head + 1) & d.mask
+        d.size -= 1
+
+
+cdef inline void sdq_push(SlotDeque *d, const double *x, Py_ssize_t slot, bint is_max) noexcept nogil:
+    """``minq_push`` of x[slot] (for the max: of -x[slot], whose ``back >= v`` is
+    ``x[back] <= x[slot]``); room reserved by the caller."""
+    cdef double v = x[slot]
+    if is_max:
+        while d.size > 0 and x[d.s[(d.head + d.size - 1) & d.mask]] <= v:
+            d.size -= 1
+    else:
+        while d.size > 0 and x[d.s[(d.head + d.size - 1) & d.mask]] >= v:
+            d.size -= 1
+    d.s[(d.head + d.size) & d.mask] = <slot_t> slot
+    d.size += 1
+
+
+cdef inline double sdq_value(SlotDeque *d, Ring *win, Py_ssize_t min_count) noexcept nogil:
+    """``minq_value``: the front's x (sign * (sign * x) is x, to the bit)."""
+    if win.size < min_count or d.size == 0:
+        return NAN
+    return win.x[d.s[d.head]]
+
+
+cdef int series_reserve_one(SeriesState *s) noexcept nogil:
+    """Room for one more sample in the window, the median heaps and both deques."""
+    cdef Py_ssize_t head = s.win.head, oldmask = s.win.mask
+    if s.win.size > s.win.mask:
+        if bank_ord_grow(&s.med, &s.win) < 0:
+            return -1
+        sdq_renumber(&s.mn, head, oldmask)
+        sdq_renumber(&s.mx, head, oldmask)
+    if sdq_reserve_one(&s.mn) < 0 or sdq_reserve_one(&s.mx) < 0:
+        return -1
+    return 0
+
+
 cdef void series_free(SeriesState *s) noexcept nogil:
     ord_free(&s.med)
-    ring_free(&s.mn.dq)
-    ring_free(&s.mx.dq)
+    sdq_free(&s.mn)
+    sdq_free(&s.mx)
     ring_free(&s.win)
+
+
+# The bank's median heaps are half-sized.  With q = 0.5, ``lo`` holds ceil(n/2) and
+# ``hi`` floor(n/2) of the window's n <= capacity samples; between two operations
+# one heap holds one node more (``ord_insert`` pushes before it rebalances), so
+# capacity / 2 + 1 slots always suffice (+ 1 spare).  ``ord_init`` and ``ord_grow``
+# size both heaps and their values at the full capacity: 28 bytes per ring slot,
+# of which the bank needs 16.  The heap operations themselves are _order.pxi's,
+# unchanged, so the median is the same to the bit.
+
+cdef inline Py_ssize_t bank_heap_cap(Py_ssize_t cap) noexcept nogil:
+    return cap // 2 + 2
+
+
+cdef int bank_ord_init(OrderState *st, Ring *win) noexcept nogil:
+    """``ord_init(st, win, 0.5)`` with half-sized heaps; -1 on failure (nothing held)."""
+    cdef Py_ssize_t cap = win.mask + 1, h = bank_heap_cap(win.mask + 1)
+    st.q = 0.5
+    st.n_lo = 0
+    st.n_hi = 0
+    st.cap = cap
+    st.pos = <slot_t *> malloc(cap * sizeof(slot_t))
+    st.lo = <slot_t *> malloc(h * sizeof(slot_t))
+    st.hi = <slot_t *> malloc(h * sizeof(slot_t))
+    st.lov = <double *> malloc(h * sizeof(double))
+    st.hiv = <double *> malloc(h * sizeof(double))
+    if st.pos == NULL or st.lo == NULL or st.hi == NULL or st.lov == NULL or st.hiv == NULL:
+        ord_free(st)
+        return -1
+    return 0
+
+
+cdef int bank_ord_grow(OrderState *st, Ring *win) noexcept nogil:
+    """``ord_grow`` with half-sized heaps: double the ring, renumbering the slots."""
+    cdef Py_ssize_t oldmask = win.mask, head = win.head, size = win.size
+    cdef Py_ssize_t newcap = 2 * (oldmask + 1), h = bank_heap_cap(2 * (oldmask + 1)), i, old
+    cdef double *nts = <double *> malloc(newcap * sizeof(double))
+    cdef double *nx = <double *> malloc(newcap * sizeof(double))
+    cdef slot_t *npos = NULL
+    cdef slot_t *nlo = NULL
+    cdef slot_t *nhi = NULL
+    cdef double *nlov = NULL
+    cdef double *nhiv = NULL
+    if newcap <= 0x40000000:    # slot ids must fit slot_t
+        npos = <slot_t *> malloc(newcap * sizeof(slot_t))
+        nlo = <slot_t *> malloc(h * sizeof(slot_t))
+        nhi = <slot_t *> malloc(h * sizeof(slot_t))
+        nlov = <double *> malloc(h * sizeof(double))
+        nhiv = <double *> malloc(h * sizeof(double))
+    if (nts == NULL or nx == NULL or npos == NULL or nlo == NULL or nhi == NULL
+            or nlov == NULL or nhiv == NULL):
+        free(nts)
+        free(nx)
+        free(npos)
+        free(nlo)
+        free(nhi)
+        free(nlov)
+        free(nhiv)
+        return -1
+    for i in range(size):
+        old = (head + i) & oldmask
+        nts[i] = win.ts[old]
+        nx[i] = win.x[old]
+        npos[i] = st.pos[old]
+    for i in range(st.n_lo):
+        nlo[i] = <slot_t> ((st.lo[i] - head) & oldmask)
+        nlov[i] = st.lov[i]
+    for i in range(st.n_hi):
+        nhi[i] = <slot_t> ((st.hi[i] - head) & oldmask)
+        nhiv[i] = st.hiv[i]
+    free(win.ts)
+    free(win.x)
+    free(st.pos)
+    free(st.lo)
+    free(st.hi)
+    free(st.lov)
+    free(st.hiv)
+    win.ts = nts
+    win.x = nx
+    win.head = 0
+    win.mask = newcap - 1
+    st.pos = npos
+    st.lo = nlo
+    st.hi = nhi
+    st.lov = nlov
+    st.hiv = nhiv
+    st.cap = newcap
+    return 0
 
 
 cdef int series_init(SeriesState *s, double halflife) noexcept nogil:
     s.win.ts = NULL
     s.win.x = NULL
-    s.mn.dq.ts = NULL
-    s.mn.dq.x = NULL
-    s.mx.dq.ts = NULL
-    s.mx.dq.x = NULL
+    s.mn.s = NULL
+    s.mx.s = NULL
     s.med.pos = NULL
     s.med.lo = NULL
     s.med.hi = NULL
-    if (ring_init(&s.win, 16) < 0 or ring_init(&s.mn.dq, 16) < 0
-            or ring_init(&s.mx.dq, 16) < 0 or ord_init(&s.med, &s.win, 0.5) < 0):
+    if (ring_init(&s.win, 16) < 0 or sdq_init(&s.mn, 16) < 0
+            or sdq_init(&s.mx, 16) < 0 or bank_ord_init(&s.med, &s.win) < 0):
         series_free(s)
         return -1
-    s.mn.sign = 1.0
-    s.mx.sign = -1.0
     s.ew.halflife = halflife
     series_clear(s)
     return 0
@@ -1648,8 +1830,10 @@ cdef void series_clear(SeriesState *s) noexcept nogil:
     acc_clear(&s.mean)
     acc_clear(&s.std)
     acc_clear(&s.slope)
-    minq_clear(&s.mn)
-    minq_clear(&s.mx)
+    s.mn.head = 0
+    s.mn.size = 0
+    s.mx.head = 0
+    s.mx.size = 0
     ord_clear(&s.med)
     ewma_clear(&s.ew)
     s.last_t = -INFINITY
@@ -1674,8 +1858,7 @@ cdef int series_step(SeriesState *s, double w, double t, double v) noexcept nogi
     cdef Ring *win = &s.win
     if not (t > cutoff):
         v = NAN
-    if v == v and (ord_reserve_one(&s.med, win) < 0 or ring_reserve_one(&s.mn.dq) < 0
-                   or ring_reserve_one(&s.mx.dq) < 0):
+    if v == v and series_reserve_one(s) < 0:
         return -1
     while win.size > 0 and ring_front_ts(win) <= cutoff:
         if pending:
@@ -1690,8 +1873,8 @@ cdef int series_step(SeriesState *s, double w, double t, double v) noexcept nogi
         ring_pop_front(win)
     if pending:
         s.old_x = pv
-    minq_expire(&s.mn, cutoff)
-    minq_expire(&s.mx, cutoff)
+    sdq_expire(&s.mn, win, cutoff)
+    sdq_expire(&s.mx, win, cutoff)
     if v == v:
         slot = (win.head + win.size) & win.mask
         ring_push_unchecked(win, t, v)
@@ -1705,8 +1888,8 @@ cdef int series_step(SeriesState *s, double w, double t, double v) noexcept nogi
             acc_add(&s.std, t, v)
             acc_add(&s.slope, t, v)
             ord_insert(&s.med, win.x, slot)
-        minq_push(&s.mn, t, v)
-        minq_push(&s.mx, t, -v)
+        sdq_push(&s.mn, win.x, slot, False)
+        sdq_push(&s.mx, win.x, slot, True)
     elif pending:
         acc_remove(&s.mean, pt, pv)
         acc_remove(&s.std, pt, pv)
@@ -1738,8 +1921,8 @@ cdef void series_values(SeriesState *s, Py_ssize_t min_count, double *row) noexc
     cdef Ring *win = &s.win
     row[0] = acc_stream_value(&s.mean, win, min_count)
     row[1] = acc_stream_value(&s.std, win, min_count)
-    row[2] = minq_value(&s.mn, win.size, min_count)
-    row[3] = minq_value(&s.mx, win.size, min_count)
+    row[2] = sdq_value(&s.mn, win, min_count)
+    row[3] = sdq_value(&s.mx, win, min_count)
     row[4] = ord_value(&s.med, min_count)
     row[5] = acc_stream_value(&s.slope, win, min_count)
     row[6] = s.last_x - s.old_x
@@ -1918,20 +2101,20 @@ cdef class RollingBank:
         return {"series": series}
 
     def __setstate__(self, state):
-        cdef Py_ssize_t i, j
+        cdef Py_ssize_t i, j, slot
         cdef SeriesState *s
         for i, (ts, xs, mean, std, slope, ew, last_t, last_x, old_x) in enumerate(
                 state["series"]):
             s = &self._s[i]
             series_clear(s)
             for j in range(len(ts)):
-                if (ord_reserve_one(&s.med, &s.win) < 0 or ring_reserve_one(&s.mn.dq) < 0
-                        or ring_reserve_one(&s.mx.dq) < 0):
+                if series_reserve_one(s) < 0:
                     raise MemoryError("cannot grow a series window")
                 ring_push_unchecked(&s.win, ts[j], xs[j])
-                ord_insert(&s.med, s.win.x, (s.win.head + j) & s.win.mask)
-                minq_push(&s.mn, ts[j], xs[j])
-                minq_push(&s.mx, ts[j], -xs[j])
+                slot = (s.win.head + j) & s.win.mask
+                ord_insert(&s.med, s.win.x, slot)
+                sdq_push(&s.mn, s.win.x, slot, False)
+                sdq_push(&s.mx, s.win.x, slot, True)
             s.mean = mean
             s.std = std
             s.slope = slope

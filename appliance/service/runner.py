@@ -36,7 +36,9 @@ chain, so every stage flushes what it holds and the store commits everything rec
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import queue
 import signal
 import threading
@@ -74,6 +76,27 @@ log = logging.getLogger(__name__)
 
 #: SIGTERM to exit: the contract is under 5 s; drain gets most of it.
 DRAIN_TIMEOUT_S = 4.0
+
+#: glibc malloc arenas for the whole process (``mallopt(M_ARENA_MAX)``).  glibc gives
+#: threads their own arenas, up to 8 per core, each keeping what its thread freed;
+#: the service runs ~25 threads (stages, MQTT, DuckDB, onnxruntime).  2 arenas:
+#: ~3 MB less steady RSS in ``appliance bench memory``, no change in its throughput.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # <malloc.h>
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (before the threads start: an arena made is kept).
+    False, and nothing changed, elsewhere than glibc or when the environment sets
+    ``MALLOC_ARENA_MAX`` (the operator's choice stands)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas))
+    except (ValueError, OSError, AttributeError):  # no such confstr, library or symbol
+        return False
 
 
 @dataclass
@@ -155,6 +178,7 @@ class Service:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        limit_malloc_arenas()  # before build: DuckDB starts its threads on open
         self.pipeline = build(cfg)
         self.publisher: StatusPublisher | None = None
         self.control = ControlServer(cfg, self.pipeline.db)

@@ -81,3 +81,46 @@ def test_bank_checks_the_whole_tick_before_applying_it() -> None:
         rolling.RollingBank(0, 1.0, 1.0)
     assert bank.reset().values().shape == (3, len(rolling.BANK_COLUMNS))
     assert np.isnan(bank.values()).all()
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "zigzag", "equal", "random"])
+def test_bank_order_statistics_with_every_ring_slot_in_use(order: str) -> None:
+    # The bank's median heaps hold half the ring's capacity (+2), not all of it, and
+    # its min / max deques hold ring slots (renumbered when the ring grows): a window
+    # that fills its ring to the last slot (16, 32, 64, 128 samples, grown on the
+    # way, wrapping round) with values in orders that push every newcomer into one
+    # heap or keep the whole window in one deque must still give the single-series
+    # objects' values, to the sign of a zero.
+    rng = np.random.default_rng(3)
+    cols = [rolling.BANK_COLUMNS.index(c) for c in ("min", "max", "median")]
+    for cap in (16, 32, 64, 128):
+        n = 4 * cap
+        base = {"ascending": np.arange(n, dtype=np.float64),
+                "descending": -np.arange(n, dtype=np.float64),
+                "zigzag": np.where(np.arange(n) % 2 == 0, 1.0, -1.0) * np.arange(n),
+                "equal": np.where(rng.random(n) < 0.5, 0.0, -0.0),
+                "random": rng.choice([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 2.5], n)}[order]
+        ts = np.arange(n, dtype=np.float64)
+        bank = rolling.RollingBank(2, float(cap), 1.0)      # cap samples in the window
+        singles = [rolling.MoveMin(float(cap)), rolling.MoveMax(float(cap)),
+                   rolling.MoveMedian(float(cap))]
+        copy = None
+        for j in range(n):
+            if j == n // 2 + 3:
+                copy = pickle.loads(pickle.dumps(bank))
+            bank.update([0, 1], [ts[j], ts[j]], [base[j], -base[j]])
+            want = np.array([o.update(ts[j], base[j]).value for o in singles])
+            got = bank.values([0])[0, cols]
+            assert np.array_equal(got, want, equal_nan=True), (cap, j, got, want)
+            assert np.array_equal(np.signbit(got), np.signbit(want)), (cap, j, got, want)
+            if copy is not None:
+                # a reloaded bank rebuilds its heaps in another arrangement, so the sign
+                # of a zero median may differ from then on (the deques are the same)
+                copy.update([0, 1], [ts[j], ts[j]], [base[j], -base[j]])
+                again = copy.values([0])[0, cols]
+                assert np.array_equal(again, got, equal_nan=True), (cap, j, again, got)
+                assert np.array_equal(np.signbit(again[:2]), np.signbit(got[:2]))
+        got = bank.values([1])[0, cols]
+        want = np.array([f(ts, -base, float(cap))[-1] for f in
+                         (rolling.move_min, rolling.move_max, rolling.move_median)])
+        assert np.array_equal(got, want, equal_nan=True), (cap, got, want)

@@ -5,7 +5,7 @@ The same steps as ``batch`` with the streaming halves of the same kernels, each
 holding many series: ``sensors.SensorBank`` runs every sensor's validity, grid,
 Hampel, missing, baseline and stuck chain; ``grid.CoarseBank`` the coarse grid of
 the long windows; ``rolling.RollingBank`` the rolling statistics (one ring of samples
-per series and window, shared by every statistic: ~6 KB per series and window
+per series and window, shared by every statistic: ~3 KB per series and window
 instead of one ring per statistic); ``grid.IdleGap`` per asset its fresh starts.
 A series is one row of each bank.
 

@@ -38,7 +38,7 @@ alone for a sensor nobody configured):
    ``WINDOW_SAMPLES`` points: a long window runs on a coarser grid whose cell
    is ``stride`` ticks (the mean of the finite tick values in it), and its
    statistics are those of the last closed coarse cell.  That bounds memory per
-   series and window (~6 KB, see ``RollingBank``) whatever the window, at the
+   series and window (~3 KB, see ``RollingBank``) whatever the window, at the
    cost of long-window statistics moving once per coarse cell.
 4. differences: for each configured pair (a, b), grid(a) − grid(b) per tick.
 

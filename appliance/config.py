@@ -649,6 +649,10 @@ def _check_cross_field(cfg: Config) -> None:
         if w < cfg.pipeline.cadence_s:
             raise ConfigError(f"{src}: [pipeline] windows_s: window {w} is shorter than "
                               f"cadence_s ({cfg.pipeline.cadence_s})")
+    if 0 < cfg.pipeline.idle_gap_s < cfg.pipeline.cadence_s:
+        # a fresh start would open the very cell the silence closed: one tick made twice
+        raise ConfigError(f"{src}: [pipeline] idle_gap_s ({cfg.pipeline.idle_gap_s:g}) must "
+                          f"be 0 (never) or at least cadence_s ({cfg.pipeline.cadence_s:g})")
     _check_storage(cfg)
     d = cfg.drift
     if not 10 <= d.window_s / d.sample_s <= 2000:

@@ -45,7 +45,11 @@ def _as_series(name, a):
 
 def _as_index(name, idx, n):
     """``idx`` as a 1-D C-contiguous intp array of indices within [0, n)."""
-    arr = np.ascontiguousarray(idx, dtype=np.intp)
+    arr = np.asarray(idx)
+    # a float would be truncated and a boolean mask read as indices 0 and 1: refused
+    if arr.size and arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.intp)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.shape[0] and (arr.min() < 0 or arr.max() >= n):

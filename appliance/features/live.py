@@ -224,6 +224,10 @@ class FeatureBanks:
                 diffs[:, j] = grid[:, position[a]] - grid[:, position[b]]
         return diffs
 
+    def put_back(self, rows: TickRows) -> None:
+        """Rows a flush made that its caller does not take: the next flush returns them."""
+        self._ready.append(rows)
+
     def force_flush(self) -> None:
         """Flush now (a series is about to start afresh); the rows wait for the next
         ``flush``."""
@@ -282,12 +286,17 @@ class AssetFeatures:
 
     def push(self, sensor: str, ts: float, value: float
              ) -> list[tuple[float, tuple[str, ...], np.ndarray]]:
-        """``add``, then a flush of the banks: this asset's rows.  For an asset on
-        banks of its own (or whose other assets flush before each push)."""
+        """``add``, then a flush of the banks: this asset's rows (the other assets'
+        wait for the banks' next flush)."""
         self.add(sensor, ts, value)
-        return [(rows.tick, rows.names, row) for rows in self.banks.flush()
-                for asset, row in zip(rows.assets, rows.values, strict=True)
-                if asset is self]
+        mine = []
+        for rows in self.banks.flush():
+            own = np.array([asset is self for asset in rows.assets])
+            mine.extend((rows.tick, rows.names, row) for row in rows.values[own])
+            if not own.all():
+                self.banks.put_back(TickRows(rows.tick, rows.names, tuple(
+                    a for a in rows.assets if a is not self), rows.values[~own]))
+        return mine
 
     def add(self, sensor: str, ts: float, value: float) -> None:
         c = self.spec.cadence_s

@@ -82,9 +82,12 @@ def batch(doc: object, received_at: float, limits: LimitsConfig,
         raise BadPayload("batch payload needs a non-empty object 'values'")
     sensors = tuple(values)
     numbers = list(values.values())
-    if sensors in checked and _NUMBER_TYPES.issuperset(map(type, numbers)) \
-            and all(map(math.isfinite, numbers)):
-        return ts, sensors, list(map(float, numbers)), ""
+    if sensors in checked and _NUMBER_TYPES.issuperset(map(type, numbers)):
+        try:
+            if all(map(math.isfinite, numbers)):
+                return ts, sensors, list(map(float, numbers)), ""
+        except OverflowError:  # an integer beyond float: ``number`` says so below
+            pass
     good, kept, refused = [], [], []
     for sensor, raw in values.items():
         try:
@@ -117,7 +120,10 @@ def number(raw: object, what: str) -> float:
     kind = type(raw)
     if kind is not float and kind is not int:  # bool is not a number here
         raise BadPayload(f"{what} is not a number: {_short(raw)}")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:  # a JSON integer of hundreds of digits
+        raise BadPayload(f"{what} is not finite: an integer beyond float range") from None
     if not math.isfinite(value):
         raise BadPayload(f"{what} is not finite: {value}")
     return value

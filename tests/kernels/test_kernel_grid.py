@@ -199,6 +199,10 @@ def test_coarse_bank_checks_and_reset() -> None:
         c.update([0], 6, [1.0, 2.0])
     with pytest.raises(ValueError, match=r"idx\[0\]=2 is outside \[0, 2\)"):
         c.update([2], 6, [1.0])
+    with pytest.raises(TypeError, match="integer indices, got dtype float64"):
+        c.update([0.9], 6, [1.0])
+    with pytest.raises(TypeError, match="integer indices, got dtype bool"):
+        c.reset(np.array([True, False]))
     assert c.update([0], 6, [np.nan]) and c.means([0]).tolist() == [2.0]
     # a reset series may start at any tick; the others keep their cells
     c.reset([0])

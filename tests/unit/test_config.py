@@ -34,6 +34,7 @@ def test_empty_file_gives_defaults(tmp_path):
     ("[pipeline]\ncadence_s = \"10\"\n", "[pipeline] cadence_s: expected a number"),
     ("[pipeline]\nwindows_s = [600, \"x\"]\n", "[pipeline] windows_s[1]: expected a number"),
     ("[pipeline]\nwindows_s = [1]\n", "shorter than cadence_s"),
+    ("[pipeline]\nidle_gap_s = 5\n", "idle_gap_s (5) must be 0 (never) or at least cadence_s"),
     ("[pipline]\n", "unknown section [pipline]"),
     ("[mqtt]\nhost = \n", "not valid TOML"),
     ("[pipeline.sensors.lube_temp]\nvalid_min = 200\nvalid_max = -20\n",

@@ -582,3 +582,18 @@ def test_the_stage_makes_every_assets_rows_in_one_pass_as_each_asset_alone():
     for key, row in alone.items():
         np.testing.assert_array_equal(together[key], row.astype(np.float32), err_msg=str(key))
     assert stage.counters.extra["idle_restarts"] == 1
+
+
+def test_push_returns_its_assets_rows_and_leaves_the_others_for_the_next_flush():
+    banks = FeatureBanks(SPEC)
+    a, b = AssetFeatures(SPEC, banks, "a"), AssetFeatures(SPEC, banks, "b")
+    b.add("x", 100.0, 1.0)
+    a.push("x", 100.0, 1.0)
+    b.add("x", 125.0, 2.0)            # closes b's ticks 100, 110, 120: not flushed yet
+    got = a.push("x", 125.0, 2.0)     # flushes a's and b's
+    assert [tick for tick, _n, _r in got] == [100.0, 110.0, 120.0]
+    left = banks.flush()
+    assert [(r.tick, [x.key for x in r.assets]) for r in left] == [
+        (100.0, ["b"]), (110.0, ["b"]), (120.0, ["b"])]
+    np.testing.assert_array_equal(np.vstack([r.values for r in left]),
+                                  np.vstack([row for _t, _n, row in got]))

@@ -78,7 +78,7 @@ def test_batch_payload_keeps_good_values_and_reports_bad():
 
 @pytest.mark.parametrize("values", [
     {"a": 1, "b": "x"}, {"a": 1, "b": True}, {"a": 1, "b": float("inf")},
-    {"a": 1, "b": float("nan")}])
+    {"a": 1, "b": float("nan")}, {"a": 1, "b": 10 ** 400}])
 def test_a_batch_of_checked_sensors_is_still_refused_a_bad_value(values):
     """The fast path for sensor sets seen before skips the names, never the values."""
     _ts, sensors, got, refused = payloads.batch({"ts": NOW, "values": values}, NOW, LIMITS,
@@ -106,6 +106,7 @@ def test_fault_event():
     ("plant/l1/a1/t", b"", "not a number or JSON"),
     ("plant/l1/a1/t", b'{"ts": 1749999999, "value": NaN}', "not finite"),
     ("plant/l1/a1/t", b'{"value": Infinity}', "not finite"),
+    ("plant/l1/a1/t", b'{"value": ' + b"9" * 400 + b"}", "beyond float range"),
     ("plant/l1/a1/t", b'{"value": "3"}', "value is not a number"),
     ("plant/l1/a1/t", b'{"value": true}', "value is not a number"),
     ("plant/l1/a1/t", b"[1]", "payload is not a number"),

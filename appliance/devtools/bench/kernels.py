@@ -113,8 +113,13 @@ def bank_tick(n_series: int = BANK_SERIES, window_s: float = BANK_WINDOW_S,
 
 def live_chain_tick(n_assets: int = BANK_SERIES // 5, ticks: int = 10) -> dict[str, float]:
     """Median time of one tick of the service's whole per-sensor chain (validity,
-    grid, Hampel, missing, baseline, stuck, both windows' statistics) for
-    ``n_assets`` assets of 5 sensors, through ``appliance.features.live``."""
+    grid, Hampel, missing, baseline, stuck, both windows' statistics, the rows) for
+    ``n_assets`` assets of 5 sensors, through ``appliance.features.live``, as the
+    features stage drives it: every series' reading, then one flush.
+
+    Each tick also takes a second reading per series inside the open cell, which
+    closes nothing: its time is the readings' own cost, and the tick's cost is the
+    first pass's less that (the closes its readings set off) plus the flush."""
     from appliance.config import PipelineConfig
     from appliance.features.live import AssetFeatures, FeatureBanks
     from appliance.features.spec import PipelineSpec
@@ -126,25 +131,33 @@ def live_chain_tick(n_assets: int = BANK_SERIES // 5, ticks: int = 10) -> dict[s
     rng = np.random.default_rng(7)
     warm = int(min(spec.windows_s) / spec.cadence_s) + 10   # the short window full
 
-    def tick(k: int) -> None:
-        t = 1.7e9 + (k + 0.5) * spec.cadence_s
+    def readings(t: float) -> int:
         values = rng.normal(size=(n_assets, len(sensors))).tolist()
+        started = time.perf_counter_ns()
         for asset, row in zip(assets, values, strict=True):
             for sensor, v in zip(sensors, row, strict=True):
                 asset.add(sensor, t, v)
+        return time.perf_counter_ns() - started
+
+    def tick(k: int) -> tuple[int, int, int]:
+        closing = readings(1.7e9 + (k + 0.25) * spec.cadence_s)  # closes tick k - 1
+        started = time.perf_counter_ns()
         banks.flush()  # the window statistics and rows of every asset, as the service does
+        flush = time.perf_counter_ns() - started
+        return closing, flush, readings(1.7e9 + (k + 0.5) * spec.cadence_s)
 
     for k in range(warm):
         tick(k)
-    times = []
-    for k in range(warm, warm + ticks):
-        t = time.perf_counter_ns()
-        tick(k)
-        times.append(time.perf_counter_ns() - t)
-    med = float(np.median(times))
+    closing, flush, plain = (np.array(x, dtype=float) for x in zip(
+        *(tick(k) for k in range(warm, warm + ticks)), strict=True))
     n_series = n_assets * len(sensors)
+    med = float(np.median(closing + flush))
+    reading = float(np.median(plain)) / n_series
     return {"n_series": n_series, "ms_per_tick": round(med / 1e6, 2),
-            "us_per_series": round(med / n_series / 1e3, 2)}
+            "us_per_series": round(med / n_series / 1e3, 2),
+            "us_per_reading": round(reading / 1e3, 2),
+            "us_per_series_tick": round((float(np.median(closing - plain + flush))
+                                         / n_series) / 1e3, 2)}
 
 
 def _table(rows: list[dict[str, Any]], bank: dict[str, float], chain: dict[str, float]) -> str:
@@ -161,8 +174,10 @@ def _table(rows: list[dict[str, Any]], bank: dict[str, float], chain: dict[str, 
                  f"{bank['window_s']:g} s: {bank['ms_per_tick']:.2f} ms per tick "
                  f"({bank['ns_per_series']:.0f} ns per series update)")
     lines.append(f"live feature chain: {chain['n_series']} series, every feature of a "
-                 f"sensor: {chain['ms_per_tick']:.1f} ms per tick "
-                 f"({chain['us_per_series']:.1f} us per series)")
+                 f"sensor: {chain['ms_per_tick']:.1f} ms per tick with a reading per series "
+                 f"({chain['us_per_series']:.2f} us per series: the reading "
+                 f"{chain['us_per_reading']:.2f} us, the tick {chain['us_per_series_tick']:.2f}"
+                 f" us)")
     return "\n".join(lines)
 
 

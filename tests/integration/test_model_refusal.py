@@ -38,8 +38,14 @@ def test_a_promoted_model_with_another_spec_is_refused_in_one_line(tmp_path, bro
     svc.wait_for(lambda s: s["ts"] > later, what="a later status")
     log = svc.log.read_text()
     assert "Traceback" not in log, log[-3000:]
-    assert len(refusals()) == 1, refusals()
-    assert "pipeline spec" in refusals()[0], refusals()[0]
+    # Said once, not at every poll.  A poll between the file's save and its promotion
+    # sees a new file first and says so ("model file refused"); the promotion is then
+    # an operator's act of its own and is answered once more.
+    promoted = [line for line in refusals() if "promoted model mismatched refused" in line]
+    as_file = [line for line in refusals() if "model file refused" in line]
+    assert len(promoted) == 1 and len(as_file) <= 1, refusals()
+    assert len(refusals()) == len(promoted) + len(as_file), refusals()
+    assert "pipeline spec" in promoted[0], promoted[0]
     snap = svc.status()
     assert snap["stages"]["predict"]["state"] == "running", snap["stages"]["predict"]
     assert snap["model"] == serving
